@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install scenarios clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/billing demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/ruff format --check src flows tests benchmarks
+
+# The public acceptance scenarios, driven through the installed CLI on both stores.
+scenarios: $(STAMP)
+	$(BIN)/python tests/scenarios/run.py --billing $(BIN)/billing
+	$(BIN)/python tests/scenarios/run.py --billing $(BIN)/billing --postgres postgresql://postgres@localhost:5432/postgres
+
+clean:
+	rm -rf $(VENV) billing.db billing-demo documents .pytest_cache

@@ -1,0 +1,3 @@
+"""Period-close billing: schedules and metered usage into consolidated invoices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,441 @@
+"""The `billing` command: parses, calls the services, prints.
+
+Refused input exits 1 with the reason on stderr (one line naming the file and problem,
+then one line per bad row); nothing is changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import get_settings
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Period-close billing: schedules and usage into consolidated invoices.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Create or migrate the store.")
+usage_app = typer.Typer(no_args_is_help=True, help="Load metered usage.")
+invoices_app = typer.Typer(no_args_is_help=True, help="Review, issue and export invoices.")
+subscriptions_app = typer.Typer(no_args_is_help=True, help="Billing schedules.")
+credits_app = typer.Typer(no_args_is_help=True, help="Credit grants and their ledger.")
+app.add_typer(db_app, name="db")
+app.add_typer(usage_app, name="usage")
+app.add_typer(invoices_app, name="invoices")
+app.add_typer(subscriptions_app, name="subscriptions")
+app.add_typer(credits_app, name="credits")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(*lines: str, code: int = 1) -> None:
+    """Refuse: the reason on stderr (one line each, never wrapped) and a non-zero exit."""
+    for line in lines:
+        err.print(line, markup=False)
+    raise typer.Exit(code)
+
+
+def _store() -> None:
+    """Refuse to run on a store that is missing or not migrated."""
+    from .db import StoreError, require_current
+
+    try:
+        require_current()
+    except StoreError as error:
+        _fail(str(error))
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{name}: not a date (YYYY-MM-DD): {value!r}", code=2)
+    return None
+
+
+# --- db ------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the store or migrate it to the code's schema (Alembic)."""
+    from .db import safe_url, upgrade
+
+    settings = get_settings()
+    revision = upgrade(settings.database_url)
+    out.print(f"store {safe_url(settings.database_url)} is at revision {revision}")
+
+
+# --- catalog -------------------------------------------------------------------------------
+
+
+@app.command("import")
+def import_(file: Annotated[Path, typer.Argument(help="YAML or JSON catalog")]) -> None:
+    """Import a catalog: validated whole, then upserted by id."""
+    from .catalog import CatalogError, import_catalog, load_file, parse
+    from .db import unit_of_work
+
+    _store()
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    try:
+        catalog = parse(load_file(file))
+        with unit_of_work() as session:
+            result = import_catalog(session, catalog)
+            session.commit()
+    except CatalogError as error:
+        _fail(*(f"{file}: {problem}" for problem in error.problems))
+    for warning in result.warnings:
+        err.print(f"warning: {warning}")
+    counts = ", ".join(
+        f"{section} {new} new/{updated} updated"
+        for section, (new, updated) in result.counts.items()
+        if new or updated
+    )
+    out.print(f"imported {file}: {counts or 'nothing new'}")
+    rebuilt = _rebuild_after_import(result.affected_families)
+    if rebuilt:
+        out.print(rebuilt)
+
+
+def _rebuild_after_import(families: set[str]) -> str | None:
+    """Recalculate the drafts an import may have changed (hierarchy, roll-up, schedules)."""
+    from .close import close_locally, latest_draft_date
+
+    if not families:
+        return None
+    through = latest_draft_date(families)
+    if through is None:
+        return None
+    reports = close_locally(through, families=families)
+    consolidated = next(r for r in reports if r.step == "consolidate roll-ups")
+    built = consolidated.details.get("drafts_built", 0)
+    dropped = consolidated.details.get("drafts_discarded", 0)
+    if not built and not dropped:
+        return f"drafts through {through} still match the catalog"
+    return (
+        f"recalculated drafts through {through} for {len(families)} famil"
+        f"{'y' if len(families) == 1 else 'ies'}: {dropped} discarded, {built} rebuilt"
+    )
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+@usage_app.command("ingest")
+def usage_ingest(
+    files: Annotated[list[Path], typer.Argument(help="CSV or JSON Lines files")],
+    skip_invalid: Annotated[
+        Path | None,
+        typer.Option(
+            "--skip-invalid",
+            metavar="REJECTS_FILE",
+            help="load the valid rows and write the invalid ones to this CSV",
+        ),
+    ] = None,
+) -> None:
+    """Load usage events; the same event_id is counted once, whatever the file."""
+    from .db import unit_of_work
+    from .usage import UsageRefused, ingest_files
+
+    _store()
+    try:
+        with unit_of_work() as session:
+            result = ingest_files(session, files, rejects_path=skip_invalid)
+            session.commit()
+    except UsageRefused as refused:
+        _fail(refused.summary, *map(str, refused.problems))
+    out.print(
+        f"read {result.read} event(s) from {result.files} file(s): {result.loaded} new, "
+        f"{result.duplicates} already loaded, {result.rejected} rejected"
+        + (f" (written to {skip_invalid})" if result.rejected and skip_invalid else "")
+    )
+
+
+# --- close ---------------------------------------------------------------------------------
+
+
+@app.command("close")
+def close(
+    through: Annotated[
+        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+    ] = None,
+    issue: Annotated[bool, typer.Option("--issue", help="issue the drafts closed")] = False,
+) -> None:
+    """Run the period-close flow for every billing date up to and including --through."""
+    _store()
+    day = _date(through, "--through") or date.today()
+    from flows.period_close import period_close
+
+    result = period_close(through=day, issue=issue)
+    _print_close(result)
+
+
+@app.command("backfill")
+def backfill(
+    from_: Annotated[str, typer.Option("--from", help="first billing date")],
+    to: Annotated[str, typer.Option("--to", help="last billing date")],
+    issue: Annotated[bool, typer.Option("--issue", help="issue each date's drafts")] = False,
+) -> None:
+    """One close per billing date in the range, in order (same result as one close)."""
+    _store()
+    start, end = _date(from_, "--from"), _date(to, "--to")
+    assert start and end
+    if end < start:
+        _fail(f"--to {end} is before --from {start}", code=2)
+    from flows.backfill import backfill as backfill_flow
+
+    result = backfill_flow(start=start, end=end, issue=issue)
+    out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
+    _print_invoices(None, through=end)
+
+
+def _print_close(result: dict) -> None:
+    for step in result["steps"]:
+        out.print(
+            f"  {step['step']}: read {step['read']}, wrote {step['written']}, "
+            f"removed {step['deleted']}"
+        )
+        for warning in step["warnings"]:
+            err.print(f"  warning: {warning}")
+    _print_invoices(None, through=date.fromisoformat(result["through"]))
+
+
+def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
+    from .close import summary_rows
+    from .money import money_str
+
+    rows = summary_rows(invoice_ids, through)
+    table = Table(title=f"Invoices through {through}" if through else "Invoices")
+    for col in ("id", "number", "status", "billed customer", "billing date", "total"):
+        table.add_column(col, justify="right" if col in ("id", "total") else "left")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.number or "",
+            r.status,
+            r.billed_customer_id,
+            r.billing_date.isoformat(),
+            f"{money_str(r.total, r.currency)} {r.currency}",
+        )
+    out.print(table)
+
+
+# --- invoices ------------------------------------------------------------------------------
+
+
+@invoices_app.command("list")
+def invoices_list(
+    status: Annotated[str | None, typer.Option(help="draft, issued, paid, void, canceled")] = None,
+    customer: Annotated[str | None, typer.Option(help="billed customer id")] = None,
+) -> None:
+    """Invoices with their status and totals."""
+    from .db import unit_of_work
+    from .invoices import list_invoices
+    from .money import money_str
+
+    _store()
+    with unit_of_work() as session:
+        rows = list_invoices(session, status, customer)
+    table = Table()
+    for col in (
+        "id",
+        "number",
+        "status",
+        "billed customer",
+        "billing date",
+        "subtotal",
+        "tax",
+        "credits",
+        "total",
+    ):
+        table.add_column(
+            col, justify="right" if col in ("id", "subtotal", "tax", "credits", "total") else "left"
+        )
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.number or "",
+            r.status,
+            r.billed_customer_id,
+            r.billing_date.isoformat(),
+            money_str(r.subtotal, r.currency),
+            money_str(r.tax_total, r.currency),
+            money_str(r.credit_total, r.currency),
+            f"{money_str(r.total, r.currency)} {r.currency}",
+        )
+    out.print(table)
+
+
+@invoices_app.command("show")
+def invoices_show(invoice_id: Annotated[int, typer.Argument(help="invoice id")]) -> None:
+    """One invoice, grouped by serviced customer as on the document."""
+    from .db import unit_of_work
+    from .invoices import InvoiceError
+    from .terminal import show_invoice
+
+    _store()
+    with unit_of_work() as session:
+        try:
+            show_invoice(session, invoice_id, out)
+        except InvoiceError as error:
+            _fail(str(error))
+
+
+def _transition(invoice_id: int, to: str) -> None:
+    from .db import unit_of_work
+    from .invoices import InvoiceError, transition
+
+    _store()
+    try:
+        with unit_of_work() as session:
+            invoice = transition(session, invoice_id, to)
+            session.commit()
+    except InvoiceError as error:
+        _fail(str(error))
+    out.print(f"invoice {invoice.number or invoice.id} is now {invoice.status}")
+
+
+@invoices_app.command("issue")
+def invoices_issue(
+    ids: Annotated[list[int] | None, typer.Argument(help="draft ids (default: all due)")] = None,
+    through: Annotated[
+        str | None, typer.Option(help="issue drafts billed up to this day (default: today)")
+    ] = None,
+) -> None:
+    """Number and freeze drafts; their final documents are written."""
+    from . import close as steps
+    from .invoices import InvoiceError
+
+    _store()
+    day = _date(through, "--through")
+    try:
+        report = steps.issue(through=day if ids else (day or date.today()), ids=ids or None)
+    except InvoiceError as error:
+        _fail(str(error))
+    issued = report.details["invoice_ids"]
+    if issued:
+        steps.render(None, invoice_ids=issued)
+    out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
+
+
+@invoices_app.command("void")
+def invoices_void(invoice_id: int) -> None:
+    """Void an issued invoice (its credit consumption is not given back)."""
+    _transition(invoice_id, "void")
+
+
+@invoices_app.command("pay")
+def invoices_pay(invoice_id: int) -> None:
+    """Mark an issued invoice paid."""
+    _transition(invoice_id, "paid")
+
+
+@invoices_app.command("cancel")
+def invoices_cancel(invoice_id: int) -> None:
+    """Cancel a draft (its credit consumption is given back; its charges are withdrawn)."""
+    _transition(invoice_id, "canceled")
+
+
+@invoices_app.command("export")
+def invoices_export(
+    format_: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    output: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
+    status: Annotated[str | None, typer.Option(help="only invoices with this status")] = None,
+) -> None:
+    """Every invoice with its lines, as the export contract describes."""
+    from .db import unit_of_work
+    from .invoices import export
+
+    _store()
+    if format_ not in ("json", "csv"):
+        _fail(f"--format must be json or csv, got {format_!r}", code=2)
+    with unit_of_work() as session:
+        data = export(session, status)
+    if format_ == "json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        invoice_fields = [
+            "id",
+            "number",
+            "status",
+            "billed_customer",
+            "currency",
+            "billing_date",
+            "subtotal",
+            "discount_total",
+            "tax_total",
+            "credit_total",
+            "total",
+        ]
+        line_fields = [
+            "serviced_customer",
+            "subscription",
+            "price",
+            "product",
+            "kind",
+            "period_start",
+            "period_end",
+            "quantity",
+            "unit_price",
+            "amount",
+        ]
+        writer = csv.writer(buffer)
+        writer.writerow(
+            ["invoice_" + f if f == "id" else f for f in invoice_fields]
+            + ["line_" + f if f in ("amount",) else f for f in line_fields]
+        )
+        for invoice in data:
+            for line in invoice["lines"]:
+                writer.writerow(
+                    [invoice[f] for f in invoice_fields] + [line[f] for f in line_fields]
+                )
+        text = buffer.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"wrote {len(data)} invoice(s) to {output}")
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    folder: Annotated[Path, typer.Option(help="where the demo store and documents go")] = Path(
+        "billing-demo"
+    ),
+) -> None:
+    """The main job on a fresh SQLite store: sample catalog and usage, months closed and
+    issued, documents written, a summary printed."""
+    from .demo import run_demo
+
+    run_demo(folder, out)
+
+
+def main() -> None:
+    """Entry point of the `billing` command."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

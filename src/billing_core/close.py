@@ -1,0 +1,214 @@
+"""The period close as services: each step runs in its own unit of work and commits, so a
+failed step leaves the earlier ones done and can be retried on its own. Prefect flows call
+these; so do the CLI's direct paths and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import collection, credits, invoices, rating, recalculation, rendering, rollup
+from .db import store_name, unit_of_work
+from .models import CloseRun, Customer, Invoice
+from .reference import Scope
+from .report import StepReport
+
+STEPS = ("recalculate", "collect", "rate", "consolidate", "credits", "render")
+
+
+def _scope(families: Iterable[str] | None) -> Scope:
+    return Scope.of(families)
+
+
+def recalculate(through: date, families: Iterable[str] | None = None) -> StepReport:
+    """Step 1: subscriptions and the customer tree into slots and billing dates."""
+    with unit_of_work() as session:
+        report = recalculation.recalculate(session, through, _scope(families))
+        session.commit()
+    return report
+
+
+def collect(through: date, close_run_id: int | None = None) -> StepReport:
+    """Step 2: pull usage from the configured sources (inbox folder, SQL source)."""
+    return collection.collect(close_run_id)
+
+
+def rate(through: date, families: Iterable[str] | None = None) -> StepReport:
+    """Step 3: slots into charges (usage aggregated in the database)."""
+    with unit_of_work() as session:
+        report = rating.rate(session, through, _scope(families))
+        session.commit()
+    return report
+
+
+def consolidate(through: date, families: Iterable[str] | None = None) -> StepReport:
+    """Step 4: charges into draft invoices per billed customer and billing date."""
+    with unit_of_work() as session:
+        report = rollup.consolidate(session, through, _scope(families))
+        session.commit()
+    return report
+
+
+def apply_credits(through: date, families: Iterable[str] | None = None) -> StepReport:
+    """Step 5: credit grants applied to the drafts, oldest first."""
+    with unit_of_work() as session:
+        report = credits.apply_credits(session, through, _scope(families))
+        session.commit()
+    return report
+
+
+def render(
+    through: date, families: Iterable[str] | None = None, invoice_ids: list[int] | None = None
+) -> StepReport:
+    """Step 6: documents for the drafts (previews) and issued invoices (final)."""
+    with unit_of_work() as session:
+        report = rendering.render(
+            session, through, _scope(families), invoice_ids, store_name=store_name()
+        )
+        session.commit()
+    return report
+
+
+def issue(through: date | None = None, ids: list[int] | None = None) -> StepReport:
+    """Number and freeze drafts, in billing-date then billed-customer order."""
+    report = StepReport("issue invoices")
+    with unit_of_work() as session:
+        issued = invoices.issue(session, through=through, ids=ids, store_name=store_name())
+        session.commit()
+    report.written = len(issued)
+    report.details["issued"] = [i.number for i in issued]
+    report.details["invoice_ids"] = [i.id for i in issued]
+    return report
+
+
+def shards(count: int) -> list[list[str]]:
+    """Families split into `count` shards of similar size (a family is never split)."""
+    with unit_of_work() as session:
+        c = Customer.__table__.c
+        rows = session.execute(
+            sa.select(c.family_id, sa.func.count())
+            .group_by(c.family_id)
+            .order_by(sa.func.count().desc(), c.family_id)
+        ).all()
+    out: list[list[str]] = [[] for _ in range(max(count, 1))]
+    sizes = [0] * len(out)
+    for family, size in rows:  # largest first, each to the lightest shard
+        target = sizes.index(min(sizes))
+        out[target].append(family)
+        sizes[target] += size
+    return [s for s in out if s]
+
+
+def start_run(through: date, issue_invoices: bool, flow_run_id: str | None = None) -> int:
+    """Record a close (a retried flow run with the same id reuses its record)."""
+    with unit_of_work() as session:
+        r = CloseRun.__table__.c
+        if flow_run_id:
+            found = session.execute(sa.select(r.id).where(r.flow_run_id == flow_run_id)).first()
+            if found:
+                session.execute(
+                    sa.update(CloseRun.__table__)
+                    .where(r.id == found.id)
+                    .values(status="running", finished_at=None)
+                )
+                session.commit()
+                return found.id
+        run_id = session.execute(
+            sa.insert(CloseRun.__table__)
+            .values(
+                through=through,
+                issue=issue_invoices,
+                flow_run_id=flow_run_id,
+                status="running",
+                started_at=datetime.now(UTC),
+                steps={},
+            )
+            .returning(r.id)
+        ).scalar_one()
+        session.commit()
+    return run_id
+
+
+def record_step(run_id: int, report: StepReport) -> None:
+    with unit_of_work() as session:
+        r = CloseRun.__table__.c
+        steps = session.execute(sa.select(r.steps).where(r.id == run_id)).scalar_one() or {}
+        steps = {**steps, report.step: report.as_dict()}
+        session.execute(sa.update(CloseRun.__table__).where(r.id == run_id).values(steps=steps))
+        session.commit()
+
+
+def finish_run(run_id: int, status: str) -> None:
+    with unit_of_work() as session:
+        r = CloseRun.__table__.c
+        session.execute(
+            sa.update(CloseRun.__table__)
+            .where(r.id == run_id)
+            .values(status=status, finished_at=datetime.now(UTC))
+        )
+        session.commit()
+
+
+def close_locally(
+    through: date, issue_invoices: bool = False, families: Iterable[str] | None = None
+) -> list[StepReport]:
+    """The whole close in this process, without Prefect (imports' recalculation, tests)."""
+    families = None if families is None else sorted(families)
+    reports = [
+        recalculate(through, families),
+        rate(through, families),
+        consolidate(through, families),
+        apply_credits(through, families),
+    ]
+    if issue_invoices:
+        reports.append(issue(through))
+    reports.append(render(through, families))
+    return reports
+
+
+def latest_draft_date(families: Iterable[str]) -> date | None:
+    """The last billing date with a draft in these families (how far a rebuild reaches)."""
+    families = sorted(families)
+    if not families:
+        return None
+    with unit_of_work() as session:
+        v = Invoice.__table__.c
+        return session.execute(
+            sa.select(sa.func.max(v.billing_date)).where(
+                v.status == "draft", v.family_id.in_(families)
+            )
+        ).scalar_one()
+
+
+def summary_rows(invoice_ids: list[int] | None = None, through: date | None = None) -> list[Any]:
+    """Invoices with their documents, for the operator's table."""
+    with unit_of_work() as session:
+        v = Invoice.__table__.c
+        stmt = sa.select(Invoice.__table__).order_by(v.billing_date, v.billed_customer_id)
+        if invoice_ids is not None:
+            stmt = stmt.where(v.id.in_(invoice_ids))
+        if through is not None:
+            stmt = stmt.where(v.billing_date <= through)
+        return list(session.execute(stmt))
+
+
+def billing_dates_between(start: date, end: date) -> list[date]:
+    """The billing dates a backfill closes one by one: every date a slot lands on in the
+    range (schedules recalculated through `end` first), and `end` itself."""
+    recalculate(end)
+    with unit_of_work() as session:
+        from .models import BillingPeriod
+
+        bp = BillingPeriod.__table__.c
+        dates = set(
+            session.execute(
+                sa.select(bp.billing_date)
+                .distinct()
+                .where(bp.billing_date >= start, bp.billing_date <= end)
+            ).scalars()
+        )
+    return sorted(dates | {end})

@@ -1,0 +1,55 @@
+"""Settings read from the environment (one object, read when a command starts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Make every PostgreSQL URL use the psycopg 3 driver; leave others alone."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Everything the product reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    database_url: str = "sqlite:///billing.db"
+    output_dir: Path = Path("documents")
+    # Invoice templates; the ones shipped with the package unless this names a folder.
+    templates_dir: Path | None = None
+    # Documents: html always; pdf adds a WeasyPrint rendering of the same HTML.
+    document_formats: str = "html,pdf"
+    # Scale-out: customers are split into this many shards (a family is never split).
+    shards: int = 1
+    # Task runner for sharded steps: "threads" (default) or "dask".
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    # Usage sources pulled by the close's collect step (see docs/usage-sources.md).
+    usage_inbox: Path | None = None
+    usage_sql_url: str | None = None
+    usage_sql_query: str | None = None
+    # How long a close waits for another close over the same store before giving up.
+    close_lock_timeout: float = 0.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @property
+    def formats(self) -> set[str]:
+        return {f.strip().lower() for f in self.document_formats.split(",") if f.strip()}
+
+
+def get_settings() -> Settings:
+    """Read the settings now (not cached: tests and the CLI change the environment)."""
+    return Settings()

@@ -1,0 +1,301 @@
+"""Credits: grants consumed by draft invoices after tax, narrowest scope first, through an
+append-only ledger. Rebuilding or cancelling a draft rolls its consumption back; voiding an
+issued invoice does not.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .models import CreditGrant, CreditLedgerEntry, Invoice, InvoiceLine
+from .money import ZERO
+from .reference import ALL, Scope, grants
+from .report import StepReport
+from .store import delete_in, insert_rows
+
+
+def _ledger_net(session: Session, invoice_ids: list[int]) -> dict[int, dict[str, Decimal]]:
+    """invoice -> grant -> net amount of its ledger entries (negative = consumed)."""
+    out: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))
+    if not invoice_ids:
+        return out
+    lg = CreditLedgerEntry.__table__.c
+    for part in _chunks(invoice_ids):
+        for row in session.execute(
+            sa.select(lg.invoice_id, lg.grant_id, lg.amount).where(lg.invoice_id.in_(part))
+        ):
+            out[row.invoice_id][row.grant_id] += row.amount
+    return out
+
+
+def _chunks(values: list, size: int = 900):
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def rollback(
+    session: Session, invoice_id: int, billing_date: date, note: str, now: datetime | None = None
+) -> Decimal:
+    """Give back what a draft consumed (a positive entry per grant); returns the total."""
+    now = now or datetime.now(UTC)
+    net = _ledger_net(session, [invoice_id]).get(invoice_id, {})
+    rows = [
+        {
+            "grant_id": grant_id,
+            "amount": -amount,
+            "kind": "rollback",
+            "invoice_id": invoice_id,
+            "billing_date": billing_date,
+            "note": note,
+            "created_at": now,
+        }
+        for grant_id, amount in sorted(net.items())
+        if amount != 0
+    ]
+    insert_rows(session, CreditLedgerEntry, rows)
+    return sum((-r["amount"] for r in rows), ZERO)
+
+
+def balances(session: Session, grant_ids: list[str]) -> dict[str, Decimal]:
+    """Each grant's balance: its amount plus every ledger entry."""
+    g = CreditGrant.__table__.c
+    lg = CreditLedgerEntry.__table__.c
+    out = {}
+    for part in _chunks(sorted(grant_ids)):
+        out.update(
+            {
+                r.id: r.amount
+                for r in session.execute(sa.select(g.id, g.amount).where(g.id.in_(part)))
+            }
+        )
+        for row in session.execute(sa.select(lg.grant_id, lg.amount).where(lg.grant_id.in_(part))):
+            out[row.grant_id] += row.amount
+    return out
+
+
+def grant_order(grant: Any) -> tuple:
+    """Lower priority first, then earliest expiry (none last), earliest effective, id."""
+    return (
+        grant.priority,
+        grant.expires is None,
+        grant.expires or date.max,
+        grant.effective,
+        grant.id,
+    )
+
+
+@dataclass
+class _Bucket:
+    """What remains to pay of one subscription's lines for one serviced customer."""
+
+    customer: str
+    subscription: str | None
+    remaining: Decimal
+
+
+def plan_credits(
+    lines: list[Any], invoice: Any, usable: list[Any], balance: dict[str, Decimal]
+) -> list[tuple[Any, Decimal]]:
+    """(grant, amount) to consume on one invoice, in the order of the rules.
+
+    Subscription-scoped grants offset that subscription's lines (with their tax); a
+    serviced customer's own grants offset that customer's lines; the billed customer's
+    grants offset what remains of the whole invoice. Never below zero.
+    """
+    totals: dict[tuple[str, str | None], Decimal] = defaultdict(lambda: ZERO)
+    for line in lines:
+        if line.kind != "credit":
+            totals[(line.serviced_customer_id, line.subscription_id)] += line.amount
+    buckets = [
+        _Bucket(c, s, max(v, ZERO))
+        for (c, s), v in sorted(totals.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+    ]
+    invoice_left = max(sum(totals.values(), ZERO), ZERO)
+
+    def consume(grant: Any, eligible: list[_Bucket]) -> Decimal:
+        nonlocal invoice_left
+        available = balance.get(grant.id, ZERO)
+        want = min(available, sum((b.remaining for b in eligible), ZERO), invoice_left)
+        if want <= 0:
+            return ZERO
+        left = want
+        for bucket in eligible:
+            take = min(bucket.remaining, left)
+            bucket.remaining -= take
+            left -= take
+        balance[grant.id] = available - want
+        invoice_left -= want
+        return want
+
+    plan: list[tuple[Any, Decimal]] = []
+    billed = invoice.billed_customer_id
+    ordered = sorted(usable, key=grant_order)
+    for grant in (g for g in ordered if g.subscription_id is not None):
+        eligible = [b for b in buckets if b.subscription == grant.subscription_id]
+        if (amount := consume(grant, eligible)) > 0:
+            plan.append((grant, amount))
+    for grant in (g for g in ordered if g.subscription_id is None and g.customer_id != billed):
+        eligible = [b for b in buckets if b.customer == grant.customer_id]
+        if (amount := consume(grant, eligible)) > 0:
+            plan.append((grant, amount))
+    for grant in (g for g in ordered if g.subscription_id is None and g.customer_id == billed):
+        if (amount := consume(grant, buckets)) > 0:
+            plan.append((grant, amount))
+    return plan
+
+
+def apply_credits(
+    session: Session, through: date, scope: Scope = ALL, now: datetime | None = None
+) -> StepReport:
+    """Apply grants to the drafts billed on or before `through`, oldest first."""
+    now = now or datetime.now(UTC)
+    report = StepReport("apply credits")
+    v = Invoice.__table__.c
+    drafts = list(
+        session.execute(
+            sa.select(Invoice.__table__)
+            .where(v.status == "draft", v.billing_date <= through)
+            .where(scope.where(v.family_id))
+            .order_by(v.billing_date, v.billed_customer_id)
+        )
+    )
+    report.read = len(drafts)
+    if not drafts:
+        return report
+    all_grants = grants(session, scope)
+    if not all_grants and not _has_credit_lines(session, [d.id for d in drafts]):
+        return report
+    ids = [d.id for d in drafts]
+    current = _ledger_net(session, ids)
+    balance = balances(session, [g.id for g in all_grants])
+    # What these drafts hold now goes back into the pool before they are re-planned.
+    for consumed in current.values():
+        for grant_id, amount in consumed.items():
+            if grant_id in balance:
+                balance[grant_id] -= amount
+    lines_by_invoice: dict[int, list[Any]] = defaultdict(list)
+    ln = InvoiceLine.__table__.c
+    for part in _chunks(ids):
+        for line in session.execute(
+            sa.select(InvoiceLine.__table__)
+            .where(ln.invoice_id.in_(part))
+            .order_by(ln.invoice_id, ln.position)
+        ):
+            lines_by_invoice[line.invoice_id].append(line)
+    for invoice in drafts:
+        lines = lines_by_invoice[invoice.id]
+        holders = {line.serviced_customer_id for line in lines} | {invoice.billed_customer_id}
+        usable = [
+            g
+            for g in all_grants
+            if g.customer_id in holders
+            and g.currency == invoice.currency
+            and g.effective <= invoice.billing_date
+            and (g.expires is None or invoice.billing_date <= g.expires)
+        ]
+        plan = plan_credits(lines, invoice, usable, balance)
+        wanted = {g.id: -amount for g, amount in plan}
+        have = {k: a for k, a in current.get(invoice.id, {}).items() if a != 0}
+        if wanted == have:
+            continue
+        rollback(session, invoice.id, invoice.billing_date, "credits re-applied", now)
+        delete_in(session, ln.id, [x.id for x in lines if x.kind == "credit"])
+        position = max((x.position for x in lines if x.kind != "credit"), default=0)
+        rows, entries = [], []
+        for grant, amount in plan:
+            position += 1
+            rows.append(
+                {
+                    "invoice_id": invoice.id,
+                    "position": position,
+                    "serviced_customer_id": grant.customer_id,
+                    "subscription_id": grant.subscription_id,
+                    "price_code": None,
+                    "product": f"Credit {grant.id}",
+                    "bundle": None,
+                    "kind": "credit",
+                    "description": f"Credit {grant.id}",
+                    "period_start": None,
+                    "period_end": None,
+                    "quantity": None,
+                    "unit_price": None,
+                    "amount": -amount,
+                    "charge_id": None,
+                    "grant_id": grant.id,
+                    "tax_rate": None,
+                    "jurisdiction": None,
+                    "taxed_position": None,
+                }
+            )
+            entries.append(
+                {
+                    "grant_id": grant.id,
+                    "amount": -amount,
+                    "kind": "consumption",
+                    "invoice_id": invoice.id,
+                    "billing_date": invoice.billing_date,
+                    "note": None,
+                    "created_at": now,
+                }
+            )
+        insert_rows(session, InvoiceLine, rows)
+        insert_rows(session, CreditLedgerEntry, entries)
+        credit_total = -sum((a for _, a in plan), ZERO)
+        session.execute(
+            sa.update(Invoice.__table__)
+            .where(v.id == invoice.id)
+            .values(
+                credit_total=credit_total,
+                total=invoice.subtotal + invoice.discount_total + invoice.tax_total + credit_total,
+            )
+        )
+        report.written += 1
+    return report
+
+
+def _has_credit_lines(session: Session, invoice_ids: list[int]) -> bool:
+    ln = InvoiceLine.__table__.c
+    for part in _chunks(invoice_ids):
+        if session.execute(
+            sa.select(ln.id).where(ln.invoice_id.in_(part), ln.kind == "credit").limit(1)
+        ).first():
+            return True
+    return False
+
+
+def credit_overview(session: Session) -> list[dict]:
+    """Every grant with what it gave, what was rolled back and what is left."""
+    g = CreditGrant.__table__.c
+    lg = CreditLedgerEntry.__table__.c
+    used: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    returned: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for row in session.execute(sa.select(lg.grant_id, lg.kind, lg.amount)):
+        if row.kind == "consumption":
+            used[row.grant_id] += -row.amount
+        else:
+            returned[row.grant_id] += row.amount
+    out = []
+    for grant in session.execute(sa.select(CreditGrant.__table__).order_by(g.customer_id, g.id)):
+        consumed = used[grant.id] - returned[grant.id]
+        out.append(
+            {
+                "id": grant.id,
+                "customer": grant.customer_id,
+                "subscription": grant.subscription_id,
+                "currency": grant.currency,
+                "amount": grant.amount,
+                "consumed": consumed,
+                "balance": grant.amount - consumed,
+                "effective": grant.effective,
+                "expires": grant.expires,
+                "priority": grant.priority,
+            }
+        )
+    return out

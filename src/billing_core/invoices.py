@@ -1,0 +1,244 @@
+"""Invoice lifecycle (draft -> issued -> paid | void, draft -> canceled), gapless numbers,
+and the views the CLI prints and exports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .credits import rollback
+from .db import is_postgres
+from .models import Customer, Invoice, InvoiceDocument, InvoiceLine, InvoiceSequence
+from .money import money_str, plain
+from .reference import issuer as load_issuer
+
+ONE_DAY = timedelta(days=1)
+
+
+class InvoiceError(ValueError):
+    """An invoice operation that is not allowed (wrong status, unknown id)."""
+
+
+def discard_draft(session: Session, invoice: Any, reason: str, now: datetime) -> None:
+    """Delete a draft that no longer matches: credits rolled back, documents removed."""
+    rollback(
+        session, invoice.id, invoice.billing_date, f"draft {invoice.id} discarded: {reason}", now
+    )
+    d = InvoiceDocument.__table__.c
+    for (path,) in session.execute(sa.select(d.path).where(d.invoice_id == invoice.id)):
+        Path(path).unlink(missing_ok=True)
+    session.execute(sa.delete(InvoiceDocument.__table__).where(d.invoice_id == invoice.id))
+    session.execute(
+        sa.delete(InvoiceLine.__table__).where(InvoiceLine.__table__.c.invoice_id == invoice.id)
+    )
+    session.execute(sa.delete(Invoice.__table__).where(Invoice.__table__.c.id == invoice.id))
+
+
+def _get(session: Session, invoice_id: int, lock: bool = False) -> Any:
+    stmt = sa.select(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id)
+    if lock and is_postgres(session):
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).first()
+    if row is None:
+        raise InvoiceError(f"no invoice {invoice_id}")
+    return row
+
+
+def next_number(session: Session, issuer_id: str, prefix: str, year: int) -> str:
+    """The next gapless number for an issuer and year; the row lock serializes issuers."""
+    seq = InvoiceSequence.__table__
+    from .store import insert_ignore
+
+    insert_ignore(
+        session,
+        InvoiceSequence,
+        [{"issuer_id": issuer_id, "year": year, "last_number": 0}],
+        ["issuer_id", "year"],
+    )
+    number = session.execute(
+        sa.update(seq)
+        .where(seq.c.issuer_id == issuer_id, seq.c.year == year)
+        .values(last_number=seq.c.last_number + 1)
+        .returning(seq.c.last_number)
+    ).scalar_one()
+    return f"{prefix}-{year}-{number:06d}"
+
+
+def issue(
+    session: Session,
+    *,
+    through: date | None = None,
+    ids: list[int] | None = None,
+    store_name: str = "billing",
+    now: datetime | None = None,
+) -> list[Any]:
+    """Number and freeze drafts (given ids, or all billed on or before `through`), in
+    order of billing date then billed customer id. The caller commits."""
+    now = now or datetime.now(UTC)
+    v = Invoice.__table__.c
+    stmt = sa.select(Invoice.__table__).where(v.status == "draft")
+    if ids is not None:
+        stmt = stmt.where(v.id.in_(ids))
+        found = {r.id for r in session.execute(sa.select(v.id).where(v.id.in_(ids)))}
+        missing = sorted(set(ids) - found)
+        if missing:
+            raise InvoiceError(f"no invoice {', '.join(map(str, missing))}")
+    if through is not None:
+        stmt = stmt.where(v.billing_date <= through)
+    stmt = stmt.order_by(v.billing_date, v.billed_customer_id, v.id)
+    if is_postgres(session):
+        # Two issuing runs at once: the second waits here, then skips what the first took.
+        stmt = stmt.with_for_update()
+    drafts = list(session.execute(stmt))
+    if ids is not None:
+        not_draft = sorted(set(ids) - {d.id for d in drafts})
+        if not_draft:
+            statuses = {
+                r.id: r.status
+                for r in session.execute(sa.select(v.id, v.status).where(v.id.in_(not_draft)))
+            }
+            raise InvoiceError(
+                "only drafts can be issued: "
+                + ", ".join(f"{i} is {statuses[i]}" for i in not_draft)
+            )
+    issuer = load_issuer(session, store_name)
+    drop_draft_documents(session, [d.id for d in drafts])
+    issued = []
+    for draft in drafts:
+        number = next_number(
+            session, issuer["id"], issuer["invoice_prefix"], draft.billing_date.year
+        )
+        session.execute(
+            sa.update(Invoice.__table__)
+            .where(v.id == draft.id)
+            .values(status="issued", number=number, issued_at=now, issuer_id=issuer["id"])
+        )
+        issued.append(_get(session, draft.id))
+    return issued
+
+
+def drop_draft_documents(session: Session, invoice_ids: list[int]) -> None:
+    """Remove draft previews before invoices are frozen (their final documents replace
+    them, and the store refuses changes to a frozen invoice's rows)."""
+    d = InvoiceDocument.__table__.c
+    for i in range(0, len(invoice_ids), 900):
+        part = invoice_ids[i : i + 900]
+        for (path,) in session.execute(
+            sa.select(d.path).where(d.invoice_id.in_(part), d.final.is_(False))
+        ):
+            Path(path).unlink(missing_ok=True)
+        session.execute(
+            sa.delete(InvoiceDocument.__table__).where(d.invoice_id.in_(part), d.final.is_(False))
+        )
+
+
+def transition(session: Session, invoice_id: int, to: str, now: datetime | None = None) -> Any:
+    """void or pay an issued invoice, or cancel a draft."""
+    now = now or datetime.now(UTC)
+    invoice = _get(session, invoice_id, lock=True)
+    allowed = {"void": "issued", "paid": "issued", "canceled": "draft"}
+    if invoice.status != allowed[to]:
+        raise InvoiceError(
+            f"invoice {invoice.number or invoice.id} is {invoice.status}: only "
+            f"{'an issued invoice' if allowed[to] == 'issued' else 'a draft'} can be "
+            f"{'voided' if to == 'void' else to}"
+        )
+    values: dict[str, Any] = {"status": to}
+    if to == "canceled":
+        rollback(session, invoice.id, invoice.billing_date, f"draft {invoice.id} canceled", now)
+        drop_draft_documents(session, [invoice.id])
+        values["canceled_at"] = now
+    elif to == "void":
+        values["voided_at"] = now
+    else:
+        values["paid_at"] = now
+    session.execute(
+        sa.update(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id).values(**values)
+    )
+    return _get(session, invoice_id)
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+def list_invoices(
+    session: Session, status: str | None = None, customer: str | None = None
+) -> list[Any]:
+    v = Invoice.__table__.c
+    stmt = sa.select(Invoice.__table__).order_by(v.billing_date, v.billed_customer_id, v.id)
+    if status:
+        stmt = stmt.where(v.status == status)
+    if customer:
+        stmt = stmt.where(v.billed_customer_id == customer)
+    return list(session.execute(stmt))
+
+
+def lines_of(session: Session, invoice_ids: list[int]) -> dict[int, list[Any]]:
+    ln = InvoiceLine.__table__.c
+    out: dict[int, list[Any]] = defaultdict(list)
+    for i in range(0, len(invoice_ids), 900):
+        part = invoice_ids[i : i + 900]
+        for line in session.execute(
+            sa.select(InvoiceLine.__table__)
+            .where(ln.invoice_id.in_(part))
+            .order_by(ln.invoice_id, ln.position)
+        ):
+            out[line.invoice_id].append(line)
+    return out
+
+
+def customer_names(session: Session) -> dict[str, str]:
+    c = Customer.__table__.c
+    return dict(session.execute(sa.select(c.id, c.name)).all())
+
+
+def line_dict(line: Any, currency: str) -> dict:
+    """A line as the export contract spells it (inclusive period end, money as text)."""
+    return {
+        "serviced_customer": line.serviced_customer_id,
+        "subscription": line.subscription_id,
+        "price": line.price_code,
+        "product": line.product,
+        "kind": line.kind,
+        "description": line.description,
+        "period_start": line.period_start.isoformat() if line.period_start else None,
+        "period_end": (line.period_end - ONE_DAY).isoformat() if line.period_end else None,
+        "quantity": plain(line.quantity),
+        "unit_price": plain(line.unit_price),
+        "amount": money_str(line.amount, currency),
+        "grant": line.grant_id,
+        "tax_rate": plain(line.tax_rate),
+    }
+
+
+def invoice_dict(invoice: Any, lines: list[Any]) -> dict:
+    """An invoice as the export contract spells it."""
+    currency = invoice.currency
+    return {
+        "id": invoice.id,
+        "number": invoice.number,
+        "status": invoice.status,
+        "billed_customer": invoice.billed_customer_id,
+        "currency": currency,
+        "billing_date": invoice.billing_date.isoformat(),
+        "subtotal": money_str(invoice.subtotal, currency),
+        "discount_total": money_str(invoice.discount_total, currency),
+        "tax_total": money_str(invoice.tax_total, currency),
+        "credit_total": money_str(invoice.credit_total, currency),
+        "total": money_str(invoice.total, currency),
+        "issued_at": invoice.issued_at.isoformat() if invoice.issued_at else None,
+        "lines": [line_dict(line, currency) for line in lines],
+    }
+
+
+def export(session: Session, status: str | None = None) -> list[dict]:
+    """Every invoice with its lines, in billing-date order."""
+    invoices = list_invoices(session, status)
+    lines = lines_of(session, [i.id for i in invoices])
+    return [invoice_dict(i, lines[i.id]) for i in invoices]

@@ -1,0 +1,90 @@
+"""Schedule recalculation, the store part: bring `billing_periods` in line with the plan.
+
+Slots already billed on an invoice that is no longer a draft are never touched; slots due
+after the close date are left for a later close.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .models import BillingPeriod, Charge, Invoice
+from .planning import plan
+from .reference import ALL, Scope, frozen_dates, load_reference
+from .report import StepReport
+from .store import delete_in, insert_rows
+
+COMPARED = (
+    "kind",
+    "subscription_id",
+    "price_code",
+    "timing",
+    "serviced_customer_id",
+    "billed_customer_id",
+    "family_id",
+    "pool",
+    "pool_owner_id",
+    "period_start",
+    "period_end",
+    "full_start",
+    "full_end",
+    "due_date",
+    "billing_date",
+)
+
+
+def frozen_charge_keys(session: Session, scope: Scope = ALL) -> set[str]:
+    """Keys of charges on invoices that are no longer drafts."""
+    ch = Charge.__table__.c
+    v = Invoice.__table__.c
+    return set(
+        session.execute(
+            sa.select(ch.charge_key)
+            .join(Invoice.__table__, v.id == ch.invoice_id)
+            .where(v.status != "draft")
+            .where(scope.where(ch.family_id))
+        ).scalars()
+    )
+
+
+def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepReport:
+    """Write the slots due on or before `through` for the scope; returns what changed."""
+    report = StepReport("recalculate schedules")
+    ref = load_reference(session, scope)
+    result = plan(ref, through, frozen_dates(session, scope))
+    report.warnings += result.warnings
+    frozen = frozen_charge_keys(session, scope)
+    bp = BillingPeriod.__table__
+    existing = {
+        r.slot_key: r
+        for r in session.execute(
+            sa.select(bp).where(bp.c.due_date <= through).where(scope.where(bp.c.family_id))
+        )
+    }
+    report.read = len(ref.subscriptions)
+    wanted = {s.slot_key: s for s in result.slots if s.slot_key not in frozen}
+    inserts, updates = [], []
+    for key, slot in wanted.items():
+        row = existing.get(key)
+        if row is None:
+            inserts.append(slot.row())
+        elif any(getattr(row, c) != getattr(slot, c) for c in COMPARED):
+            updates.append({"_id": row.id, **{c: getattr(slot, c) for c in COMPARED}})
+    stale = [r.id for k, r in existing.items() if k not in wanted and k not in frozen]
+    delete_in(session, bp.c.id, stale)
+    insert_rows(session, BillingPeriod, inserts)
+    if updates:
+        session.execute(
+            sa.update(bp).where(bp.c.id == sa.bindparam("_id")),
+            updates,
+        )
+    report.written = len(inserts) + len(updates)
+    report.deleted = len(stale)
+    report.details["slots"] = len(wanted)
+    report.details["waiting"] = sum(
+        1 for s in wanted.values() if s.billing_date is None or s.billing_date > through
+    )
+    return report

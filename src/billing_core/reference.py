@@ -1,0 +1,257 @@
+"""Read-only views of the catalog that the close steps share, loaded set-based per scope."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .hierarchy import Hierarchy, Node
+from .models import (
+    CreditGrant,
+    Customer,
+    Invoice,
+    Issuer,
+    Metric,
+    Price,
+    Subscription,
+    SubscriptionItem,
+    TaxRate,
+)
+from .pricing import model as price_model
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which families a step works on: all of them, or one shard's."""
+
+    families: frozenset[str] | None = None
+
+    def where(self, column: sa.ColumnElement) -> Any:
+        if self.families is None:
+            return sa.true()
+        return column.in_(sorted(self.families))
+
+    @classmethod
+    def of(cls, families: Iterable[str] | None) -> Scope:
+        return cls(None if families is None else frozenset(families))
+
+
+ALL = Scope()
+
+
+@dataclass(frozen=True)
+class CustomerInfo:
+    id: str
+    name: str
+    currency: str
+    timezone: str
+    parent_id: str | None
+    bill_to: str
+    billing_day: int | None
+    jurisdiction: str | None
+    tax_basis: str
+    rollup_lines: str
+    family_id: str
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    phase: int
+    phase_start: date
+    price_code: str
+    timing: str
+    pool: str | None
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    id: str
+    customer_id: str
+    start: date
+    end: date | None
+    cadence: str
+    billing_day: int
+    rollup: bool | None
+    align_to_parent: bool
+    status: str
+    minimum: Decimal | None
+    discounts: tuple[dict, ...]
+    items: tuple[ItemInfo, ...]
+
+    @property
+    def phase_starts(self) -> list[date]:
+        starts = {0: self.start}
+        for item in self.items:
+            if item.phase:
+                starts[item.phase] = item.phase_start
+        return [starts[k] for k in sorted(starts)]
+
+    def items_in_phase(self, phase: int) -> list[ItemInfo]:
+        return [i for i in self.items if i.phase == phase]
+
+
+@dataclass(frozen=True)
+class PriceInfo:
+    code: str
+    product: str
+    bundle: str | None
+    currency: str
+    model: str
+    metric_code: str | None
+    terms: dict = field(hash=False)
+
+    @property
+    def usage(self) -> bool:
+        return price_model(self.model).usage
+
+
+@dataclass
+class Reference:
+    """Customers, subscriptions, prices and metrics of one scope."""
+
+    customers: dict[str, CustomerInfo]
+    subscriptions: dict[str, SubscriptionInfo]
+    prices: dict[str, PriceInfo]
+    metrics: dict[str, str]  # code -> aggregation
+    metric_names: dict[str, str]
+
+    def hierarchy(self) -> Hierarchy:
+        return Hierarchy(
+            Node(c.id, c.parent_id, c.bill_to, c.currency, c.name) for c in self.customers.values()
+        )
+
+
+def price_terms(row: Any) -> dict:
+    """The stored price as the terms its model rates with (kept on charges)."""
+    terms: dict[str, Any] = {"model": row.model}
+    for name in ("amount", "unit_price", "package_price"):
+        value = getattr(row, name)
+        if value is not None:
+            terms[name] = f"{value:f}"
+    if row.package_size is not None:
+        terms["package_size"] = str(row.package_size)
+    if row.tiers is not None:
+        terms["tiers"] = row.tiers
+    return terms
+
+
+def load_reference(session: Session, scope: Scope = ALL) -> Reference:
+    """Everything the schedule and rating steps read from the catalog, for a scope."""
+    c = Customer.__table__.c
+    customers = {
+        r.id: CustomerInfo(
+            r.id,
+            r.name,
+            r.currency,
+            r.timezone,
+            r.parent_id,
+            r.bill_to,
+            r.billing_day,
+            r.jurisdiction,
+            r.tax_basis,
+            r.rollup_lines,
+            r.family_id,
+        )
+        for r in session.execute(sa.select(Customer.__table__).where(scope.where(c.family_id)))
+    }
+    s = Subscription.__table__.c
+    items: dict[str, list[ItemInfo]] = defaultdict(list)
+    i = SubscriptionItem.__table__.c
+    item_rows = session.execute(
+        sa.select(SubscriptionItem.__table__)
+        .join(Subscription.__table__, s.id == i.subscription_id)
+        .join(Customer.__table__, c.id == s.customer_id)
+        .where(scope.where(c.family_id))
+        .order_by(i.subscription_id, i.phase, i.id)
+    )
+    for r in item_rows:
+        items[r.subscription_id].append(
+            ItemInfo(r.phase, r.phase_start, r.price_code, r.timing, r.pool)
+        )
+    subscriptions = {
+        r.id: SubscriptionInfo(
+            r.id,
+            r.customer_id,
+            r.start,
+            r.end,
+            r.cadence,
+            r.billing_day,
+            r.rollup,
+            r.align_to_parent,
+            r.status,
+            r.minimum,
+            tuple(r.discounts or ()),
+            tuple(items.get(r.id, ())),
+        )
+        for r in session.execute(
+            sa.select(Subscription.__table__)
+            .join(Customer.__table__, c.id == s.customer_id)
+            .where(scope.where(c.family_id))
+        )
+    }
+    prices = {
+        r.code: PriceInfo(
+            r.code, r.product, r.bundle, r.currency, r.model, r.metric_code, price_terms(r)
+        )
+        for r in session.execute(sa.select(Price.__table__))
+    }
+    metric_rows = list(session.execute(sa.select(Metric.__table__)))
+    return Reference(
+        customers=customers,
+        subscriptions=subscriptions,
+        prices=prices,
+        metrics={m.code: m.aggregation for m in metric_rows},
+        metric_names={m.code: m.name for m in metric_rows},
+    )
+
+
+def frozen_dates(session: Session, scope: Scope = ALL) -> dict[str, set[date]]:
+    """Billing dates taken by invoices that are no longer drafts, per billed customer."""
+    v = Invoice.__table__.c
+    out: dict[str, set[date]] = defaultdict(set)
+    rows = session.execute(
+        sa.select(v.billed_customer_id, v.billing_date)
+        .where(v.status != "draft")
+        .where(scope.where(v.family_id))
+    )
+    for customer_id, billing_date in rows:
+        out[customer_id].add(billing_date)
+    return out
+
+
+def tax_rates(session: Session) -> dict[str, Decimal]:
+    return {r.jurisdiction: r.rate for r in session.execute(sa.select(TaxRate.__table__))}
+
+
+def issuer(session: Session, store_name: str) -> dict:
+    """The catalog's issuer, or a default one named after the store with prefix INV."""
+    row = session.execute(sa.select(Issuer.__table__).where(Issuer.__table__.c.id == "default"))
+    found = row.first()
+    if found is None:
+        return {"id": "default", "name": store_name, "invoice_prefix": "INV", "address": []}
+    return {
+        "id": found.id,
+        "name": found.name,
+        "invoice_prefix": found.invoice_prefix,
+        "address": list(found.address or []),
+    }
+
+
+def grants(session: Session, scope: Scope = ALL) -> list[Any]:
+    """Credit grants held by customers of the scope."""
+    g = CreditGrant.__table__.c
+    c = Customer.__table__.c
+    return list(
+        session.execute(
+            sa.select(CreditGrant.__table__)
+            .join(Customer.__table__, c.id == g.customer_id)
+            .where(scope.where(c.family_id))
+        )
+    )

@@ -1,0 +1,328 @@
+"""Roll-up consolidation: charges into one draft invoice per billed customer and billing
+date, lines grouped by serviced customer (the billed customer first, then by name), then
+bundle, then product, with one tax line per taxed line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .invoices import discard_draft
+from .models import Charge, Customer, Invoice, InvoiceLine
+from .money import ZERO
+from .reference import ALL, CustomerInfo, Scope, tax_rates
+from .report import StepReport
+from .store import insert_rows
+from .tax import jurisdiction_for, tax_line
+
+KIND_RANK = {"fixed": 0, "usage": 0, "adjustment": 1, "minimum": 2, "discount": 3}
+SUBTOTAL_KINDS = ("fixed", "usage", "minimum", "adjustment")
+
+
+def _load_customers(session: Session, scope: Scope) -> dict[str, CustomerInfo]:
+    c = Customer.__table__.c
+    return {
+        r.id: CustomerInfo(
+            r.id,
+            r.name,
+            r.currency,
+            r.timezone,
+            r.parent_id,
+            r.bill_to,
+            r.billing_day,
+            r.jurisdiction,
+            r.tax_basis,
+            r.rollup_lines,
+            r.family_id,
+        )
+        for r in session.execute(sa.select(Customer.__table__).where(scope.where(c.family_id)))
+    }
+
+
+def _line(charge: dict) -> dict:
+    return {
+        "serviced_customer_id": charge["serviced_customer_id"],
+        "subscription_id": charge["subscription_id"],
+        "price_code": charge["price_code"],
+        "product": charge["product"],
+        "bundle": charge["bundle"],
+        "kind": charge["kind"],
+        "description": charge["description"],
+        "period_start": charge["period_start"],
+        "period_end": charge["period_end"],
+        "quantity": charge["quantity"],
+        "unit_price": charge["unit_price"],
+        "amount": charge["amount"],
+        "charge_id": charge["id"],
+        "grant_id": None,
+        "tax_rate": None,
+        "jurisdiction": None,
+        "taxed_position": None,
+    }
+
+
+def _merge(lines: list[dict], serviced: str) -> dict:
+    """Several lines of one kind, price and period as one (quantities and amounts added)."""
+    first = dict(lines[0])
+    quantity = sum((x["quantity"] or ZERO for x in lines), ZERO)
+    amount = sum((x["amount"] for x in lines), ZERO)
+    first.update(
+        serviced_customer_id=serviced,
+        quantity=quantity,
+        amount=amount,
+        charge_id=None,
+        subscription_id=first["subscription_id"]
+        if len({x["subscription_id"] for x in lines}) == 1
+        else None,
+    )
+    if len(lines) > 1 and quantity:
+        from .rating import average_unit_price
+
+        first["unit_price"] = (
+            lines[0]["unit_price"]
+            if first["kind"] == "fixed" and len({x["unit_price"] for x in lines}) == 1
+            else average_unit_price(amount, quantity)
+        )
+    return first
+
+
+def build_lines(
+    charges: list[dict],
+    billed: CustomerInfo,
+    customers: dict[str, CustomerInfo],
+    rates: dict[str, Decimal],
+    currency: str,
+) -> list[dict]:
+    """The lines of one invoice, positioned, with their tax lines (credits come later)."""
+    visible = [c for c in charges if not (c["quantity"] == 0 and c["amount"] == 0)]
+    lines = [_line(c) for c in visible]
+
+    # A summary pool is one line for the block; its serviced customer is the pool owner.
+    merged: list[dict] = []
+    pools: dict[tuple, list[dict]] = defaultdict(list)
+    for charge, line in zip(visible, lines, strict=True):
+        if charge["pool"] == "summary" and charge["kind"] == "usage":
+            pools[
+                (
+                    charge["subscription_id"],
+                    charge["price_code"],
+                    charge["period_start"],
+                    charge["pool_owner_id"],
+                )
+            ].append(line)
+        else:
+            merged.append(line)
+    for (_, _, _, owner), group in pools.items():
+        merged.append(_merge(group, owner))
+    lines = merged
+
+    # rollup_lines: summary merges the same kind, price and period across customers.
+    if billed.rollup_lines == "summary":
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for line in lines:
+            where = (
+                jurisdiction_for(line, billed, customers)
+                if billed.tax_basis == "serviced"
+                else None
+            )
+            groups[
+                (
+                    line["kind"],
+                    line["price_code"],
+                    line["product"],
+                    line["period_start"],
+                    line["period_end"],
+                    where,
+                )
+            ].append(line)
+        lines = []
+        for group in groups.values():
+            if len(group) == 1 and group[0]["serviced_customer_id"] == billed.id:
+                lines.append(group[0])
+            else:
+                merged_line = _merge(group, billed.id)
+                if billed.tax_basis == "serviced":
+                    merged_line["_jurisdiction"] = jurisdiction_for(group[0], billed, customers)
+                lines.append(merged_line)
+
+    def section_key(customer_id: str) -> tuple:
+        info = customers.get(customer_id)
+        return (customer_id != billed.id, info.name if info else customer_id, customer_id)
+
+    def line_key(line: dict) -> tuple:
+        return (
+            KIND_RANK.get(line["kind"], 9),
+            line["bundle"] is None,
+            line["bundle"] or "",
+            line["product"] or "",
+            line["period_start"] or date.min,
+            line["price_code"] or "",
+            line["subscription_id"] or "",
+            line["description"] or "",
+        )
+
+    sections: dict[str, list[dict]] = defaultdict(list)
+    for line in lines:
+        sections[line["serviced_customer_id"]].append(line)
+    out: list[dict] = []
+    position = 0
+    for customer_id in sorted(sections, key=section_key):
+        section = sorted(sections[customer_id], key=line_key)
+        for line in section:
+            position += 1
+            line["position"] = position
+            out.append(line)
+        for line in section:
+            where = line.pop("_jurisdiction", None) or jurisdiction_for(line, billed, customers)
+            tax = tax_line(line, where, rates, currency)
+            if tax is not None:
+                position += 1
+                tax["position"] = position
+                out.append(tax)
+    for line in out:
+        line.pop("_jurisdiction", None)
+    return out
+
+
+def totals(lines: list[dict]) -> dict[str, Decimal]:
+    """subtotal, discount, tax and credit totals of lines, and the total."""
+    subtotal = sum((x["amount"] for x in lines if x["kind"] in SUBTOTAL_KINDS), ZERO)
+    discount = sum((x["amount"] for x in lines if x["kind"] == "discount"), ZERO)
+    tax = sum((x["amount"] for x in lines if x["kind"] == "tax"), ZERO)
+    credit = sum((x["amount"] for x in lines if x["kind"] == "credit"), ZERO)
+    return {
+        "subtotal": subtotal,
+        "discount_total": discount,
+        "tax_total": tax,
+        "credit_total": credit,
+        "total": subtotal + discount + tax + credit,
+    }
+
+
+def content_hash(lines: list[dict], currency: str) -> str:
+    """Fingerprint of an invoice's lines (charge ids excluded: re-rating may renumber)."""
+    canonical = [
+        {
+            k: (str(v) if v is not None else None)
+            for k, v in sorted(line.items())
+            if k != "charge_id"
+        }
+        for line in lines
+    ]
+    payload = json.dumps([currency, canonical], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def consolidate(
+    session: Session,
+    through: date,
+    scope: Scope = ALL,
+    now: datetime | None = None,
+    issuer_id: str = "default",
+) -> StepReport:
+    """Build or rebuild the drafts billed on or before `through` from their charges.
+
+    A draft whose lines come out the same is left alone (with its credits); one that
+    differs is discarded (its credit consumption rolled back) and built anew.
+    """
+    now = now or datetime.now(UTC)
+    report = StepReport("consolidate roll-ups")
+    ch = Charge.__table__
+    v = Invoice.__table__.c
+    charges = [
+        dict(r)
+        for r in session.execute(
+            sa.select(ch)
+            .outerjoin(Invoice.__table__, v.id == ch.c.invoice_id)
+            .where(sa.or_(v.id.is_(None), v.status == "draft"))
+            .where(ch.c.billing_date <= through)
+            .where(scope.where(ch.c.family_id))
+            .order_by(ch.c.charge_key)
+        ).mappings()
+    ]
+    report.read = len(charges)
+    groups: dict[tuple[str, date], list[dict]] = defaultdict(list)
+    for charge in charges:
+        groups[(charge["billed_customer_id"], charge["billing_date"])].append(charge)
+    invoices = {
+        (r.billed_customer_id, r.billing_date): r
+        for r in session.execute(
+            sa.select(Invoice.__table__)
+            .where(v.billing_date <= through)
+            .where(scope.where(v.family_id))
+        )
+    }
+    customers = _load_customers(session, scope)
+    rates = tax_rates(session)
+    kept = created = discarded = 0
+    for key in sorted(groups):
+        billed_id, billing_date = key
+        group = groups[key]
+        existing = invoices.get(key)
+        if existing is not None and existing.status != "draft":
+            report.warnings.append(
+                f"{len(group)} charge(s) for {billed_id} on {billing_date} wait: that "
+                f"invoice is {existing.status} (the next close places them on a later date)"
+            )
+            continue
+        billed = customers[billed_id]
+        currency = group[0]["currency"]
+        lines = build_lines(group, billed, customers, rates, currency)
+        if not lines:
+            if existing is not None:
+                discard_draft(session, existing, "no charges left", now)
+                discarded += 1
+            continue
+        fingerprint = content_hash(lines, currency)
+        if existing is not None and existing.content_hash == fingerprint:
+            invoice_id = existing.id
+            kept += 1
+        else:
+            if existing is not None:
+                discard_draft(session, existing, "rebuilt by a close", now)
+                discarded += 1
+            amounts = totals(lines)
+            invoice_id = session.execute(
+                sa.insert(Invoice.__table__)
+                .values(
+                    issuer_id=issuer_id,
+                    number=None,
+                    status="draft",
+                    billed_customer_id=billed_id,
+                    family_id=billed.family_id,
+                    billing_date=billing_date,
+                    currency=currency,
+                    content_hash=fingerprint,
+                    created_at=now,
+                    **amounts,
+                )
+                .returning(v.id)
+            ).scalar_one()
+            insert_rows(
+                session, InvoiceLine, [{**line, "invoice_id": invoice_id} for line in lines]
+            )
+            created += 1
+        stray = [c["id"] for c in group if c["invoice_id"] != invoice_id]
+        for part in _chunks(stray):
+            session.execute(sa.update(ch).where(ch.c.id.in_(part)).values(invoice_id=invoice_id))
+    for key, existing in invoices.items():
+        if key not in groups and existing.status == "draft":
+            discard_draft(session, existing, "no charges left", now)
+            discarded += 1
+    report.written = created
+    report.deleted = discarded
+    report.details.update(drafts_kept=kept, drafts_built=created, drafts_discarded=discarded)
+    return report
+
+
+def _chunks(values: list[Any], size: int = 900):
+    for i in range(0, len(values), size):
+        yield values[i : i + size]

@@ -1,0 +1,580 @@
+"""Usage: streamed, validated, idempotent ingestion, and aggregation in the database.
+
+Files are read row by row; rows are written in batches (COPY into a staging table on
+PostgreSQL, multi-row inserts on SQLite) inside one transaction, so a refused file leaves
+nothing behind and memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from .db import is_postgres
+from .models import Customer, Metric, UsageEvent, UsageLoad, UsageTouch
+
+# Metric values are stored as integers of 10^-6 units: exact sums on both stores.
+SCALE = 10**6
+MAX_DECIMALS = 6
+BATCH = 20_000
+CSV_COLUMNS = ("event_id", "customer", "metric", "timestamp", "quantity")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One refused row: where, which field, why."""
+
+    file: str
+    row: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: row {self.row}: {self.field}: {self.reason}"
+
+
+class UsageRefused(ValueError):
+    """Usage files refused whole (nothing was written)."""
+
+    def __init__(self, summary: str, problems: list[Problem]):
+        super().__init__(summary)
+        self.summary = summary
+        self.problems = problems
+
+
+@dataclass
+class IngestResult:
+    files: int = 0
+    read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    code: str
+    aggregation: str
+    field: str | None
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, raw record) pairs; the CSV header is row 1, a JSON line its line."""
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        yield from _read_jsonl(path)
+    else:
+        yield from _read_csv(path)
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        missing = [c for c in ("event_id", "customer", "metric", "timestamp") if c not in header]
+        if missing:
+            raise UsageRefused(
+                f"{path}: the header lacks {', '.join(missing)} "
+                f"(expected {','.join(CSV_COLUMNS)}, other columns become properties)",
+                [],
+            )
+        extra = [h for h in header if h not in CSV_COLUMNS]
+        for values in reader:
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            record: dict[str, Any] = dict(zip(header, values, strict=False))
+            if len(values) != len(header):
+                record["__width__"] = len(values)
+            props = {k: record.pop(k) for k in extra if record.get(k, "") != ""}
+            for k in extra:
+                record.pop(k, None)
+            record["properties"] = props
+            yield reader.line_num, record
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line, parse_float=Decimal)
+            except json.JSONDecodeError as err:
+                yield number, {"__invalid__": f"not valid JSON ({err.msg})"}
+                continue
+            if not isinstance(record, dict):
+                yield number, {"__invalid__": "a line must be a JSON object"}
+                continue
+            props = record.get("properties") or {}
+            if not isinstance(props, dict):
+                yield number, {"__invalid__": "properties must be a JSON object"}
+                continue
+            for key in list(record):
+                if key not in CSV_COLUMNS and key != "properties":
+                    props[key] = record.pop(key)
+            record["properties"] = props
+            yield number, record
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+class Validator:
+    """Turns raw records into event rows, or into the reason they are refused."""
+
+    def __init__(self, customers: set[str], metrics: dict[str, MetricDef]):
+        self.customers = customers
+        self.metrics = metrics
+
+    def event(self, record: dict[str, Any]) -> tuple[dict | None, tuple[str, str] | None]:
+        """(row, None) for a valid record, (None, (field, reason)) otherwise."""
+        if "__invalid__" in record:
+            return None, ("row", record["__invalid__"])
+        if "__width__" in record:
+            return None, (
+                "row",
+                f"has {record['__width__']} cells, the header has a different number",
+            )
+        event_id = _text(record.get("event_id"))
+        if not event_id:
+            return None, ("event_id", "missing (every event needs an idempotency key)")
+        customer = _text(record.get("customer"))
+        if not customer:
+            return None, ("customer", "missing")
+        if customer not in self.customers:
+            return None, ("customer", f"unknown customer {customer!r}")
+        code = _text(record.get("metric"))
+        if not code:
+            return None, ("metric", "missing")
+        metric = self.metrics.get(code)
+        if metric is None:
+            return None, ("metric", f"unknown metric {code!r}")
+        timestamp, reason = parse_timestamp(record.get("timestamp"))
+        if timestamp is None:
+            return None, ("timestamp", reason or "invalid")
+        quantity, reason = parse_quantity(record.get("quantity"))
+        if quantity is None:
+            return None, ("quantity", reason or "invalid")
+        properties = record.get("properties") or {}
+        dimension = None
+        if metric.aggregation == "count":
+            value = SCALE
+        elif metric.field in (None, "quantity"):
+            value = int(quantity * SCALE)
+            if metric.aggregation == "unique_count":
+                dimension = _plain_text(quantity)
+        else:
+            raw = properties.get(metric.field)
+            if raw is None or raw == "":
+                return None, (f"properties.{metric.field}", f"missing (metric {code} reads it)")
+            if metric.aggregation == "unique_count":
+                value, dimension = 0, _text(raw)
+            else:
+                number, reason = parse_quantity(raw)
+                if number is None:
+                    return None, (f"properties.{metric.field}", reason or "invalid")
+                value = int(number * SCALE)
+        return {
+            "event_id": event_id,
+            "customer_id": customer,
+            "metric_code": code,
+            "timestamp": timestamp,
+            "quantity": quantity,
+            "value": value,
+            "dimension": dimension,
+            "properties": properties or None,
+        }, None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _plain_text(number: Decimal) -> str:
+    return str(int(number)) if number == number.to_integral_value() else f"{number.normalize():f}"
+
+
+def parse_timestamp(value: Any) -> tuple[datetime | None, str | None]:
+    """An aware instant from ISO 8601 text with a UTC offset or Z."""
+    text = _text(value)
+    if not text:
+        return None, "missing"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None, f"not an ISO 8601 timestamp: {text!r}"
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        return None, f"no UTC offset in {text!r} (add Z or +hh:mm)"
+    return parsed.astimezone(UTC), None
+
+
+def parse_quantity(value: Any) -> tuple[Decimal | None, str | None]:
+    """A non-negative decimal with at most six decimal places; missing means 1."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Decimal(1), None
+    if isinstance(value, (bool, float)):
+        return None, f"not a decimal number: {value!r}"
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None, f"not a number: {value!r}"
+    if not number.is_finite():
+        return None, f"not a finite number: {value!r}"
+    if number < 0:
+        return None, f"negative ({value}); quantities must be zero or more"
+    if -number.as_tuple().exponent > MAX_DECIMALS and number != number.quantize(
+        Decimal(1).scaleb(-MAX_DECIMALS)
+    ):
+        return None, f"more than {MAX_DECIMALS} decimal places: {value}"
+    return number, None
+
+
+def load_reference(session: Session) -> Validator:
+    """Customers and metrics as the validator needs them."""
+    customers = set(session.execute(sa.select(Customer.__table__.c.id)).scalars())
+    metrics = {
+        r.code: MetricDef(r.code, r.aggregation, r.field)
+        for r in session.execute(sa.select(Metric.__table__))
+    }
+    return Validator(customers, metrics)
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+class _Writer:
+    """Batches valid events into the store, skipping event ids already present."""
+
+    def __init__(self, session: Session, source: str):
+        self.session = session
+        self.source = source
+        self.postgres = is_postgres(session)
+        self.batch: list[dict] = []
+        self.loaded = 0
+        self.now = datetime.now(UTC)
+        # (customer, metric) -> earliest and latest timestamps seen: late-usage touches.
+        self.touched: dict[tuple[str, str], list[datetime]] = {}
+        if self.postgres:
+            self.session.execute(
+                sa.text(
+                    "CREATE TEMP TABLE IF NOT EXISTS usage_staging "
+                    "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+            )
+            self.session.execute(sa.text("TRUNCATE usage_staging"))
+
+    def add(self, row: dict) -> None:
+        self.batch.append(row)
+        key = (row["customer_id"], row["metric_code"])
+        span = self.touched.get(key)
+        if span is None:
+            self.touched[key] = [row["timestamp"], row["timestamp"]]
+        elif row["timestamp"] < span[0]:
+            span[0] = row["timestamp"]
+        elif row["timestamp"] > span[1]:
+            span[1] = row["timestamp"]
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        if self.postgres:
+            self._copy(self.batch)
+        else:
+            self._insert(self.batch)
+        self.batch = []
+
+    def finish(self) -> int:
+        self.flush()
+        if self.postgres:
+            result = self.session.execute(
+                sa.text(
+                    "INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, "
+                    "quantity, value, dimension, properties, source, ingested_at) "
+                    "SELECT event_id, customer_id, metric_code, timestamp, quantity, value, "
+                    "dimension, properties, source, ingested_at FROM usage_staging "
+                    "ON CONFLICT (event_id) DO NOTHING"
+                )
+            )
+            self.loaded = result.rowcount or 0
+            self.session.execute(sa.text("TRUNCATE usage_staging"))
+        if self.loaded:
+            self.session.execute(
+                sa.insert(UsageTouch.__table__),
+                [
+                    {
+                        "customer_id": c,
+                        "metric_code": m,
+                        "earliest": lo,
+                        "latest": hi,
+                        "created_at": self.now,
+                    }
+                    for (c, m), (lo, hi) in self.touched.items()
+                ],
+            )
+        return self.loaded
+
+    def _copy(self, rows: list[dict]) -> None:
+        raw = self.session.connection().connection.driver_connection
+        columns = (
+            "event_id",
+            "customer_id",
+            "metric_code",
+            "timestamp",
+            "quantity",
+            "value",
+            "dimension",
+            "properties",
+            "source",
+            "ingested_at",
+        )
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY usage_staging ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for r in rows:
+                copy.write_row(
+                    (
+                        r["event_id"],
+                        r["customer_id"],
+                        r["metric_code"],
+                        r["timestamp"],
+                        r["quantity"],
+                        r["value"],
+                        r["dimension"],
+                        None
+                        if r["properties"] is None
+                        else json.dumps(r["properties"], default=str),
+                        self.source,
+                        self.now,
+                    )
+                )
+
+    def _insert(self, rows: list[dict]) -> None:
+        table = UsageEvent.__table__
+        from sqlalchemy.dialects.sqlite import insert
+
+        stmt = insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        result = self.session.execute(
+            stmt, [{**r, "source": self.source, "ingested_at": self.now} for r in rows]
+        )
+        self.loaded += result.rowcount or 0
+
+
+def ingest_records(
+    session: Session,
+    sources: Iterable[tuple[str, Iterable[tuple[int, dict[str, Any]]]]],
+    *,
+    skip_invalid: bool = False,
+    source: str = "cli",
+    rejects: Any = None,
+) -> IngestResult:
+    """Validate and write records from several named sources as one all-or-nothing load.
+
+    With `skip_invalid`, bad rows are left out (and written to `rejects`, a CSV writer);
+    otherwise any bad row refuses everything. The caller commits.
+    """
+    validator = load_reference(session)
+    writer = _Writer(session, source)
+    result = IngestResult()
+    for name, records in sources:
+        result.files += 1
+        for number, record in records:
+            result.read += 1
+            row, problem = validator.event(record)
+            if problem is not None:
+                result.rejected += 1
+                issue = Problem(name, number, problem[0], problem[1])
+                result.problems.append(issue)
+                if rejects is not None:
+                    rejects.writerow(
+                        [name, number, issue.field, issue.reason, json.dumps(record, default=str)]
+                    )
+                continue
+            if result.problems and not skip_invalid:
+                continue  # refused anyway: keep validating, stop writing
+            writer.add(row)
+    if result.problems and not skip_invalid:
+        raise UsageRefused(
+            f"{len(result.problems)} invalid row(s) in {result.files} file(s); nothing was "
+            "loaded (fix them, or pass --skip-invalid REJECTS_FILE)",
+            result.problems,
+        )
+    result.loaded = writer.finish()
+    result.duplicates = result.read - result.rejected - result.loaded
+    return result
+
+
+def ingest_files(
+    session: Session, paths: list[Path], *, rejects_path: Path | None = None, source: str = "cli"
+) -> IngestResult:
+    """Ingest CSV or JSON Lines files as one load; see `ingest_records`."""
+    for path in paths:
+        if not path.is_file():
+            raise UsageRefused(f"{path}: no such file", [])
+    handle = None
+    rejects = None
+    try:
+        if rejects_path is not None:
+            handle = rejects_path.open("w", newline="", encoding="utf-8")
+            rejects = csv.writer(handle)
+            rejects.writerow(["file", "row", "field", "reason", "record"])
+        result = ingest_records(
+            session,
+            ((str(p), read_rows(p)) for p in paths),
+            skip_invalid=rejects_path is not None,
+            source=source,
+            rejects=rejects,
+        )
+    finally:
+        if handle is not None:
+            handle.close()
+    now = datetime.now(UTC)
+    for path in paths:
+        session.add(
+            UsageLoad(
+                source=source,
+                key=str(path),
+                events_read=result.read,
+                events_loaded=result.loaded,
+                duplicates=result.duplicates,
+                rejected=result.rejected,
+                loaded_at=now,
+            )
+        )
+    return result
+
+
+# --- aggregation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """Usage of one customer and metric between two instants, identified by `key`."""
+
+    key: int
+    customer_id: str
+    metric_code: str
+    start: datetime
+    end: datetime
+
+
+_windows = sa.Table(
+    "usage_windows",
+    sa.MetaData(),
+    sa.Column("key", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("metric_code", sa.String(128), nullable=False),
+    sa.Column("start_ts", UsageEvent.__table__.c.timestamp.type, nullable=False),
+    sa.Column("end_ts", UsageEvent.__table__.c.timestamp.type, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+def aggregate(
+    session: Session, windows: list[Window], aggregations: dict[str, str]
+) -> dict[int, Decimal]:
+    """Each window's aggregated quantity, computed in one set-based query per kind.
+
+    `aggregations` maps metric code to its aggregation. Windows without events get 0.
+    """
+    out = {w.key: Decimal(0) for w in windows}
+    if not windows:
+        return out
+    connection = session.connection()
+    _windows.create(connection, checkfirst=True)
+    connection.execute(_windows.delete())
+    from .store import chunks
+
+    for part in chunks(windows, 5000):
+        connection.execute(
+            _windows.insert(),
+            [
+                {
+                    "key": w.key,
+                    "customer_id": w.customer_id,
+                    "metric_code": w.metric_code,
+                    "start_ts": w.start,
+                    "end_ts": w.end,
+                }
+                for w in part
+            ],
+        )
+    if is_postgres(session):
+        connection.execute(sa.text("ANALYZE usage_windows"))
+    e = UsageEvent.__table__.c
+    w = _windows.c
+    join = sa.and_(
+        e.customer_id == w.customer_id,
+        e.metric_code == w.metric_code,
+        e.timestamp >= w.start_ts,
+        e.timestamp < w.end_ts,
+    )
+    by_kind: dict[str, set[str]] = {}
+    for code, kind in aggregations.items():
+        by_kind.setdefault(kind, set()).add(code)
+    present = {w.metric_code for w in windows}
+    queries = []
+    for kind, codes in by_kind.items():
+        codes = codes & present
+        if not codes:
+            continue
+        metric_filter = w.metric_code.in_(sorted(codes))
+        if kind == "latest":
+            ranked = (
+                sa.select(
+                    w.key.label("key"),
+                    e.value.label("value"),
+                    sa.func.row_number()
+                    .over(partition_by=w.key, order_by=(e.timestamp.desc(), e.event_id.desc()))
+                    .label("rank"),
+                )
+                .select_from(_windows.join(UsageEvent.__table__, join))
+                .where(metric_filter)
+                .subquery()
+            )
+            queries.append(
+                (kind, sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1))
+            )
+            continue
+        measure = {
+            "sum": sa.func.sum(e.value),
+            "count": sa.func.count(),
+            "max": sa.func.max(e.value),
+            "unique_count": sa.func.count(sa.distinct(e.dimension)),
+        }[kind]
+        queries.append(
+            (
+                kind,
+                sa.select(w.key, measure)
+                .select_from(_windows.join(UsageEvent.__table__, join))
+                .where(metric_filter)
+                .group_by(w.key),
+            )
+        )
+    for kind, query in queries:
+        for key, value in connection.execute(query):
+            if value is None:
+                continue
+            if kind in ("count", "unique_count"):
+                out[key] = Decimal(int(value))
+            else:
+                out[key] = Decimal(int(value)) / SCALE
+    connection.execute(_windows.delete())
+    return out
