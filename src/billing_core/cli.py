@@ -38,7 +38,8 @@ app.add_typer(invoices_app, name="invoices")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(credits_app, name="credits")
 
-out = Console(highlight=False)
+# Wide when piped (tables stay readable in logs); the terminal's width otherwise.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

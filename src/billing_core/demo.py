@@ -115,24 +115,28 @@ def run_demo(folder: Path, console: Console) -> None:
     rows = summary_rows()
     with unit_of_work() as session:
         d = InvoiceDocument.__table__.c
-        docs: dict[int, list[str]] = {}
-        for invoice_id, path in session.execute(sa.select(d.invoice_id, d.path).order_by(d.format)):
-            docs.setdefault(invoice_id, []).append(
-                str(Path(path).relative_to(Path.cwd()))
-                if Path(path).is_relative_to(Path.cwd())
-                else path
-            )
-    table = Table(title="Demo invoices")
-    for col in ("number", "status", "billed customer", "billing date", "total", "documents"):
-        table.add_column(col, justify="right" if col == "total" else "left", overflow="fold")
+        docs: dict[int, dict[str, str]] = {}
+        for invoice_id, fmt, path in session.execute(sa.select(d.invoice_id, d.format, d.path)):
+            docs.setdefault(invoice_id, {})[fmt] = str(Path(path).relative_to(folder))
+    table = Table(title=f"Demo invoices (documents under {folder})")
+    for col in ("number", "status", "billed customer", "billing date", "total", "document"):
+        table.add_column(col, justify="right" if col == "total" else "left", no_wrap=True)
     for r in rows:
+        found = docs.get(r.id, {})
+        shown = found.get("html", "")
+        if "pdf" in found:
+            shown += "  (+ .pdf)"
         table.add_row(
             r.number or f"draft {r.id}",
             r.status,
             r.billed_customer_id,
             r.billing_date.isoformat(),
             f"{money_str(r.total, r.currency)} {r.currency}",
-            "\n".join(docs.get(r.id, [])),
+            shown,
         )
     console.print(table)
-    console.print(f"documents in {folder / 'documents'}")
+    issued = sum(1 for r in rows if r.status == "issued")
+    console.print(
+        f"{issued} invoices issued, {len(rows) - issued} drafts; open "
+        f"{folder / 'documents'} to read them"
+    )

@@ -196,15 +196,15 @@ def rate(
             )
 
     # 3. Discounts, then minimum true-ups, per subscription and cadence period.
-    context = _PeriodCharges(session, scope, frozen, charges)
+    minimum_slots = [
+        s for s in slots if s.kind == "minimum" and s.subscription_id in ref.subscriptions
+    ]
+    context = _PeriodCharges(session, scope, frozen, charges, minimum_slots)
     for row in _discounts(ref, context, through, now):
         charges[row["charge_key"]] = row
-    for s in slots:
-        if s.kind != "minimum" or s.subscription_id not in ref.subscriptions:
-            continue
+    for s in minimum_slots:
         row = _minimum(ref, context, s, now)
-        if row is not None:
-            charges[row["charge_key"]] = row
+        charges[row["charge_key"]] = row
 
     # 4. Late usage on issued periods.
     for row in late.adjustments(windows):
@@ -272,30 +272,38 @@ class _PeriodCharges:
     """All charges of a subscription's cadence period: frozen ones from the store and the
     ones rated now (discounts and minimums look at both)."""
 
-    def __init__(self, session: Session, scope: Scope, frozen: set[str], fresh: dict[str, dict]):
+    def __init__(
+        self,
+        session: Session,
+        scope: Scope,
+        frozen: set[str],
+        fresh: dict[str, dict],
+        minimum_slots: list[Any],
+    ):
         self.by_period: dict[tuple[str, date], list[dict]] = defaultdict(list)
         self.frozen_keys = frozen
         for row in fresh.values():
             self.by_period[(row["subscription_id"], row["full_start"])].append(row)
-        subs = {row["subscription_id"] for row in fresh.values()}
+        needed = {(r["subscription_id"], r["full_start"]) for r in fresh.values()}
+        needed |= {(s.subscription_id, s.full_start) for s in minimum_slots}
+        if not needed:
+            return
         ch = Charge.__table__.c
         v = Invoice.__table__.c
-        if not subs:
-            return
-        earliest = min(row["full_start"] for row in fresh.values())
         stmt = (
             sa.select(Charge.__table__)
             .join(Invoice.__table__, v.id == ch.invoice_id)
             .where(
                 v.status != "draft",
-                ch.full_start >= earliest,
+                ch.full_start >= min(p for _, p in needed),
                 ch.kind.in_(("fixed", "usage", "discount")),
             )
             .where(scope.where(ch.family_id))
         )
         for row in session.execute(stmt).mappings():
-            if row["subscription_id"] in subs:
-                self.by_period[(row["subscription_id"], row["full_start"])].append(dict(row))
+            key = (row["subscription_id"], row["full_start"])
+            if key in needed:
+                self.by_period[key].append(dict(row))
 
     def periods(self, subscription_id: str) -> list[date]:
         return sorted(p for s, p in self.by_period if s == subscription_id)
@@ -388,13 +396,18 @@ def _discounts(ref: Reference, context: _PeriodCharges, through: date, now: date
     return out
 
 
-def _minimum(ref: Reference, context: _PeriodCharges, slot: Any, now: datetime) -> dict | None:
-    """A true-up when the period's discounted charges fall short of the (prorated) minimum."""
+def _minimum(ref: Reference, context: _PeriodCharges, slot: Any, now: datetime) -> dict:
+    """A true-up when the period's discounted charges fall short of the (prorated) minimum.
+
+    Without a shortfall the charge is zero: it still rides on the period's invoice, so the
+    minimum is settled with it and never re-rated once that invoice is issued.
+    """
     sub = ref.subscriptions[slot.subscription_id]
     currency = ref.customers[sub.customer_id].currency
     required = round_money(
         prorate(
-            sub.minimum, _factor(slot.period_start, slot.period_end, slot.full_start, slot.full_end)
+            sub.minimum,
+            _factor(slot.period_start, slot.period_end, slot.full_start, slot.full_end),
         ),
         currency,
     )
@@ -406,9 +419,7 @@ def _minimum(ref: Reference, context: _PeriodCharges, slot: Any, now: datetime) 
         ),
         ZERO,
     )
-    short = required - charged
-    if short <= 0:
-        return None
+    short = max(required - charged, ZERO)
     return {
         "charge_key": slot.slot_key,
         "billing_period_id": slot.id,
@@ -430,10 +441,10 @@ def _minimum(ref: Reference, context: _PeriodCharges, slot: Any, now: datetime) 
         "due_date": slot.due_date,
         "billing_date": slot.billing_date,
         "currency": currency,
-        "quantity": Decimal(1),
-        "unit_price": short,
+        "quantity": Decimal(1) if short else ZERO,
+        "unit_price": short if short else None,
         "amount": short,
-        "description": f"Minimum {required} for the period, charges {charged}",
+        "description": f"Minimum {required} for the period; charges came to {charged}",
         "pricing": {"minimum": f"{sub.minimum:f}"},
         "adjusts_charge_id": None,
         "window_start": None,

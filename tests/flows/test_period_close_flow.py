@@ -1,0 +1,55 @@
+"""The period-close flow under a real Prefect API: six steps in order, idempotent."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.period_close import period_close
+from tests.helpers import import_yaml, ingest_csv, one
+from tests.integration.test_close import POOLED, USAGE, snapshot
+
+STEPS = [
+    "recalculate-schedules",
+    "collect-usage",
+    "rate-usage",
+    "consolidate-rollups",
+    "apply-credits",
+    "render-invoices",
+]
+
+
+def task_runs(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(runs, key=lambda r: r.start_time)
+
+
+def test_close_runs_the_six_steps_in_order(store, prefect_server):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    state = period_close(through=date(2026, 2, 1), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state.state_details.flow_run_id)
+    assert [r.name.rsplit("-", 1)[0] for r in runs] == STEPS
+    assert all(r.state.is_completed() for r in runs)
+    assert one(billed_customer="hq", billing_date="2026-02-01")["total"] == "1410.00"
+    recorded = store.rows("SELECT status, steps FROM close_runs")
+    assert recorded[0][0] == "completed"
+
+
+def test_flow_twice_leaves_the_same_rows_and_issue_adds_a_step(store, prefect_server):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    period_close(through=date(2026, 2, 1))
+    first = snapshot(store.url)
+    period_close(through=date(2026, 2, 1))
+    assert snapshot(store.url) == first
+    state = period_close(through=date(2026, 2, 1), issue=True, return_state=True)
+    names = [r.name.rsplit("-", 1)[0] for r in task_runs(state.state_details.flow_run_id)]
+    assert names == STEPS[:5] + ["issue-invoices", "render-invoices"]
+    assert one(billed_customer="hq", billing_date="2026-02-01")["status"] == "issued"

@@ -1,0 +1,177 @@
+"""The close end to end on each store, without Prefect: idempotence, issuing, credits."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from billing_core import close as steps
+from billing_core.db import get_engine
+from tests.helpers import close, import_yaml, ingest_csv, invoices, lines, one
+
+POOLED = """
+customers:
+  - {id: hq, name: HQ Holdings, currency: USD}
+  - {id: account-a, name: Account A, currency: USD, parent: hq}
+  - {id: account-b, name: Account B, currency: USD, parent: hq}
+metrics:
+  - {code: units, name: Units, aggregation: sum, field: quantity}
+prices:
+  - code: units-tiered
+    product: Units
+    currency: USD
+    model: graduated
+    metric: units
+    tiers: [{up_to: 1000, unit_price: "1.00"}, {up_to: null, unit_price: "0.90"}]
+  - {code: platform, product: Platform, currency: USD, model: flat, amount: "100.00"}
+subscriptions:
+  - id: sub-hq
+    customer: hq
+    start: 2026-01-01
+    cadence: monthly
+    billing_day: 1
+    items:
+      - {price: units-tiered, timing: in_arrears, pool: breakdown}
+      - {price: platform, timing: in_advance}
+credits:
+  - {id: promo, customer: hq, amount: "150.00", currency: USD, effective: 2026-01-01}
+"""
+
+USAGE = """
+event_id,customer,metric,timestamp,quantity
+a-1,account-a,units,2026-01-03T10:00:00Z,400
+a-2,account-a,units,2026-01-17T08:30:00Z,500
+b-1,account-b,units,2026-01-09T12:00:00+01:00,200
+b-2,account-b,units,2026-01-30T23:59:59Z,300
+"""
+
+VOLATILE = {"created_at", "rated_at", "issued_at", "ingested_at", "started_at", "finished_at"}
+
+
+def snapshot(url: str) -> dict[str, list[tuple]]:
+    """Every row of every billing table, without timestamps that record when."""
+    engine = get_engine(url)
+    out = {}
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    with engine.connect() as connection:
+        for name, table in sorted(meta.tables.items()):
+            if name in ("alembic_version", "close_runs", "usage_loads"):
+                continue
+            cols = [c for c in table.columns if c.name not in VOLATILE]
+            rows = connection.execute(sa.select(*cols)).all()
+            out[name] = sorted(tuple(str(v) for v in row) for row in rows)
+    return out
+
+
+def test_pooled_close_matches_m3ter_and_applies_credit(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-02-01")
+    invoice = one(billed_customer="hq", billing_date="2026-02-01")
+    assert [x["amount"] for x in lines(invoice, kind="usage")] == ["874.29", "485.71"]
+    assert invoice["subtotal"] == "1460.00"  # with February's platform fee in advance
+    # January's platform fee, billed in advance on 1 January, took 100.00 of the grant first.
+    january = one(billed_customer="hq", billing_date="2026-01-01")
+    assert (january["subtotal"], january["credit_total"], january["total"]) == (
+        "100.00",
+        "-100.00",
+        "0.00",
+    )
+    assert lines(invoice, kind="credit")[0]["amount"] == "-50.00"
+    assert invoice["total"] == "1410.00"
+
+
+def test_closing_twice_leaves_the_same_rows(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-02-01")
+    first = snapshot(store.url)
+    close("2026-02-01")
+    assert snapshot(store.url) == first
+    ingest_csv(USAGE)  # the same events again: counted once
+    close("2026-02-01")
+    assert snapshot(store.url) == first
+
+
+def test_issue_numbers_in_billing_date_then_customer_order(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    issued = invoices("issued")
+    assert [(i["billing_date"], i["number"]) for i in issued] == [
+        ("2026-01-01", "INV-2026-000001"),
+        ("2026-02-01", "INV-2026-000002"),
+    ]
+    # A re-close changes nothing on issued invoices and creates nothing new.
+    close("2026-02-01", issue=True)
+    assert invoices() == issued
+
+
+def test_late_usage_becomes_an_adjustment_on_the_next_invoice(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    before = one(billed_customer="hq", billing_date="2026-02-01")
+    ingest_csv(
+        """
+    event_id,customer,metric,timestamp,quantity
+    late-1,account-b,units,2026-01-20T10:00:00Z,100
+    """,
+        name="late.csv",
+    )
+    close("2026-03-01")
+    assert one(billed_customer="hq", billing_date="2026-02-01") == before
+    march = one(billed_customer="hq", billing_date="2026-03-01")
+    adjustments = lines(march, kind="adjustment")
+    # Block 1500 units: 1000 + 500 x 0.90 = 1450.00, split 870.00 / 580.00;
+    # billed 874.29 / 485.71, so A gets -4.29 and B +94.29 (sum +90.00).
+    assert sorted((a["serviced_customer"], a["amount"]) for a in adjustments) == [
+        ("account-a", "-4.29"),
+        ("account-b", "94.29"),
+    ]
+    assert all(
+        a["period_start"] == "2026-01-01" and a["period_end"] == "2026-01-31" for a in adjustments
+    )
+
+
+def test_the_store_refuses_changes_to_an_issued_invoice(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    engine = get_engine(store.url)
+    invoice_id = one(billed_customer="hq", billing_date="2026-02-01")["id"]
+    for statement in (
+        "UPDATE invoices SET total = 1 WHERE id = :id",
+        "UPDATE invoice_lines SET amount = 1 WHERE invoice_id = :id",
+        "DELETE FROM invoice_lines WHERE invoice_id = :id",
+        "DELETE FROM invoices WHERE id = :id",
+        "UPDATE charges SET amount = 1 WHERE invoice_id = :id",
+        "UPDATE invoices SET status = 'draft' WHERE id = :id",
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="frozen"), engine.begin() as connection:
+            connection.execute(sa.text(statement), {"id": invoice_id})
+    # Paying is a status change the store allows.
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE invoices SET status = 'paid' WHERE id = :id"), {"id": invoice_id}
+        )
+    assert store.scalar("SELECT status FROM invoices WHERE id = :id", id=invoice_id) == "paid"
+
+
+def test_steps_can_run_one_by_one_and_again(store):
+    from datetime import date
+
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    through = date(2026, 2, 1)
+    steps.recalculate(through)
+    steps.rate(through)
+    steps.rate(through)  # a retried step: the same charges
+    steps.consolidate(through)
+    steps.apply_credits(through)
+    steps.apply_credits(through)
+    total = Decimal(one(billed_customer="hq", billing_date="2026-02-01")["total"])
+    assert total == Decimal("1410.00")

@@ -1,0 +1,113 @@
+"""Usage ingestion: validated row by row, refused whole, idempotent on event_id."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from billing_core.db import unit_of_work
+from billing_core.usage import UsageRefused, ingest_files
+from tests.helpers import import_yaml, ingest_csv
+
+CATALOG = """
+customers: [{id: solo, name: Solo, currency: USD}]
+metrics:
+  - {code: units, name: Units, aggregation: sum}
+  - {code: users, name: Users, aggregation: unique_count, field: user_id}
+"""
+
+BAD = """
+event_id,customer,metric,timestamp,quantity
+ok-1,solo,units,2026-01-05T10:00:00Z,10
+bad-1,solo,units,2026-01-06T10:00:00Z,-4
+bad-2,nobody,units,2026-01-07T10:00:00Z,3
+bad-3,solo,units,not-a-time,3
+bad-4,solo,units,2026-01-07T10:00:00,3
+,solo,units,2026-01-07T10:00:00Z,3
+bad-6,solo,nometric,2026-01-07T10:00:00Z,3
+bad-7,solo,units,2026-01-07T10:00:00Z,three
+ok-2,solo,units,2026-01-08T10:00:00Z,5
+"""
+
+
+def test_a_file_with_bad_rows_is_refused_whole_with_every_reason(store):
+    import_yaml(CATALOG)
+    with pytest.raises(UsageRefused) as refused:
+        ingest_csv(BAD)
+    found = {(p.row, p.field) for p in refused.value.problems}
+    assert found == {
+        (3, "quantity"),
+        (4, "customer"),
+        (5, "timestamp"),
+        (6, "timestamp"),
+        (7, "event_id"),
+        (8, "metric"),
+        (9, "quantity"),
+    }
+    assert all(str(p).startswith(f"{p.file}: row {p.row}: ") for p in refused.value.problems)
+    assert store.scalar("SELECT count(*) FROM usage_events") == 0
+
+
+def test_skip_invalid_loads_the_rest_and_writes_rejects(store, tmp_path):
+    import_yaml(CATALOG)
+    (tmp_path / "bad.csv").write_text(BAD.lstrip())
+    with unit_of_work() as session:
+        result = ingest_files(session, [tmp_path / "bad.csv"], rejects_path=tmp_path / "rej.csv")
+        session.commit()
+    assert (result.loaded, result.rejected) == (2, 7)
+    assert len((tmp_path / "rej.csv").read_text().splitlines()) == 8
+
+
+def test_same_event_id_is_counted_once_whatever_the_file(store, tmp_path):
+    import_yaml(CATALOG)
+    first = ingest_csv(
+        "event_id,customer,metric,timestamp,quantity\ne1,solo,units,2026-01-05T10:00:00Z,10\n"
+    )
+    (tmp_path / "again.jsonl").write_text(
+        json.dumps(
+            {
+                "event_id": "e1",
+                "customer": "solo",
+                "metric": "units",
+                "timestamp": "2026-01-05T10:00:00Z",
+                "quantity": "99",
+            }
+        )
+        + "\n"
+    )
+    with unit_of_work() as session:
+        second = ingest_files(session, [tmp_path / "again.jsonl"])
+        session.commit()
+    assert (first.loaded, second.loaded, second.duplicates) == (1, 0, 1)
+    assert store.scalar("SELECT quantity FROM usage_events") in ("10", Decimal("10"))
+
+
+def test_several_files_are_all_or_nothing(store, tmp_path):
+    import_yaml(CATALOG)
+    (tmp_path / "good.csv").write_text(
+        "event_id,customer,metric,timestamp,quantity\ng1,solo,units,2026-01-05T10:00:00Z,1\n"
+    )
+    (tmp_path / "bad.csv").write_text(
+        "event_id,customer,metric,timestamp,quantity\nb1,solo,units,2026-01-05T10:00:00Z,-1\n"
+    )
+    with pytest.raises(UsageRefused), unit_of_work() as session:
+        ingest_files(session, [tmp_path / "good.csv", tmp_path / "bad.csv"])
+    assert store.scalar("SELECT count(*) FROM usage_events") == 0
+
+
+def test_property_metrics_read_their_field(store):
+    import_yaml(CATALOG)
+    with pytest.raises(UsageRefused, match="invalid") as refused:
+        ingest_csv(
+            "event_id,customer,metric,timestamp,quantity\nu1,solo,users,2026-01-05T10:00:00Z,\n"
+        )
+    assert refused.value.problems[0].field == "properties.user_id"
+    result = ingest_csv(
+        "event_id,customer,metric,timestamp,quantity,user_id\n"
+        "u1,solo,users,2026-01-05T10:00:00Z,,alice\n",
+        name="u.csv",
+    )
+    assert result.loaded == 1
+    assert store.scalar("SELECT dimension FROM usage_events") == "alice"
