@@ -13,13 +13,11 @@ from flows.period_close import period_close
 @flow(name="backfill")
 def backfill(start: date, end: date, issue: bool = False) -> dict:
     """Close each billing date from `start` to `end` as a child flow run, in order; the
-    result is the same as one close through `end`."""
+    result is the same as one close through `end`, and running it again changes nothing."""
     logger = get_run_logger()
     dates = billing_dates_between(start, end)
     logger.info(f"backfilling {len(dates)} billing date(s) from {start} to {end}")
-    closes = []
-    for day in dates:
-        closes.append(period_close(through=day, issue=issue))
+    closes = [period_close(through=day, issue=issue) for day in dates]
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),

@@ -1,80 +1,95 @@
-"""The period close: six retryable steps over the billing store, in order."""
+"""The period close: six retryable steps over the billing store, in order.
+
+Rating, consolidation, credits and rendering run in shards of customer families fanned out
+with `.map()` on the configured task runner (threads, or Dask for a cluster).
+"""
 
 from __future__ import annotations
 
 from datetime import date
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from billing_core import close as steps
-from billing_core.report import StepReport
+from billing_core.config import get_settings
+from billing_core.locks import close_lock
+from flows.runtime import (
+    log_report,
+    merged,
+    publish_invoices,
+    publish_step_summaries,
+    step,
+    task_runner,
+    today,
+)
 
 
-def _log(report: StepReport) -> dict:
-    logger = get_run_logger()
-    logger.info(report.summary())
-    for warning in report.warnings:
-        logger.warning(warning)
-    return report.as_dict()
-
-
-@task(name="recalculate-schedules", retries=2, retry_delay_seconds=5)
+@step("recalculate-schedules")
 def recalculate_schedules(through: date) -> dict:
-    return _log(steps.recalculate(through))
+    return log_report(steps.recalculate(through))
 
 
-@task(name="collect-usage", retries=2, retry_delay_seconds=5)
+@step("collect-usage")
 def collect_usage(through: date, close_run_id: int) -> dict:
-    return _log(steps.collect(through, close_run_id))
+    return log_report(steps.collect(through, close_run_id))
 
 
-@task(name="rate-usage", retries=2, retry_delay_seconds=5)
-def rate_usage(through: date) -> dict:
-    return _log(steps.rate(through))
+@step("rate-usage")
+def rate_usage(through: date, families: list[str] | None) -> dict:
+    return log_report(steps.rate(through, families))
 
 
-@task(name="consolidate-rollups", retries=2, retry_delay_seconds=5)
-def consolidate_rollups(through: date) -> dict:
-    return _log(steps.consolidate(through))
+@step("consolidate-rollups")
+def consolidate_rollups(through: date, families: list[str] | None) -> dict:
+    return log_report(steps.consolidate(through, families))
 
 
-@task(name="apply-credits", retries=2, retry_delay_seconds=5)
-def apply_credits(through: date) -> dict:
-    return _log(steps.apply_credits(through))
+@step("apply-credits")
+def apply_credits(through: date, families: list[str] | None) -> dict:
+    return log_report(steps.apply_credits(through, families))
 
 
-@task(name="issue-invoices", retries=2, retry_delay_seconds=5)
+@step("issue-invoices")
 def issue_invoices(through: date) -> dict:
-    return _log(steps.issue(through))
+    return log_report(steps.issue(through))
 
 
-@task(name="render-invoices", retries=2, retry_delay_seconds=5)
-def render_invoices(through: date) -> dict:
-    return _log(steps.render(through))
+@step("render-invoices")
+def render_invoices(through: date, families: list[str] | None) -> dict:
+    return log_report(steps.render(through, families))
 
 
-@flow(name="period-close", log_prints=True)
+def _fan_out(task, through: date, shards: list) -> dict:
+    return merged(task.map(unmapped(through), shards).result())
+
+
+@flow(name="period-close", task_runner=task_runner())
 def period_close(through: date | None = None, issue: bool = False) -> dict:
     """Close every billing date up to and including `through` (default: today)."""
-    through = through or date.today()
-    run_id = steps.start_run(through, issue, str(flow_run.get_id() or "") or None)
-    reports = []
-    try:
-        reports.append(recalculate_schedules(through))
-        reports.append(collect_usage(through, run_id))
-        reports.append(rate_usage(through))
-        reports.append(consolidate_rollups(through))
-        reports.append(apply_credits(through))
-        if issue:
-            reports.append(issue_invoices(through))
-        reports.append(render_invoices(through))
-    except BaseException:
-        steps.finish_run(run_id, "failed")
-        raise
-    for report in reports:
-        steps.record_step(run_id, StepReport.from_dict(report))
-    steps.finish_run(run_id, "completed")
+    settings = get_settings()
+    run = str(flow_run.get_id() or "")
+    # A retried run closes the date its first attempt chose, whenever it is retried.
+    through = through or steps.recorded_through(run) or today()
+    with close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout):
+        run_id = steps.start_run(through, issue, run or None)
+        try:
+            reports = [recalculate_schedules(through), collect_usage(through, run_id)]
+            shards = steps.shards(settings.shards) if settings.shards > 1 else [None]
+            get_run_logger().info(f"{len(shards)} shard(s) of customer families")
+            reports.append(_fan_out(rate_usage, through, shards))
+            reports.append(_fan_out(consolidate_rollups, through, shards))
+            reports.append(_fan_out(apply_credits, through, shards))
+            if issue:
+                reports.append(issue_invoices(through))
+            reports.append(_fan_out(render_invoices, through, shards))
+        except BaseException:
+            steps.finish_run(run_id, "failed")
+            raise
+        steps.record_steps(run_id, reports)
+        steps.finish_run(run_id, "completed")
+    publish_step_summaries(reports, through)
+    publish_invoices(steps.summary_rows(through=through), steps.documents(through=through), through)
     return {
         "close_run_id": run_id,
         "through": through.isoformat(),

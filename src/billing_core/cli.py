@@ -121,10 +121,15 @@ def _rebuild_after_import(families: set[str]) -> str | None:
 
     if not families:
         return None
+    from .locks import CloseLocked
+
     through = latest_draft_date(families)
     if through is None:
         return None
-    reports = close_locally(through, families=families)
+    try:
+        reports = close_locally(through, families=families)
+    except CloseLocked as locked:
+        return f"drafts not recalculated now ({locked}); the next close rebuilds them"
     consolidated = next(r for r in reports if r.step == "consolidate roll-ups")
     built = consolidated.details.get("drafts_built", 0)
     dropped = consolidated.details.get("drafts_discarded", 0)
@@ -184,7 +189,12 @@ def close(
     day = _date(through, "--through") or date.today()
     from flows.period_close import period_close
 
-    result = period_close(through=day, issue=issue)
+    from .locks import CloseLocked
+
+    try:
+        result = period_close(through=day, issue=issue)
+    except CloseLocked as locked:
+        _fail(str(locked))
     _print_close(result)
 
 

@@ -133,11 +133,21 @@ def start_run(through: date, issue_invoices: bool, flow_run_id: str | None = Non
     return run_id
 
 
-def record_step(run_id: int, report: StepReport) -> None:
+def recorded_through(flow_run_id: str | None) -> date | None:
+    """The date a flow run's close was started with (None for a new run)."""
+    if not flow_run_id:
+        return None
+    with unit_of_work() as session:
+        r = CloseRun.__table__.c
+        return session.execute(sa.select(r.through).where(r.flow_run_id == flow_run_id)).scalar()
+
+
+def record_steps(run_id: int, reports: list[dict]) -> None:
+    """Keep what each step did on the close's record."""
     with unit_of_work() as session:
         r = CloseRun.__table__.c
         steps = session.execute(sa.select(r.steps).where(r.id == run_id)).scalar_one() or {}
-        steps = {**steps, report.step: report.as_dict()}
+        steps = {**steps, **{report["step"]: report for report in reports}}
         session.execute(sa.update(CloseRun.__table__).where(r.id == run_id).values(steps=steps))
         session.commit()
 
@@ -156,17 +166,22 @@ def finish_run(run_id: int, status: str) -> None:
 def close_locally(
     through: date, issue_invoices: bool = False, families: Iterable[str] | None = None
 ) -> list[StepReport]:
-    """The whole close in this process, without Prefect (imports' recalculation, tests)."""
+    """The whole close in this process, without Prefect (imports' recalculation, tests);
+    it takes the store's close lock like a flow run does."""
+    from .config import get_settings
+    from .locks import close_lock
+
     families = None if families is None else sorted(families)
-    reports = [
-        recalculate(through, families),
-        rate(through, families),
-        consolidate(through, families),
-        apply_credits(through, families),
-    ]
-    if issue_invoices:
-        reports.append(issue(through))
-    reports.append(render(through, families))
+    with close_lock("a local close", get_settings().close_lock_timeout):
+        reports = [
+            recalculate(through, families),
+            rate(through, families),
+            consolidate(through, families),
+            apply_credits(through, families),
+        ]
+        if issue_invoices:
+            reports.append(issue(through))
+        reports.append(render(through, families))
     return reports
 
 
@@ -212,3 +227,21 @@ def billing_dates_between(start: date, end: date) -> list[date]:
             ).scalars()
         )
     return sorted(dates | {end})
+
+
+def documents(through: date | None = None) -> dict[int, dict[str, str]]:
+    """invoice id -> format -> path of its current documents."""
+    from .models import InvoiceDocument
+
+    with unit_of_work() as session:
+        d = InvoiceDocument.__table__.c
+        v = Invoice.__table__.c
+        stmt = sa.select(d.invoice_id, d.format, d.path).join(
+            Invoice.__table__, v.id == d.invoice_id
+        )
+        if through is not None:
+            stmt = stmt.where(v.billing_date <= through)
+        out: dict[int, dict[str, str]] = {}
+        for invoice_id, fmt, path in session.execute(stmt):
+            out.setdefault(invoice_id, {})[fmt] = path
+        return out

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     usage_sql_query: str | None = None
     # How long a close waits for another close over the same store before giving up.
     close_lock_timeout: float = 0.0
+    # "Today" for a close without --through: the business's time zone.
+    timezone: str = "UTC"
+    # Retries of each close step (a database hiccup, a file not yet there).
+    task_retries: int = 2
+    task_retry_delay: float = 10.0
 
     @field_validator("database_url")
     @classmethod
