@@ -7,7 +7,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from billing_core.close import billing_dates_between
-from flows.period_close import period_close
+from flows.period_close import configured_close
 
 
 @flow(name="backfill")
@@ -17,7 +17,8 @@ def backfill(start: date, end: date, issue: bool = False) -> dict:
     logger = get_run_logger()
     dates = billing_dates_between(start, end)
     logger.info(f"backfilling {len(dates)} billing date(s) from {start} to {end}")
-    closes = [period_close(through=day, issue=issue) for day in dates]
+    close = configured_close()
+    closes = [close(through=day, issue=issue) for day in dates]
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),

@@ -8,6 +8,7 @@ failure (CI).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -192,3 +193,41 @@ def prefect_server() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def another_store(request, tmp_path, sqlite_template):
+    """Make more fresh stores of the same backend as `store` (for clean comparisons)."""
+
+    def make(name: str) -> Store:
+        backend = request.getfixturevalue("store").backend
+        folder = tmp_path / name
+        folder.mkdir()
+        if backend == "postgres":
+            return make_store(
+                backend,
+                folder,
+                sqlite_template,
+                request.getfixturevalue("postgres_template"),
+                request.getfixturevalue("pg_databases"),
+            )
+        return make_store(backend, folder, sqlite_template, None, None)
+
+    return make
+
+
+@contextlib.contextmanager
+def using_store(store: Store):
+    """Point BILLING_DATABASE_URL at another store for a block."""
+    from billing_core.db import dispose_engines
+
+    before = os.environ.get("BILLING_DATABASE_URL")
+    os.environ["BILLING_DATABASE_URL"] = store.url
+    try:
+        yield store
+    finally:
+        if before is None:
+            os.environ.pop("BILLING_DATABASE_URL", None)
+        else:
+            os.environ["BILLING_DATABASE_URL"] = before
+        dispose_engines()

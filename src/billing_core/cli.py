@@ -187,12 +187,12 @@ def close(
     """Run the period-close flow for every billing date up to and including --through."""
     _store()
     day = _date(through, "--through") or date.today()
-    from flows.period_close import period_close
+    from flows.period_close import configured_close
 
     from .locks import CloseLocked
 
     try:
-        result = period_close(through=day, issue=issue)
+        result = configured_close()(through=day, issue=issue)
     except CloseLocked as locked:
         _fail(str(locked))
     _print_close(result)

@@ -196,7 +196,12 @@ def render_html(data: dict) -> str:
 
 
 def render_pdf(html: str, path: Path) -> None:
+    import logging
+
     from weasyprint import HTML
+
+    # Font subsetting falls back to fontTools without HarfBuzz-Subset and says so per PDF.
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
 
     HTML(string=html, base_url=str(templates_dir())).write_pdf(path)
 
