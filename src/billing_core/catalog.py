@@ -231,8 +231,6 @@ class Catalog:
     subscriptions: dict[str, dict] = field(default_factory=dict)
     items: dict[str, list[dict]] = field(default_factory=dict)
     credits: dict[str, dict] = field(default_factory=dict)
-    # Keys given explicitly per customer (bill_to's default depends on the merged parent).
-    explicit_bill_to: set[str] = field(default_factory=set)
 
 
 def parse(data: dict) -> Catalog:
@@ -317,8 +315,6 @@ def parse(data: dict) -> Catalog:
         }
         if cid:
             catalog.customers[cid] = row
-            if "bill_to" in e.raw:
-                catalog.explicit_bill_to.add(cid)
 
     metrics = _list(data, "metrics", problems)
     _duplicates(

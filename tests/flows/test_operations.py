@@ -18,19 +18,12 @@ import httpx
 import pytest
 
 from tests.conftest import make_store
+from tests.flows.test_period_close_flow import STEPS
 from tests.helpers import import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STEPS = [
-    "recalculate-schedules",
-    "collect-usage",
-    "rate-usage",
-    "consolidate-rollups",
-    "apply-credits",
-    "render-invoices",
-]
 
 pytestmark = pytest.mark.slow
 
