@@ -84,13 +84,26 @@ def anchor_day(sub: SubscriptionInfo, ref: Reference, hierarchy: Hierarchy) -> i
     return own[0].billing_day if own else sub.billing_day
 
 
+def phases_of(sub: SubscriptionInfo) -> tuple[list[date], list[int]]:
+    """The first day and the phase number of each phase, in order (phase 0 at the start).
+
+    A part's `phase` is a position in this list; the number is what items are stored
+    under, so a gap in the numbering never shifts one phase's items onto another.
+    """
+    starts = {0: sub.start}
+    for item in sub.items:
+        if item.phase:
+            starts[item.phase] = item.phase_start
+    numbers = sorted(starts)
+    return [starts[n] for n in numbers], numbers
+
+
 def periods_through(sub: SubscriptionInfo, day: int, through: date) -> Iterator[Period]:
     """Period parts starting on or before `through`, then those of the next period: enough
     to know each due date on or before `through` and the first one after it."""
     next_start: date | None = None
-    for part in periods_with_phases(
-        sub.start, sub.end, sub.cadence, day, sub.phase_starts, date.max
-    ):
+    starts, _ = phases_of(sub)
+    for part in periods_with_phases(sub.start, sub.end, sub.cadence, day, starts, date.max):
         if part.service_start > through:
             if next_start is None:
                 next_start = part.service_start
@@ -143,8 +156,9 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
         own = billed == sub.customer_id
         day = anchor_day(sub, ref, hierarchy)
         minimum_done: set[date] = set()
+        _, phase_numbers = phases_of(sub)
         for part in periods_through(sub, day, through):
-            for item in sub.items_in_phase(part.phase):
+            for item in sub.items_in_phase(phase_numbers[part.phase]):
                 price = ref.prices.get(item.price_code)
                 if price is None:
                     continue

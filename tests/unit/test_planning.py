@@ -444,3 +444,26 @@ def test_a_child_pool_bills_each_members_share_to_that_member():
         ("a", "a"),
         ("hq", "hq"),
     ]
+
+
+def test_phase_numbers_with_a_gap_still_bill_each_phase_from_its_start():
+    # Items stored under phases 0 and 2 only (phase 1 had none): phase 2's items start
+    # on phase 2's date, not on the list position's.
+    ref = reference(
+        [customer("c")],
+        [
+            sub(
+                "s",
+                "c",
+                D(2026, 1, 1),
+                [item("fee", "in_advance"), item("pro", "in_advance", 2, D(2026, 3, 1))],
+            )
+        ],
+    )
+    got = rows(plan(ref, D(2026, 4, 1), {}))
+    assert [(r[0], r[2]) for r in got] == [
+        ("fee", D(2026, 1, 1)),
+        ("fee", D(2026, 2, 1)),
+        ("pro", D(2026, 3, 1)),
+        ("pro", D(2026, 4, 1)),
+    ]
