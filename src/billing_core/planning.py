@@ -62,15 +62,17 @@ def billed_customer_of(sub: SubscriptionInfo, hierarchy: Hierarchy) -> str:
 
 
 def anchor_day(sub: SubscriptionInfo, ref: Reference, hierarchy: Hierarchy) -> int:
-    """The subscription's billing day, re-anchored on its payer's with align_to_parent."""
+    """The subscription's billing day, re-anchored on its payer's with align_to_parent:
+    the billed customer's `billing_day`, else the day of its first active schedule."""
     if not sub.align_to_parent:
         return sub.billing_day
     billed = billed_customer_of(sub, hierarchy)
-    if billed == sub.customer_id:
-        return sub.billing_day
     payer = ref.customers[billed]
     if payer.billing_day is not None:
         return payer.billing_day
+    if billed == sub.customer_id:
+        # Paying for itself without a calendar: the schedule is its own anchor.
+        return sub.billing_day
     own = sorted(
         (
             s

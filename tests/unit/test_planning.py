@@ -467,3 +467,20 @@ def test_phase_numbers_with_a_gap_still_bill_each_phase_from_its_start():
         ("pro", D(2026, 3, 1)),
         ("pro", D(2026, 4, 1)),
     ]
+
+
+def test_align_to_parent_on_a_child_paying_for_itself_follows_its_own_calendar():
+    # The billed customer is the child itself: its billing_day (20) is the anchor; without
+    # one, the schedule keeps its own day.
+    ref = reference(
+        [customer("p", billing_day=1), customer("k", parent="p", billing_day=20)],
+        [
+            sub("kid", "k", D(2026, 1, 1), [item("fee")], billing_day=5, rollup=False, align=True),
+            sub("plain", "p", D(2026, 1, 1), [item("fee")], billing_day=5, align=True),
+        ],
+    )
+    h = ref.hierarchy()
+    assert anchor_day(ref.subscriptions["kid"], ref, h) == 20
+    assert anchor_day(ref.subscriptions["plain"], ref, h) == 1  # p's own billing_day
+    ref.customers["k"] = customer("k", parent="p")  # the same child without a billing_day
+    assert anchor_day(ref.subscriptions["kid"], ref, ref.hierarchy()) == 5
