@@ -21,7 +21,7 @@ from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
 from .report import StepReport
 from .schedules import Calendar, prorate, window_utc
-from .store import delete_in, insert_rows
+from .store import chunks, delete_in, insert_rows
 from .usage import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
@@ -672,6 +672,14 @@ def _write(
             .where(scope.where(ch.c.family_id))
         ).mappings()
     }
+    # A charge a later close wrote may now bill earlier (its schedule changed): update it
+    # in place rather than write the same key twice.
+    later = [key for key in charges if key not in existing]
+    unfrozen = sa.or_(v.id.is_(None), v.status == "draft")
+    stmt = sa.select(ch).outerjoin(Invoice.__table__, v.id == ch.c.invoice_id).where(unfrozen)
+    for part in chunks(later):
+        for r in session.execute(stmt.where(ch.c.charge_key.in_(part))).mappings():
+            existing[r["charge_key"]] = r
     inserts, updates = [], []
     for key, row in charges.items():
         old = existing.get(key)

@@ -237,3 +237,62 @@ def test_an_unchanged_reimport_rebuilds_nothing(store, tmp_path):
     output = reimport(tmp_path, FAMILIES)
     assert "rebuilt" not in output and "discarded" not in output
     assert invoices("draft") == drafts
+
+
+CALENDAR = """
+customers:
+  - {id: payer, name: Payer, currency: USD, billing_day: 15}
+  - {id: unit, name: Unit, currency: USD, parent: payer}
+prices:
+  - {code: fee, product: Fee, currency: USD, model: flat, amount: "100.00"}
+subscriptions:
+  - {id: sub-unit, customer: unit, start: 2026-01-01, cadence: monthly, billing_day: 1,
+     items: [{price: fee, timing: TIMING}]}
+"""
+
+
+def billed_periods() -> dict[str, list[str]]:
+    return {
+        i["billing_date"]: sorted(x["period_start"] for x in lines(i, kind="fixed"))
+        for i in invoices()
+    }
+
+
+def test_a_timing_change_moves_already_planned_periods_earlier(store, tmp_path):
+    import_yaml(CALENDAR.replace("TIMING", "in_arrears"))
+    close("2026-03-01")
+    # In arrears: January due 1 Feb, on the payer's 15 February. February's period is
+    # planned (due 1 March) and waits for 15 March.
+    assert billed_periods() == {"2026-02-15": ["2026-01-01"]}
+    output = reimport(tmp_path, CALENDAR.replace("TIMING", "in_advance"))
+    # In advance: January due 1 Jan -> 15 Jan, February due 1 Feb -> 15 Feb. February's
+    # planned slot is the same slot, now due earlier.
+    assert "recalculated drafts through 2026-02-15" in output
+    assert billed_periods() == {"2026-01-15": ["2026-01-01"], "2026-02-15": ["2026-02-01"]}
+
+
+def test_a_close_through_an_earlier_date_after_a_change_updates_charges_in_place(store):
+    import_yaml(CALENDAR.replace("TIMING", "in_arrears"))
+    close("2026-04-15")
+    assert billed_periods() == {
+        "2026-02-15": ["2026-01-01"],
+        "2026-03-15": ["2026-02-01"],
+        "2026-04-15": ["2026-03-01"],
+    }
+    import_yaml(CALENDAR.replace("TIMING", "in_advance"))  # no rebuild: the store only
+    close("2026-03-15")
+    # March's charge, rated for 15 April, now bills on 15 March; the 15 April draft is
+    # left as it was until a close reaches it, which then finds nothing left for it.
+    got = billed_periods()
+    assert {d: got[d] for d in ("2026-01-15", "2026-02-15", "2026-03-15")} == {
+        "2026-01-15": ["2026-01-01"],
+        "2026-02-15": ["2026-02-01"],
+        "2026-03-15": ["2026-03-01"],
+    }
+    close("2026-04-15")
+    assert billed_periods() == {
+        "2026-01-15": ["2026-01-01"],
+        "2026-02-15": ["2026-02-01"],
+        "2026-03-15": ["2026-03-01"],
+        "2026-04-15": ["2026-04-01"],
+    }
