@@ -149,6 +149,7 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
     own_dates: dict[str, set[date]] = defaultdict(set)
     all_dates: dict[str, set[date]] = defaultdict(set)
     warned: set[str] = set()
+    child_shares: list[tuple[Slot, str]] = []
 
     for sub in sorted(ref.subscriptions.values(), key=lambda s: s.id):
         if sub.status == "draft" or sub.customer_id not in ref.customers:
@@ -200,23 +201,26 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
                         result.warnings.append(message)
                 for member in members:
                     payer = member if item.pool == "child" and member != sub.customer_id else billed
-                    all_dates[payer].add(due)
+                    if payer == billed:
+                        all_dates[payer].add(due)
                     if due <= through:
-                        result.slots.append(
-                            _slot(
-                                sub,
-                                "item",
-                                item.price_code,
-                                item.timing,
-                                member,
-                                payer,
-                                customer.family_id,
-                                item.pool,
-                                sub.customer_id,
-                                part,
-                                due,
-                            )
+                        slot = _slot(
+                            sub,
+                            "item",
+                            item.price_code,
+                            item.timing,
+                            member,
+                            payer,
+                            customer.family_id,
+                            item.pool,
+                            sub.customer_id,
+                            part,
+                            due,
                         )
+                        if payer == billed:
+                            result.slots.append(slot)
+                        else:
+                            child_shares.append((slot, billed))
             if sub.minimum is not None and part.service_start not in minimum_done:
                 minimum_done.add(part.service_start)
                 whole = Period(
@@ -248,14 +252,30 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
                         )
                     )
 
-    for payer in set(all_dates):
+    def calendar(payer: str) -> Calendar:
         info = ref.customers.get(payer)
-        result.calendars[payer] = Calendar(
+        return Calendar(
             info.billing_day if info else None,
             own_dates.get(payer, ()),
             all_dates[payer],
             taken.get(payer, ()),
         )
+
+    for payer in set(all_dates):
+        result.calendars[payer] = calendar(payer)
+    # A child-mode pool member's share is due on the pool item's billing date (the pool
+    # owner's payer's), then lands on the member's own calendar.
+    members_paying: set[str] = set()
+    for slot, owner_payer in child_shares:
+        item_date = result.calendars[owner_payer].place(slot.due_date)
+        if item_date is None or item_date > through:
+            continue
+        slot.due_date = item_date
+        all_dates[slot.billed_customer_id].add(item_date)
+        members_paying.add(slot.billed_customer_id)
+        result.slots.append(slot)
+    for payer in members_paying:
+        result.calendars[payer] = calendar(payer)
     for slot in result.slots:
         slot.billing_date = result.calendars[slot.billed_customer_id].place(slot.due_date)
     return result

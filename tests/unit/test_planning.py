@@ -484,3 +484,28 @@ def test_align_to_parent_on_a_child_paying_for_itself_follows_its_own_calendar()
     assert anchor_day(ref.subscriptions["plain"], ref, h) == 1  # p's own billing_day
     ref.customers["k"] = customer("k", parent="p")  # the same child without a billing_day
     assert anchor_day(ref.subscriptions["kid"], ref, ref.hierarchy()) == 5
+
+
+def test_a_child_pool_share_is_due_on_the_pool_items_billing_date():
+    # The owner bills on its 15th; the pool item (January, in arrears) is due 1 February
+    # and billed 15 February. Each member's share is due that day, then placed on the
+    # member's own calendar: A has none (15 February), B bills on its 20th.
+    ref = reference(
+        [
+            customer("hq", billing_day=15),
+            customer("a", parent="hq"),
+            customer("b", parent="hq", billing_day=20),
+        ],
+        [sub("pool", "hq", D(2026, 1, 1), [item("calls", pool="child")])],
+    )
+    got = plan(ref, D(2026, 2, 28), {})
+    assert sorted((s.serviced_customer_id, s.due_date, s.billing_date) for s in got.slots) == [
+        ("a", D(2026, 2, 15), D(2026, 2, 15)),
+        ("b", D(2026, 2, 15), D(2026, 2, 20)),
+        ("hq", D(2026, 2, 1), D(2026, 2, 15)),
+    ]
+    # Before the pool item's billing date the members' shares are not due yet.
+    early = plan(ref, D(2026, 2, 10), {})
+    assert [(s.serviced_customer_id, s.billing_date) for s in early.slots] == [
+        ("hq", D(2026, 2, 15))
+    ]
