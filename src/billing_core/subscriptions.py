@@ -199,7 +199,9 @@ def preview_subscription(
     planned = plan(ref, through, frozen_dates(session, scope))
     slots = [s for s in planned.slots if s.subscription_id == sub.id]
     billed = _billed_charges(session, scope, [s.slot_key for s in slots])
-    amounts = _amounts(session, ref, sub, [s for s in slots if s.slot_key not in billed])
+    # Everything is priced (a pool's block takes in shares already invoiced); what is
+    # invoiced then shows the invoiced amount.
+    amounts = _amounts(session, ref, sub, slots)
     for key, done in billed.items():
         amounts[key] = (done["amount"], done["quantity"])
     # A minimum bills the shortfall of its cadence period's charges (billed or not).

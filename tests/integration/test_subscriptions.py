@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from billing_core.catalog import CatalogError
 from billing_core.cli import app
 from billing_core.db import get_engine
-from tests.helpers import close, import_yaml, ingest_csv, invoices, lines
+from tests.helpers import close, import_yaml, ingest_csv, invoices, lines, one
 
 
 def billing(*args: str) -> str:
@@ -477,3 +477,37 @@ def test_preview_of_an_unknown_subscription_is_refused(store):
         app, ["subscriptions", "preview", "nope", "--through", "2026-01-01"]
     )
     assert result.exit_code == 1 and "no subscription 'nope'" in result.stderr
+
+
+def test_child_pool_shares_on_different_dates_split_one_block(store):
+    import_yaml(
+        """
+        customers:
+          - {id: hq, name: HQ, currency: USD}
+          - {id: a, name: A, currency: USD, parent: hq}
+          - {id: b, name: B, currency: USD, parent: hq, billing_day: 20}
+        metrics: [{code: units, name: Units, aggregation: sum, field: quantity}]
+        prices:
+          - {code: tiered, product: Units, currency: USD, model: graduated, metric: units,
+             tiers: [{up_to: 1000, unit_price: "1.00"}, {up_to: null, unit_price: "0.90"}]}
+        subscriptions:
+          - {id: pool, customer: hq, start: 2026-01-01, cadence: monthly, billing_day: 1,
+             items: [{price: tiered, timing: in_arrears, pool: child}]}
+        """
+    )
+    ingest_csv(
+        """
+        event_id,customer,metric,timestamp,quantity
+        a-1,a,units,2026-01-03T10:00:00Z,900
+        b-1,b,units,2026-01-09T12:00:00Z,500
+        """
+    )
+    # January's pool item is billed 1 February. A's share lands then; B's share is due
+    # then too but waits for B's own billing day, the 20th.
+    close("2026-02-01", issue=True)
+    # m3ter: block 1400 units = 1000 x 1.00 + 400 x 0.90 = 1360.00, split 900:500.
+    assert one(billed_customer="a")["total"] == "874.29"
+    assert [i for i in invoices() if i["billed_customer"] == "b"] == []
+    close("2026-02-20")
+    b = one(billed_customer="b")
+    assert (b["billing_date"], b["total"]) == ("2026-02-20", "485.71")  # 1360.00 - 874.29
