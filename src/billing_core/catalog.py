@@ -509,6 +509,10 @@ def _items(
     if raw is None or raw == []:
         if required and phase == 0 and not e.raw.get("phases"):
             e.fail("a subscription needs at least one item", where)
+        elif required and phase > 0:
+            # A phase's items replace the previous ones; an empty phase has no start to
+            # keep (phases are stored through their items) and would bill on silently.
+            e.fail("a phase needs at least one item", where)
         return []
     if not isinstance(raw, list):
         e.fail("must be a list of {price, timing, pool}", where)

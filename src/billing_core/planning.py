@@ -62,15 +62,17 @@ def billed_customer_of(sub: SubscriptionInfo, hierarchy: Hierarchy) -> str:
 
 
 def anchor_day(sub: SubscriptionInfo, ref: Reference, hierarchy: Hierarchy) -> int:
-    """The subscription's billing day, re-anchored on its payer's with align_to_parent."""
+    """The subscription's billing day, re-anchored on its payer's with align_to_parent:
+    the billed customer's `billing_day`, else the day of its first active schedule."""
     if not sub.align_to_parent:
         return sub.billing_day
     billed = billed_customer_of(sub, hierarchy)
-    if billed == sub.customer_id:
-        return sub.billing_day
     payer = ref.customers[billed]
     if payer.billing_day is not None:
         return payer.billing_day
+    if billed == sub.customer_id:
+        # Paying for itself without a calendar: the schedule is its own anchor.
+        return sub.billing_day
     own = sorted(
         (
             s
@@ -84,13 +86,26 @@ def anchor_day(sub: SubscriptionInfo, ref: Reference, hierarchy: Hierarchy) -> i
     return own[0].billing_day if own else sub.billing_day
 
 
+def phases_of(sub: SubscriptionInfo) -> tuple[list[date], list[int]]:
+    """The first day and the phase number of each phase, in order (phase 0 at the start).
+
+    A part's `phase` is a position in this list; the number is what items are stored
+    under, so a gap in the numbering never shifts one phase's items onto another.
+    """
+    starts = {0: sub.start}
+    for item in sub.items:
+        if item.phase:
+            starts[item.phase] = item.phase_start
+    numbers = sorted(starts)
+    return [starts[n] for n in numbers], numbers
+
+
 def periods_through(sub: SubscriptionInfo, day: int, through: date) -> Iterator[Period]:
     """Period parts starting on or before `through`, then those of the next period: enough
     to know each due date on or before `through` and the first one after it."""
     next_start: date | None = None
-    for part in periods_with_phases(
-        sub.start, sub.end, sub.cadence, day, sub.phase_starts, date.max
-    ):
+    starts, _ = phases_of(sub)
+    for part in periods_with_phases(sub.start, sub.end, sub.cadence, day, starts, date.max):
         if part.service_start > through:
             if next_start is None:
                 next_start = part.service_start
@@ -134,6 +149,7 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
     own_dates: dict[str, set[date]] = defaultdict(set)
     all_dates: dict[str, set[date]] = defaultdict(set)
     warned: set[str] = set()
+    child_shares: list[tuple[Slot, str]] = []
 
     for sub in sorted(ref.subscriptions.values(), key=lambda s: s.id):
         if sub.status == "draft" or sub.customer_id not in ref.customers:
@@ -143,8 +159,9 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
         own = billed == sub.customer_id
         day = anchor_day(sub, ref, hierarchy)
         minimum_done: set[date] = set()
+        _, phase_numbers = phases_of(sub)
         for part in periods_through(sub, day, through):
-            for item in sub.items_in_phase(part.phase):
+            for item in sub.items_in_phase(phase_numbers[part.phase]):
                 price = ref.prices.get(item.price_code)
                 if price is None:
                     continue
@@ -184,23 +201,26 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
                         result.warnings.append(message)
                 for member in members:
                     payer = member if item.pool == "child" and member != sub.customer_id else billed
-                    all_dates[payer].add(due)
+                    if payer == billed:
+                        all_dates[payer].add(due)
                     if due <= through:
-                        result.slots.append(
-                            _slot(
-                                sub,
-                                "item",
-                                item.price_code,
-                                item.timing,
-                                member,
-                                payer,
-                                customer.family_id,
-                                item.pool,
-                                sub.customer_id,
-                                part,
-                                due,
-                            )
+                        slot = _slot(
+                            sub,
+                            "item",
+                            item.price_code,
+                            item.timing,
+                            member,
+                            payer,
+                            customer.family_id,
+                            item.pool,
+                            sub.customer_id,
+                            part,
+                            due,
                         )
+                        if payer == billed:
+                            result.slots.append(slot)
+                        else:
+                            child_shares.append((slot, billed))
             if sub.minimum is not None and part.service_start not in minimum_done:
                 minimum_done.add(part.service_start)
                 whole = Period(
@@ -232,14 +252,30 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
                         )
                     )
 
-    for payer in set(all_dates):
+    def calendar(payer: str) -> Calendar:
         info = ref.customers.get(payer)
-        result.calendars[payer] = Calendar(
+        return Calendar(
             info.billing_day if info else None,
             own_dates.get(payer, ()),
             all_dates[payer],
             taken.get(payer, ()),
         )
+
+    for payer in set(all_dates):
+        result.calendars[payer] = calendar(payer)
+    # A child-mode pool member's share is due on the pool item's billing date (the pool
+    # owner's payer's), then lands on the member's own calendar.
+    members_paying: set[str] = set()
+    for slot, owner_payer in child_shares:
+        item_date = result.calendars[owner_payer].place(slot.due_date)
+        if item_date is None or item_date > through:
+            continue
+        slot.due_date = item_date
+        all_dates[slot.billed_customer_id].add(item_date)
+        members_paying.add(slot.billed_customer_id)
+        result.slots.append(slot)
+    for payer in members_paying:
+        result.calendars[payer] = calendar(payer)
     for slot in result.slots:
         slot.billing_date = result.calendars[slot.billed_customer_id].place(slot.due_date)
     return result

@@ -21,7 +21,7 @@ from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
 from .report import StepReport
 from .schedules import Calendar, prorate, window_utc
-from .store import delete_in, insert_rows
+from .store import chunks, delete_in, insert_rows, select_in
 from .usage import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
@@ -133,6 +133,13 @@ def rate(
                 price.metric_code,
                 *_window(ref, sub, s.period_start, s.period_end),
             )
+    members = _pool_members(session, item_slots)
+    part_of = {(s.subscription_id, s.price_code, s.period_start): s for s in item_slots}
+    for key, customers in members.items():
+        s = part_of[key]
+        window = _window(ref, ref.subscriptions[s.subscription_id], s.period_start, s.period_end)
+        for customer_id in customers:
+            windows.add(customer_id, ref.prices[s.price_code].metric_code, *window)
     late = _LateUsage(session, ref, scope, through, now)
     late.collect(windows)
     windows.run(session)
@@ -168,22 +175,21 @@ def rate(
         charges[s.slot_key] = _charge(
             s, "usage", price, quantity, unit, amount, now, window=(start, end)
         )
-    for members in pools.values():
-        first = members[0]
+    for key, present in pools.items():
+        first = present[0]
         price = ref.prices[first.price_code]
         sub = ref.subscriptions[first.subscription_id]
         start, end = _window(ref, sub, first.period_start, first.period_end)
+        # The block is every member's usage, also of shares billed on another date.
+        everyone = members.get(key, set()) | {m.serviced_customer_id for m in present}
         quantities = {
-            m.serviced_customer_id: windows.quantity(
-                m.serviced_customer_id, price.metric_code, start, end
-            )
-            for m in members
+            c: windows.quantity(c, price.metric_code, start, end) for c in sorted(everyone)
         }
         block = sum(quantities.values(), ZERO)
         block_amount = round_money(pricing.amount(price.terms, block), price.currency)
         shares = split_largest_remainder(block_amount, quantities, price.currency)
         unit = average_unit_price(block_amount, block)
-        for m in members:
+        for m in present:
             charges[m.slot_key] = _charge(
                 m,
                 "usage",
@@ -217,6 +223,23 @@ def rate(
     report.details["charges"] = len(charges)
     report.details["windows"] = len(windows.windows)
     return report
+
+
+def _pool_members(session: Session, item_slots: list[Any]) -> dict[tuple, set[str]]:
+    """(subscription, price, part start) -> every serviced customer of that pool part,
+    whatever the billing date or invoice of its share (a block is rated whole)."""
+    pooled = {(s.subscription_id, s.price_code, s.period_start) for s in item_slots if s.pool}
+    out: dict[tuple, set[str]] = defaultdict(set)
+    if not pooled:
+        return out
+    bp = BillingPeriod.__table__.c
+    stmt = sa.select(bp.subscription_id, bp.price_code, bp.period_start, bp.serviced_customer_id)
+    stmt = stmt.where(bp.pool.is_not(None))
+    for r in select_in(session, stmt, bp.subscription_id, sorted({k[0] for k in pooled})):
+        key = (r.subscription_id, r.price_code, r.period_start)
+        if key in pooled:
+            out[key].add(r.serviced_customer_id)
+    return out
 
 
 def _factor(start: date, end: date, full_start: date, full_end: date):
@@ -672,6 +695,14 @@ def _write(
             .where(scope.where(ch.c.family_id))
         ).mappings()
     }
+    # A charge a later close wrote may now bill earlier (its schedule changed): update it
+    # in place rather than write the same key twice.
+    later = [key for key in charges if key not in existing]
+    unfrozen = sa.or_(v.id.is_(None), v.status == "draft")
+    stmt = sa.select(ch).outerjoin(Invoice.__table__, v.id == ch.c.invoice_id).where(unfrozen)
+    for part in chunks(later):
+        for r in session.execute(stmt.where(ch.c.charge_key.in_(part))).mappings():
+            existing[r["charge_key"]] = r
     inserts, updates = [], []
     for key, row in charges.items():
         old = existing.get(key)

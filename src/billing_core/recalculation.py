@@ -15,7 +15,7 @@ from .models import BillingPeriod, Charge, Invoice
 from .planning import plan
 from .reference import ALL, Scope, frozen_dates, load_reference
 from .report import StepReport
-from .store import delete_in, insert_rows
+from .store import delete_in, insert_rows, select_in
 
 COMPARED = (
     "kind",
@@ -66,6 +66,11 @@ def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepRepo
     }
     report.read = len(ref.subscriptions)
     wanted = {s.slot_key: s for s in result.slots if s.slot_key not in frozen}
+    # A slot a later close wrote may now be due earlier (a changed timing or billing day):
+    # it is the same slot, updated in place rather than written twice.
+    later = [key for key in wanted if key not in existing]
+    for r in select_in(session, sa.select(bp), bp.c.slot_key, later):
+        existing[r.slot_key] = r
     inserts, updates = [], []
     for key, slot in wanted.items():
         row = existing.get(key)
@@ -74,6 +79,7 @@ def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepRepo
         elif any(getattr(row, c) != getattr(slot, c) for c in COMPARED):
             updates.append({"_id": row.id, **{c: getattr(slot, c) for c in COMPARED}})
     stale = [r.id for k, r in existing.items() if k not in wanted and k not in frozen]
+    # (Rows found through `later` are all wanted: only slots due by `through` go stale.)
     delete_in(session, bp.c.id, stale)
     insert_rows(session, BillingPeriod, inserts)
     if updates:
