@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import credits, rating, recalculation, rollup
-from .models import Customer, Invoice, InvoiceLine
+from .models import Charge, Customer, Invoice
 from .reference import Scope
 from .rendering import contexts
 
@@ -68,8 +68,9 @@ def preview(
         )
     )
     if not found:
-        ln = InvoiceLine.__table__.c
-        carrying = sa.select(ln.invoice_id).where(ln.serviced_customer_id == customer.id)
+        # Its charges ride on those invoices even where they leave no line (no usage).
+        ch = Charge.__table__.c
+        carrying = sa.select(ch.invoice_id).where(ch.serviced_customer_id == customer.id)
         found = list(
             session.execute(
                 sa.select(Invoice.__table__)

@@ -139,7 +139,7 @@ def percent(rate: Decimal) -> str:
 
 def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
     """The billed customer's own section first, then the others by name."""
-    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).lower(), c))
+    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
 def context(
@@ -278,7 +278,9 @@ def _breakdown(
     out = []
     for customer_id in _section_order(usage, billed, names):
         metrics = []
-        for code in sorted(usage[customer_id], key=lambda m: (metric_names.get(m, m), m)):
+        for code in sorted(
+            usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
+        ):
             found = sorted(
                 usage[customer_id][code],
                 key=lambda c: (c.period_start, c.kind != "usage", c.charge_key),

@@ -172,7 +172,8 @@ def build_lines(
 
     def section_key(customer_id: str) -> tuple:
         info = customers.get(customer_id)
-        return (customer_id != billed.id, info.name if info else customer_id, customer_id)
+        name = info.name if info else customer_id
+        return (customer_id != billed.id, name.casefold(), customer_id)
 
     # A discount on one price sits under that price's product.
     products = {
