@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -20,7 +24,7 @@ from typing import Any
 import jinja2
 import sqlalchemy as sa
 from babel import Locale
-from babel.numbers import format_decimal, get_currency_symbol
+from babel.numbers import get_currency_symbol
 from sqlmodel import Session
 
 from .config import get_settings
@@ -77,9 +81,9 @@ def environment() -> jinja2.Environment:
 
 
 @lru_cache(maxsize=1)
-def _locale() -> tuple[Locale, Any]:
+def _locale() -> tuple[Locale, Any, Any]:
     locale = Locale.parse(LOCALE)
-    return locale, locale.currency_formats["standard"]
+    return locale, locale.currency_formats["standard"], locale.decimal_formats[None]
 
 
 @lru_cache(maxsize=65536)
@@ -93,7 +97,7 @@ def money(amount: Decimal | None, currency: str, exact: bool = False) -> str:
     # Equal decimals share a cache entry, so spell each value one way: no "-0", and no
     # trailing zeros beyond the minor units.
     amount = amount.normalize() if amount else Decimal(0)
-    locale, pattern = _locale()
+    locale, pattern, _ = _locale()
     text = pattern.apply(
         amount, locale, currency=currency, currency_digits=True, decimal_quantization=not exact
     )
@@ -111,11 +115,15 @@ def day(value: date | None) -> str:
     return f"{value.day} {value:%b %Y}"
 
 
+@lru_cache(maxsize=65536)
 def quantity(value: Decimal | None) -> str:
     """A quantity with grouping and every significant decimal: 1,234.5."""
     if value is None:
         return ""
-    return format_decimal(value.normalize(), locale=LOCALE, decimal_quantization=False)
+    locale, _, pattern = _locale()
+    return pattern.apply(
+        value.normalize() if value else Decimal(0), locale, decimal_quantization=False
+    )
 
 
 def period(start: date | None, end: date | None) -> str:
@@ -345,15 +353,94 @@ def source_hash(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def render_html(data: dict) -> str:
-    return environment().get_template("invoice.html").render(**data)
+def render_html(data: dict, env: jinja2.Environment | None = None, inline_css: bool = True) -> str:
+    """A document's HTML; pass `env` when rendering many (reading settings is not free).
+
+    The HTML written to disk carries its stylesheet; the HTML a PDF is made from leaves it
+    out, and the PDF gets the same stylesheet parsed once per process.
+    """
+    return (env or environment()).get_template("invoice.html").render(**data, inline_css=inline_css)
 
 
-def render_pdf(html: str, path: Path) -> None:
-    """The PDF of a document's HTML (WeasyPrint writes the same bytes for the same HTML)."""
+@lru_cache(maxsize=4)
+def _pdf_resources(folder: str, mtime: float) -> tuple[Any, Any]:
+    """The parsed stylesheet and the font configuration, shared by every PDF a process
+    writes (parsing them per document costs more than laying the document out)."""
+    from weasyprint import CSS
+    from weasyprint.text.fonts import FontConfiguration
+
+    fonts = FontConfiguration()
+    css = CSS(filename=str(Path(folder) / "invoice.css"), font_config=fonts)
+    return css, fonts
+
+
+def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
+    """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256
+    (WeasyPrint writes the same bytes for the same HTML)."""
     from weasyprint import HTML
 
-    HTML(string=html, base_url=str(templates_dir())).write_pdf(path)
+    folder = folder or str(templates_dir())
+    stamp = (Path(folder) / "invoice.css").stat().st_mtime
+    css, fonts = _pdf_resources(folder, stamp)
+    content = HTML(string=html, base_url=folder).write_pdf(stylesheets=[css], font_config=fonts)
+    path.write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+# A worker process pays for its start (imports, fonts) with about this many PDFs.
+PDFS_PER_WORKER = 8
+
+
+def render_pdfs(jobs: list[tuple[str, Path]], folder: str) -> list[str]:
+    """Write many PDFs (HTML, path) on every core when there are enough of them; returns
+    their SHA-256 in order.
+
+    The extra cores run `python -m billing_core.rendering`, fed the jobs on stdin: fresh
+    interpreters, so nothing of this process (Prefect's threads, open connections, the
+    caller's main module) is copied or re-run.
+    """
+    workers = min(os.cpu_count() or 1, len(jobs) // PDFS_PER_WORKER)
+    if workers < 2:
+        return [render_pdf(html, path, folder) for html, path in jobs]
+    shares = [list(range(i, len(jobs), workers)) for i in range(workers)]
+    outputs: dict[int, tuple[int, str, str]] = {}
+
+    def run(index: int, process: subprocess.Popen, payload: str) -> None:
+        out, err = process.communicate(payload)
+        outputs[index] = (process.returncode, out, err)
+
+    threads = []
+    for index, share in enumerate(shares[1:], start=1):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "billing_core.rendering", folder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        payload = json.dumps([[jobs[i][0], str(jobs[i][1])] for i in share])
+        thread = threading.Thread(target=run, args=(index, process, payload), daemon=True)
+        thread.start()
+        threads.append(thread)
+    digests: dict[int, str] = {i: render_pdf(*jobs[i], folder) for i in shares[0]}
+    for thread in threads:
+        thread.join()
+    for index, share in enumerate(shares[1:], start=1):
+        code, out, err = outputs[index]
+        if code != 0:
+            raise RuntimeError(f"PDF worker failed (exit {code}): {err.strip()[-2000:]}")
+        digests.update(zip(share, json.loads(out), strict=True))
+    return [digests[i] for i in range(len(jobs))]
+
+
+def _pdf_worker() -> None:
+    """The other end of `render_pdfs`: [[html, path], ...] on stdin, digests on stdout."""
+    import logging
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    folder = sys.argv[1]
+    jobs = json.load(sys.stdin)
+    json.dump([render_pdf(html, Path(path), folder) for html, path in jobs], sys.stdout)
 
 
 def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
@@ -377,12 +464,12 @@ def write_document(
         from .invoices import InvoiceError
 
         raise InvoiceError(f"no invoice {invoice_id}")
-    html = render_html(contexts(session, [invoice], store_name)[invoice.id])
+    data = contexts(session, [invoice], store_name)[invoice.id]
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".pdf":
-        render_pdf(html, path)
+        render_pdf(render_html(data, inline_css=False), path)
     else:
-        path.write_text(html, encoding="utf-8")
+        path.write_text(render_html(data), encoding="utf-8")
     return path
 
 
@@ -442,27 +529,33 @@ def render(
         return report
     needed = {invoice.id: invoice for invoice, _, _ in wanted}
     data = contexts(session, list(needed.values()), store_name)
-    html_cache: dict[int, tuple[str, str]] = {}
+    env, folder = environment(), str(templates_dir())
+    digests = {i: source_hash(d) for i, d in data.items()}
+    written: list[tuple[Any, str, Any, Path, str]] = []  # invoice, format, doc, path, sha
+    pdfs: list[tuple[Any, Any, Path, str]] = []  # invoice, doc, path, html
     for invoice, fmt, doc in wanted:
-        if invoice.id not in html_cache:
-            html_cache[invoice.id] = (source_hash(data[invoice.id]), render_html(data[invoice.id]))
-        digest, html = html_cache[invoice.id]
         path = document_path(output_dir, invoice, fmt)
-        if doc is not None and doc.source_hash == digest and Path(doc.path).exists():
+        if doc is not None and doc.source_hash == digests[invoice.id] and Path(doc.path).exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "html":
-            content = html.encode("utf-8")
+            content = render_html(data[invoice.id], env).encode("utf-8")
             path.write_bytes(content)
+            written.append((invoice, fmt, doc, path, hashlib.sha256(content).hexdigest()))
         else:
-            render_pdf(html, path)
-            content = path.read_bytes()
+            pdfs.append((invoice, doc, path, render_html(data[invoice.id], env, inline_css=False)))
+    shas = render_pdfs([(html, path) for _, _, path, html in pdfs], folder)
+    written += [
+        (invoice, "pdf", doc, path, sha)
+        for (invoice, doc, path, _), sha in zip(pdfs, shas, strict=True)
+    ]
+    for invoice, fmt, doc, path, sha in written:
         row = {
             "invoice_id": invoice.id,
             "format": fmt,
             "path": str(path.resolve()),
-            "sha256": hashlib.sha256(content).hexdigest(),
-            "source_hash": digest,
+            "sha256": sha,
+            "source_hash": digests[invoice.id],
             "final": invoice.status != "draft",
             "created_at": now,
         }
@@ -475,3 +568,7 @@ def render(
         report.written += 1
     report.details["documents"] = report.written
     return report
+
+
+if __name__ == "__main__":
+    _pdf_worker()

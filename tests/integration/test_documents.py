@@ -84,12 +84,13 @@ eu-s,gi-eu,seats,2026-01-15T00:00:00Z,4
 
 def headings(html: str) -> list[str]:
     """The customer names of the section headings, in order."""
-    return [h.strip() for h in re.findall(r"<h2>([^<]*)<span", html)]
+    return [h.strip() for h in re.findall(r'<tr class="section-head"><td[^>]*>([^<]*)<span', html)]
 
 
 def section(html: str, name: str) -> str:
     """The HTML of the section headed by a customer's name, up to the next heading."""
-    return next(part for part in html.split("<h2>")[1:] if part.startswith(name + " "))
+    parts = [p.split(">", 1)[1] for p in html.split('<tr class="section-head">')[1:]]
+    return next(part for part in parts if part.startswith(name + " "))
 
 
 def pages(html: Path) -> int:
@@ -266,3 +267,24 @@ def test_invoices_show_can_write_a_review_copy(store, tmp_path, suffix):
     assert content.startswith(b"%PDF" if suffix == ".pdf" else b"<!DOCTYPE html>")
     # a copy for review: the store records no document for it
     assert store.scalar("SELECT count(*) FROM invoice_documents WHERE path LIKE '%review%'") == 0
+
+
+def test_many_pdfs_spread_over_worker_processes_write_the_same_bytes(tmp_path, monkeypatch):
+    from billing_core import rendering
+
+    html = (
+        '<p class="billed-name">Customer {n}</p><table class="lines"><tr><td>{n}</td></tr></table>'
+    )
+    jobs = [(html.format(n=n), tmp_path / "workers" / f"{n}.pdf") for n in range(4)]
+    (tmp_path / "workers").mkdir()
+    monkeypatch.setattr(rendering, "PDFS_PER_WORKER", 1)
+    monkeypatch.setattr(rendering.os, "cpu_count", lambda: 2)
+    folder = str(templates_dir())
+    digests = rendering.render_pdfs(jobs, folder)  # jobs 1 and 3 go to a worker process
+    alone = [
+        rendering.render_pdf(h, tmp_path / f"alone-{n}.pdf", folder)
+        for n, (h, _) in enumerate(jobs)
+    ]
+    assert digests == alone
+    assert len(set(digests)) == 4  # four different documents, in the order given
+    assert all(p.read_bytes().startswith(b"%PDF") for _, p in jobs)
