@@ -255,10 +255,19 @@ def apply_credits(
             lines_by_invoice[line.invoice_id].append(line)
     parts = {d.id: _parts_of(lines_by_invoice[d.id]) for d in drafts}
     # Merged lines are rebuilt from their charges, but only where a grant could apply.
+    by_holder: dict[str, list[Any]] = defaultdict(list)
+    for grant in all_grants:
+        by_holder[grant.customer_id].append(grant)
     c = Customer.__table__.c
-    holders_family = dict(
-        session.execute(sa.select(c.id, c.family_id).where(scope.where(c.family_id))).all()
-    )
+    g = CreditGrant.__table__.c
+    by_family: dict[str, list[Any]] = defaultdict(list)
+    for customer_id, family_id in session.execute(
+        sa.select(c.id, c.family_id)
+        .distinct()
+        .join(CreditGrant.__table__, g.customer_id == c.id)
+        .where(scope.where(c.family_id))
+    ):
+        by_family[family_id] += by_holder[customer_id]
     parts.update(
         _rebuilt_parts(
             session,
@@ -266,11 +275,7 @@ def apply_credits(
                 d
                 for d in drafts
                 if parts[d.id] is None
-                and any(
-                    holders_family.get(g.customer_id) == d.family_id
-                    and usable_on(g, d.billing_date, d.currency)
-                    for g in all_grants
-                )
+                and any(usable_on(g, d.billing_date, d.currency) for g in by_family[d.family_id])
             ],
             scope,
         )
@@ -280,8 +285,9 @@ def apply_credits(
         holders = {x for x, _, _ in parts[invoice.id] or ()} | {invoice.billed_customer_id}
         usable = [
             g
-            for g in all_grants
-            if g.customer_id in holders and usable_on(g, invoice.billing_date, invoice.currency)
+            for holder in sorted(holders)
+            for g in by_holder.get(holder, ())
+            if usable_on(g, invoice.billing_date, invoice.currency)
         ]
         plan = plan_credits(parts[invoice.id] or (), invoice.billed_customer_id, usable, balance)
         wanted = {g.id: -amount for g, amount in plan}
