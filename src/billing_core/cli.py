@@ -475,11 +475,10 @@ def credits_list(
     ledger: Annotated[bool, typer.Option("--ledger", help="also list every ledger entry")] = False,
 ) -> None:
     """Credit grants: what each granted, what invoices consumed, the balance left."""
+    from .db import unit_of_work
     from .terminal import show_credits
 
     _store()
-    from .db import unit_of_work
-
     with unit_of_work() as session:
         show_credits(session, out, customer=customer, with_ledger=ledger)
 

@@ -28,7 +28,7 @@ from babel.numbers import get_currency_symbol
 from sqlmodel import Session
 
 from .config import get_settings
-from .invoices import lines_of
+from .invoices import InvoiceError, lines_of
 from .models import Charge, Customer, Invoice, InvoiceDocument, Metric
 from .money import ZERO
 from .reference import ALL, Scope
@@ -422,9 +422,11 @@ def render_pdfs(jobs: list[tuple[str, Path]], folder: str) -> list[str]:
         thread = threading.Thread(target=run, args=(index, process, payload), daemon=True)
         thread.start()
         threads.append(thread)
-    digests: dict[int, str] = {i: render_pdf(*jobs[i], folder) for i in shares[0]}
-    for thread in threads:
-        thread.join()
+    try:
+        digests: dict[int, str] = {i: render_pdf(*jobs[i], folder) for i in shares[0]}
+    finally:
+        for thread in threads:  # no worker outlives the step, even when this share fails
+            thread.join()
     for index, share in enumerate(shares[1:], start=1):
         code, out, err = outputs[index]
         if code != 0:
@@ -461,8 +463,6 @@ def write_document(
         sa.select(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id)
     ).first()
     if invoice is None:
-        from .invoices import InvoiceError
-
         raise InvoiceError(f"no invoice {invoice_id}")
     data = contexts(session, [invoice], store_name)[invoice.id]
     path.parent.mkdir(parents=True, exist_ok=True)
