@@ -295,18 +295,68 @@ def invoices_list(
 
 
 @invoices_app.command("show")
-def invoices_show(invoice_id: Annotated[int, typer.Argument(help="invoice id")]) -> None:
+def invoices_show(
+    invoice_id: Annotated[int, typer.Argument(help="invoice id")],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="also write the document to this .html or .pdf file (a copy for review)"),
+    ] = None,
+) -> None:
     """One invoice, grouped by serviced customer as on the document."""
-    from .db import unit_of_work
+    from .db import store_name, unit_of_work
     from .invoices import InvoiceError
     from .terminal import show_invoice
 
     _store()
+    if output is not None and output.suffix.lower() not in (".html", ".pdf"):
+        _fail(f"--output must end in .html or .pdf: {output}", code=2)
     with unit_of_work() as session:
         try:
-            show_invoice(session, invoice_id, out)
+            show_invoice(session, invoice_id, out, store_name=store_name())
+            if output is not None:
+                from .rendering import write_document
+
+                write_document(session, invoice_id, output, store_name())
         except InvoiceError as error:
             _fail(str(error))
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
+@invoices_app.command("preview")
+def invoices_preview(
+    customer: Annotated[str, typer.Argument(help="customer id")],
+    through: Annotated[
+        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+    ] = None,
+) -> None:
+    """The invoices a close through --through would build for CUSTOMER; writes nothing."""
+    from .db import store_name, unit_of_work
+    from .preview import PreviewError, preview
+    from .terminal import print_invoice
+
+    _store()
+    day = _date(through, "--through") or date.today()
+    with unit_of_work() as session:
+        try:
+            result = preview(session, customer, day, store_name())
+        except PreviewError as error:
+            _fail(str(error))
+        # Printed before the unit of work rolls everything back.
+        out.print(f"[bold]Preview[/bold] for {result.customer_name} ({customer}) through {day}")
+        for warning in result.warnings:
+            err.print(f"warning: {warning}")
+        if result.billed_elsewhere:
+            out.print(f"{customer}'s charges are billed to another customer: its invoices follow")
+        if not result.invoices:
+            out.print(f"no invoice: nothing would be billed to {customer} through {day}")
+        for invoice, data in result.invoices:
+            out.print()
+            billing_date = data["invoice"]["billing_date"]
+            title = f"Invoice preview for {billing_date} (not saved)"
+            print_invoice(out, invoice, data, title=title)
+        session.rollback()
+    out.print("preview only: nothing was written")
 
 
 def _transition(invoice_id: int, to: str) -> None:
@@ -573,6 +623,23 @@ def subscriptions_preview(
     for note in preview.notes:
         out.print(f"  note: {note}")
     out.print(f"to bill through {day}: {money_str(preview.to_bill, currency)} {currency}")
+
+
+# --- credits -------------------------------------------------------------------------------
+
+
+@credits_app.command("list")
+def credits_list(
+    customer: Annotated[str | None, typer.Option(help="only this customer's grants")] = None,
+    ledger: Annotated[bool, typer.Option("--ledger", help="also list every ledger entry")] = False,
+) -> None:
+    """Credit grants: what each granted, what invoices consumed, the balance left."""
+    from .db import unit_of_work
+    from .terminal import show_credits
+
+    _store()
+    with unit_of_work() as session:
+        show_credits(session, out, customer=customer, with_ledger=ledger)
 
 
 # --- demo ----------------------------------------------------------------------------------

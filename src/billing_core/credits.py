@@ -6,6 +6,7 @@ issued invoice does not.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -14,9 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from .models import CreditGrant, CreditLedgerEntry, Invoice, InvoiceLine
+from .models import Charge, CreditGrant, CreditLedgerEntry, Customer, Invoice, InvoiceLine
 from .money import ZERO
-from .reference import ALL, Scope, grants
+from .reference import ALL, Scope, grants, tax_rates
 from .report import StepReport
 from .store import delete_in, insert_rows
 
@@ -101,22 +102,27 @@ class _Bucket:
 
 
 def plan_credits(
-    lines: list[Any], invoice: Any, usable: list[Any], balance: dict[str, Decimal]
+    parts: Iterable[tuple[str, str | None, Decimal]],
+    billed_customer_id: str,
+    usable: list[Any],
+    balance: dict[str, Decimal],
 ) -> list[tuple[Any, Decimal]]:
     """(grant, amount) to consume on one invoice, in the order of the rules.
 
-    Subscription-scoped grants offset that subscription's lines (with their tax); a
-    serviced customer's own grants offset that customer's lines; the billed customer's
-    grants offset what remains of the whole invoice. Never below zero.
+    `parts` are the invoice's amounts after tax as (serviced customer, subscription,
+    amount). Subscription-scoped grants offset that subscription's parts; a serviced
+    customer's own grants offset that customer's parts; the billed customer's grants
+    offset what remains of the whole invoice. The total never goes below zero. `balance`
+    is drawn down as grants are planned.
     """
     totals: dict[tuple[str, str | None], Decimal] = defaultdict(lambda: ZERO)
-    for line in lines:
-        if line.kind != "credit":
-            totals[(line.serviced_customer_id, line.subscription_id)] += line.amount
+    for customer, subscription, amount in parts:
+        totals[(customer, subscription)] += amount
     buckets = [
         _Bucket(c, s, max(v, ZERO))
         for (c, s), v in sorted(totals.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
     ]
+    # A negative part (a refund-like adjustment) lowers what the whole invoice can take.
     invoice_left = max(sum(totals.values(), ZERO), ZERO)
 
     def consume(grant: Any, eligible: list[_Bucket]) -> Decimal:
@@ -135,20 +141,78 @@ def plan_credits(
         return want
 
     plan: list[tuple[Any, Decimal]] = []
-    billed = invoice.billed_customer_id
-    ordered = sorted(usable, key=grant_order)
-    for grant in (g for g in ordered if g.subscription_id is not None):
-        eligible = [b for b in buckets if b.subscription == grant.subscription_id]
-        if (amount := consume(grant, eligible)) > 0:
-            plan.append((grant, amount))
-    for grant in (g for g in ordered if g.subscription_id is None and g.customer_id != billed):
-        eligible = [b for b in buckets if b.customer == grant.customer_id]
-        if (amount := consume(grant, eligible)) > 0:
-            plan.append((grant, amount))
-    for grant in (g for g in ordered if g.subscription_id is None and g.customer_id == billed):
-        if (amount := consume(grant, buckets)) > 0:
+    ordered = sorted(usable, key=lambda g: (_scope_rank(g, billed_customer_id), grant_order(g)))
+    for grant in ordered:
+        rank = _scope_rank(grant, billed_customer_id)
+        eligible = [
+            b
+            for b in buckets
+            if (rank == 0 and b.subscription == grant.subscription_id)
+            or (rank == 1 and b.customer == grant.customer_id)
+            or rank == 2
+        ]
+        amount = consume(grant, eligible)
+        if amount > 0:
             plan.append((grant, amount))
     return plan
+
+
+def _scope_rank(grant: Any, billed_customer_id: str) -> int:
+    """Narrowest first: 0 a subscription's grant, 1 a serviced customer's own grant,
+    2 the billed customer's grant (the whole invoice)."""
+    if grant.subscription_id is not None:
+        return 0
+    return 1 if grant.customer_id != billed_customer_id else 2
+
+
+def usable_on(grant: Any, billing_date: date, currency: str) -> bool:
+    """A grant can pay an invoice on a billing date from `effective` through `expires`
+    (both inclusive), in the grant's own currency."""
+    return (
+        grant.currency == currency
+        and grant.effective <= billing_date
+        and (grant.expires is None or billing_date <= grant.expires)
+    )
+
+
+def _parts_of(lines: list[Any]) -> list[tuple[str, str | None, Decimal]] | None:
+    """The parts of an invoice read off its lines, or None when some lines merge several
+    charges (rollup_lines: summary, summary pools) and must be rebuilt to be told apart."""
+    if any(x.charge_id is None and x.kind not in ("tax", "credit") for x in lines):
+        return None
+    return [
+        (x.serviced_customer_id, x.subscription_id, x.amount) for x in lines if x.kind != "credit"
+    ]
+
+
+def _rebuilt_parts(session: Session, drafts: list[Any], scope: Scope) -> dict[int, list[tuple]]:
+    """Parts of drafts with merged lines, from the charges they were built of."""
+    # rollup imports invoices, which imports this module.
+    from .rollup import build_lines, load_customers
+
+    if not drafts:
+        return {}
+    ch = Charge.__table__.c
+    charges: dict[int, list[dict]] = defaultdict(list)
+    for part in _chunks([d.id for d in drafts]):
+        for row in session.execute(
+            sa.select(Charge.__table__).where(ch.invoice_id.in_(part)).order_by(ch.charge_key)
+        ).mappings():
+            charges[row["invoice_id"]].append(dict(row))
+    customers = load_customers(session, scope)
+    rates = tax_rates(session)
+    out = {}
+    for draft in drafts:
+        lines = build_lines(
+            charges[draft.id],
+            customers[draft.billed_customer_id],
+            customers,
+            rates,
+            draft.currency,
+            with_parts=True,
+        )
+        out[draft.id] = [part for line in lines for part in line["_parts"]]
+    return out
 
 
 def apply_credits(
@@ -189,18 +253,43 @@ def apply_credits(
             .order_by(ln.invoice_id, ln.position)
         ):
             lines_by_invoice[line.invoice_id].append(line)
+    parts = {d.id: _parts_of(lines_by_invoice[d.id]) for d in drafts}
+    # Merged lines are rebuilt from their charges, but only where a grant could apply.
+    by_holder: dict[str, list[Any]] = defaultdict(list)
+    for grant in all_grants:
+        by_holder[grant.customer_id].append(grant)
+    c = Customer.__table__.c
+    g = CreditGrant.__table__.c
+    by_family: dict[str, list[Any]] = defaultdict(list)
+    for customer_id, family_id in session.execute(
+        sa.select(c.id, c.family_id)
+        .distinct()
+        .join(CreditGrant.__table__, g.customer_id == c.id)
+        .where(scope.where(c.family_id))
+    ):
+        by_family[family_id] += by_holder[customer_id]
+    parts.update(
+        _rebuilt_parts(
+            session,
+            [
+                d
+                for d in drafts
+                if parts[d.id] is None
+                and any(usable_on(g, d.billing_date, d.currency) for g in by_family[d.family_id])
+            ],
+            scope,
+        )
+    )
     for invoice in drafts:
         lines = lines_by_invoice[invoice.id]
-        holders = {line.serviced_customer_id for line in lines} | {invoice.billed_customer_id}
+        holders = {x for x, _, _ in parts[invoice.id] or ()} | {invoice.billed_customer_id}
         usable = [
             g
-            for g in all_grants
-            if g.customer_id in holders
-            and g.currency == invoice.currency
-            and g.effective <= invoice.billing_date
-            and (g.expires is None or invoice.billing_date <= g.expires)
+            for holder in sorted(holders)
+            for g in by_holder.get(holder, ())
+            if usable_on(g, invoice.billing_date, invoice.currency)
         ]
-        plan = plan_credits(lines, invoice, usable, balance)
+        plan = plan_credits(parts[invoice.id] or (), invoice.billed_customer_id, usable, balance)
         wanted = {g.id: -amount for g, amount in plan}
         have = {k: a for k, a in current.get(invoice.id, {}).items() if a != 0}
         if wanted == have:
@@ -221,7 +310,10 @@ def apply_credits(
                     "product": f"Credit {grant.id}",
                     "bundle": None,
                     "kind": "credit",
-                    "description": f"Credit {grant.id}",
+                    "description": f"Credit {grant.id}"
+                    + (
+                        f" on subscription {grant.subscription_id}" if grant.subscription_id else ""
+                    ),
                     "period_start": None,
                     "period_end": None,
                     "quantity": None,
@@ -270,19 +362,29 @@ def _has_credit_lines(session: Session, invoice_ids: list[int]) -> bool:
     return False
 
 
-def credit_overview(session: Session) -> list[dict]:
-    """Every grant with what it gave, what was rolled back and what is left."""
+def credit_overview(session: Session, customer: str | None = None) -> list[dict]:
+    """Every grant (or one customer's) with what it gave, net of rollbacks, and what is
+    left."""
     g = CreditGrant.__table__.c
     lg = CreditLedgerEntry.__table__.c
+    stmt = sa.select(CreditGrant.__table__).order_by(g.customer_id, g.id)
+    if customer is not None:
+        stmt = stmt.where(g.customer_id == customer)
+    grants_ = list(session.execute(stmt))
     used: dict[str, Decimal] = defaultdict(lambda: ZERO)
     returned: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for row in session.execute(sa.select(lg.grant_id, lg.kind, lg.amount)):
-        if row.kind == "consumption":
-            used[row.grant_id] += -row.amount
-        else:
-            returned[row.grant_id] += row.amount
+    entries: dict[str, int] = defaultdict(int)
+    for part in _chunks([x.id for x in grants_]):
+        for row in session.execute(
+            sa.select(lg.grant_id, lg.kind, lg.amount).where(lg.grant_id.in_(part))
+        ):
+            entries[row.grant_id] += 1
+            if row.kind == "consumption":
+                used[row.grant_id] += -row.amount
+            else:
+                returned[row.grant_id] += row.amount
     out = []
-    for grant in session.execute(sa.select(CreditGrant.__table__).order_by(g.customer_id, g.id)):
+    for grant in grants_:
         consumed = used[grant.id] - returned[grant.id]
         out.append(
             {
@@ -292,10 +394,61 @@ def credit_overview(session: Session) -> list[dict]:
                 "currency": grant.currency,
                 "amount": grant.amount,
                 "consumed": consumed,
+                "rolled_back": returned[grant.id],
                 "balance": grant.amount - consumed,
                 "effective": grant.effective,
                 "expires": grant.expires,
                 "priority": grant.priority,
+                "entries": entries[grant.id],
+            }
+        )
+    return out
+
+
+def ledger(session: Session, customer: str | None = None) -> list[dict]:
+    """Every ledger entry (or one customer's grants'), oldest first, with the invoice it
+    belongs to (its number once issued) and the grant's balance after it."""
+    g = CreditGrant.__table__.c
+    lg = CreditLedgerEntry.__table__.c
+    v = Invoice.__table__.c
+    stmt = (
+        sa.select(
+            lg.id,
+            lg.grant_id,
+            lg.kind,
+            lg.amount,
+            lg.billing_date,
+            lg.invoice_id,
+            lg.note,
+            g.customer_id,
+            g.currency,
+            g.amount.label("granted"),
+            v.number,
+            v.status,
+        )
+        .join(CreditGrant.__table__, g.id == lg.grant_id)
+        .outerjoin(Invoice.__table__, v.id == lg.invoice_id)
+        .order_by(lg.grant_id, lg.id)
+    )
+    if customer is not None:
+        stmt = stmt.where(g.customer_id == customer)
+    out = []
+    balance: dict[str, Decimal] = {}
+    for row in session.execute(stmt):
+        balance[row.grant_id] = balance.get(row.grant_id, row.granted) + row.amount
+        out.append(
+            {
+                "grant": row.grant_id,
+                "customer": row.customer_id,
+                "currency": row.currency,
+                "kind": row.kind,
+                "amount": row.amount,
+                "balance": balance[row.grant_id],
+                "billing_date": row.billing_date,
+                "invoice_id": row.invoice_id,
+                "invoice_number": row.number,
+                "invoice_status": row.status,
+                "note": row.note,
             }
         )
     return out

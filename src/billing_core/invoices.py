@@ -25,14 +25,38 @@ class InvoiceError(ValueError):
     """An invoice operation that is not allowed (wrong status, unknown id)."""
 
 
+def unlink_after_commit(session: Session, paths: list[str]) -> None:
+    """Remove files once the transaction that dropped their rows commits.
+
+    A preview, or a step that fails and rolls back, must leave the documents on disk that
+    its (restored) rows point to.
+    """
+    if not paths:
+        return
+    if not session.info.get("unlink_hooked"):
+        session.info["unlink_hooked"] = True
+        sa.event.listen(session, "after_commit", _unlink_pending)
+        sa.event.listen(
+            session, "after_rollback", lambda sess: sess.info.pop("unlink_after_commit", None)
+        )
+    session.info.setdefault("unlink_after_commit", []).extend(paths)
+
+
+def _unlink_pending(session: Session) -> None:
+    for path in session.info.pop("unlink_after_commit", []):
+        Path(path).unlink(missing_ok=True)
+
+
 def discard_draft(session: Session, invoice: Any, reason: str, now: datetime) -> None:
     """Delete a draft that no longer matches: credits rolled back, documents removed."""
     rollback(
         session, invoice.id, invoice.billing_date, f"draft {invoice.id} discarded: {reason}", now
     )
     d = InvoiceDocument.__table__.c
-    for (path,) in session.execute(sa.select(d.path).where(d.invoice_id == invoice.id)):
-        Path(path).unlink(missing_ok=True)
+    unlink_after_commit(
+        session,
+        list(session.execute(sa.select(d.path).where(d.invoice_id == invoice.id)).scalars()),
+    )
     session.execute(sa.delete(InvoiceDocument.__table__).where(d.invoice_id == invoice.id))
     session.execute(
         sa.delete(InvoiceLine.__table__).where(InvoiceLine.__table__.c.invoice_id == invoice.id)
@@ -129,10 +153,14 @@ def drop_draft_documents(session: Session, invoice_ids: list[int]) -> None:
     d = InvoiceDocument.__table__.c
     for i in range(0, len(invoice_ids), 900):
         part = invoice_ids[i : i + 900]
-        for (path,) in session.execute(
-            sa.select(d.path).where(d.invoice_id.in_(part), d.final.is_(False))
-        ):
-            Path(path).unlink(missing_ok=True)
+        unlink_after_commit(
+            session,
+            list(
+                session.execute(
+                    sa.select(d.path).where(d.invoice_id.in_(part), d.final.is_(False))
+                ).scalars()
+            ),
+        )
         session.execute(
             sa.delete(InvoiceDocument.__table__).where(d.invoice_id.in_(part), d.final.is_(False))
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -18,20 +19,34 @@ from typing import Any
 
 import jinja2
 import sqlalchemy as sa
-from babel.dates import format_date
-from babel.numbers import format_currency, format_decimal
+from babel import Locale
+from babel.numbers import get_currency_symbol
 from sqlmodel import Session
 
 from .config import get_settings
-from .invoices import lines_of
+from .invoices import InvoiceError, lines_of
 from .models import Charge, Customer, Invoice, InvoiceDocument, Metric
 from .money import ZERO
 from .reference import ALL, Scope
 from .reference import issuer as load_issuer
 from .report import StepReport
+from .store import chunks
 
 ONE_DAY = timedelta(days=1)
 LOCALE = "en_US"
+# What the breakdown page reads of a charge (not its stored pricing: that is heavy).
+BREAKDOWN_COLUMNS = (
+    "invoice_id",
+    "kind",
+    "metric_code",
+    "serviced_customer_id",
+    "product",
+    "pool",
+    "period_start",
+    "period_end",
+    "quantity",
+    "charge_key",
+)
 
 
 def templates_dir() -> Path:
@@ -43,15 +58,13 @@ def templates_dir() -> Path:
 
 @lru_cache(maxsize=8)
 def _environment(folder: str, mtime: float) -> jinja2.Environment:
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    env.filters["money"] = money
-    env.filters["day"] = day
-    env.filters["quantity"] = quantity
-    return env
 
 
 def environment() -> jinja2.Environment:
@@ -60,27 +73,77 @@ def environment() -> jinja2.Environment:
     return _environment(str(folder), stamp)
 
 
-def money(amount: Decimal | None, currency: str) -> str:
-    """An amount formatted for its currency (symbol, grouping, minor units)."""
+# --- formatting ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _locale() -> tuple[Locale, Any, Any]:
+    locale = Locale.parse(LOCALE)
+    return locale, locale.currency_formats["standard"], locale.decimal_formats[None]
+
+
+@lru_cache(maxsize=65536)
+def money(amount: Decimal | None, currency: str, exact: bool = False) -> str:
+    """An amount for its currency: symbol, grouping, the currency's minor units (Babel).
+
+    `exact` keeps digits beyond the minor units (unit prices keep full precision).
+    """
     if amount is None:
         return ""
-    return format_currency(amount, currency, locale=LOCALE, currency_digits=True)
+    # Equal decimals share a cache entry, so spell each value one way: no "-0", and no
+    # trailing zeros beyond the minor units.
+    amount = amount.normalize() if amount else Decimal(0)
+    locale, pattern, _ = _locale()
+    text = pattern.apply(
+        amount, locale, currency=currency, currency_digits=True, decimal_quantization=not exact
+    )
+    symbol = get_currency_symbol(currency, locale)
+    if symbol.isalpha() and symbol.isupper():
+        # A currency without a symbol shows its code: keep it apart from the digits.
+        text = text.replace(symbol, symbol + "\u00a0", 1)
+    return text
 
 
 def day(value: date | None) -> str:
-    """A date nobody can misread: 1 Feb 2026."""
-    return "" if value is None else format_date(value, "d MMM y", locale=LOCALE)
+    """A date nobody can misread, whatever their convention: 1 Feb 2026."""
+    if value is None:
+        return ""
+    return f"{value.day} {value:%b %Y}"
 
 
+@lru_cache(maxsize=65536)
 def quantity(value: Decimal | None) -> str:
-    return "" if value is None else format_decimal(value, locale=LOCALE, decimal_quantization=False)
+    """A quantity with grouping and every significant decimal: 1,234.5."""
+    if value is None:
+        return ""
+    locale, _, pattern = _locale()
+    return pattern.apply(
+        value.normalize() if value else Decimal(0), locale, decimal_quantization=False
+    )
 
 
 def period(start: date | None, end: date | None) -> str:
-    """A half-open period shown with its inclusive last day."""
+    """A half-open period shown with its inclusive last day: 1 Jan – 31 Jan 2026."""
     if start is None or end is None:
         return ""
-    return f"{day(start)} – {day(end - ONE_DAY)}"
+    last = end - ONE_DAY
+    if start == last:
+        return day(start)
+    if start.year == last.year:
+        return f"{start.day} {start:%b} – {day(last)}"
+    return f"{day(start)} – {day(last)}"
+
+
+def percent(rate: Decimal) -> str:
+    return f"{(rate * 100).normalize():f}%"
+
+
+# --- what a document shows -------------------------------------------------------------
+
+
+def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
+    """The billed customer's own section first, then the others by name."""
+    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
 def context(
@@ -90,100 +153,195 @@ def context(
     names: dict[str, str],
     metric_names: dict[str, str],
     issuer: dict,
-    billed: Any,
 ) -> dict:
-    """Everything a template shows, already grouped the way finance reads it."""
+    """Everything a document or the terminal shows, grouped and formatted the way finance
+    reads it. Only what is frozen with an issued invoice goes in, so a final document
+    reads the same whenever it is rendered."""
     currency = invoice.currency
-    order: list[str] = []
+    billed = invoice.billed_customer_id
+    by_position = {line.position: line for line in lines}
     by_customer: dict[str, list[Any]] = defaultdict(list)
     for line in lines:
-        if line.serviced_customer_id not in by_customer:
-            order.append(line.serviced_customer_id)
         by_customer[line.serviced_customer_id].append(line)
-    order.sort(key=lambda c: (c != invoice.billed_customer_id, names.get(c, c), c))
     sections = []
-    for customer_id in order:
+    for customer_id in _section_order(by_customer, billed, names):
         section_lines = by_customer[customer_id]
-        taxes: dict[tuple, Decimal] = defaultdict(lambda: ZERO)
+        taxes: dict[tuple, list[Decimal]] = {}
         rows, credits = [], []
         for line in section_lines:
             if line.kind == "tax":
-                taxes[(line.jurisdiction, line.tax_rate)] += line.amount
+                taxed = by_position.get(line.taxed_position)
+                key = (line.jurisdiction, line.tax_rate)
+                base, amount = taxes.setdefault(key, [ZERO, ZERO])
+                taxes[key] = [base + (taxed.amount if taxed else ZERO), amount + line.amount]
             elif line.kind == "credit":
-                credits.append({"label": line.description, "amount": line.amount})
+                credits.append(
+                    {
+                        "label": line.description or line.product,
+                        "amount": money(line.amount, currency),
+                    }
+                )
             else:
+                itemized = line.kind in ("fixed", "usage", "adjustment")
                 rows.append(
                     {
-                        "product": line.product,
+                        "product": line.product or "",
                         "bundle": line.bundle,
                         "kind": line.kind,
-                        "description": line.description
-                        if line.kind in ("adjustment", "minimum")
-                        else None,
+                        "note": _note(line),
                         "period": period(line.period_start, line.period_end),
-                        "quantity": line.quantity,
-                        "unit_price": line.unit_price,
-                        "amount": line.amount,
+                        "quantity": quantity(line.quantity) if itemized else "",
+                        "unit_price": money(line.unit_price, currency, exact=True)
+                        if itemized
+                        else "",
+                        "amount": money(line.amount, currency),
                     }
                 )
         sections.append(
             {
                 "customer_id": customer_id,
                 "name": names.get(customer_id, customer_id),
-                "is_billed": customer_id == invoice.billed_customer_id,
+                "is_billed": customer_id == billed,
                 "rows": rows,
                 "taxes": [
-                    {"label": f"Tax {j} {(r * 100).normalize():f}%", "amount": a}
-                    for (j, r), a in sorted(taxes.items(), key=lambda kv: str(kv[0]))
+                    {
+                        "label": f"Tax {jurisdiction} {percent(rate)}",
+                        "base": money(base, currency),
+                        "amount": money(amount, currency),
+                    }
+                    for (jurisdiction, rate), (base, amount) in sorted(
+                        taxes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+                    )
                 ],
                 "credits": credits,
-                "subtotal": sum((x.amount for x in section_lines), ZERO),
+                "total": money(sum((x.amount for x in section_lines), ZERO), currency),
             }
         )
-    usage: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for charge in charges:
-        if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
-            continue
-        usage[charge.serviced_customer_id][charge.metric_code].append(
-            {
-                "period": period(charge.period_start, charge.period_end),
-                "quantity": charge.quantity,
-                "late": charge.kind == "adjustment",
-                "product": charge.product,
-            }
-        )
-    breakdown = [
-        {
-            "name": names.get(c, c),
-            "customer_id": c,
-            "metrics": [
-                {"name": metric_names.get(m, m), "code": m, "rows": rows}
-                for m, rows in sorted(
-                    usage[c].items(), key=lambda kv: metric_names.get(kv[0], kv[0])
-                )
-            ],
-        }
-        for c in sorted(usage, key=lambda c: (c != invoice.billed_customer_id, names.get(c, c), c))
-    ]
     return {
         "invoice": {
             "id": invoice.id,
             "number": invoice.number,
-            "status": invoice.status,
             "draft": invoice.status == "draft",
-            "billing_date": invoice.billing_date,
+            "reference": invoice.number or f"Draft {invoice.id}",
+            "billing_date": day(invoice.billing_date),
             "currency": currency,
-            "subtotal": invoice.subtotal,
-            "discount_total": invoice.discount_total,
-            "tax_total": invoice.tax_total,
-            "credit_total": invoice.credit_total,
-            "total": invoice.total,
         },
-        "issuer": issuer,
-        "billed": {"id": billed.id, "name": billed.name},
+        "issuer": {"name": issuer["name"], "address": list(issuer.get("address") or [])},
+        "billed": {"id": billed, "name": names.get(billed, billed)},
         "sections": sections,
-        "breakdown": breakdown,
-        "currency": currency,
+        "multiple_sections": len(sections) > 1,
+        "totals": _totals(invoice, currency),
+        "breakdown": _breakdown(charges, billed, names, metric_names),
+    }
+
+
+def _note(line: Any) -> str | None:
+    if line.kind == "adjustment":
+        return "Late usage for this period, not billed before"
+    if line.kind == "minimum":
+        return "Shortfall against the minimum commitment"
+    return None
+
+
+def _totals(invoice: Any, currency: str) -> list[dict]:
+    rows = [{"label": "Subtotal", "amount": money(invoice.subtotal, currency), "grand": False}]
+    if invoice.discount_total:
+        rows.append(
+            {
+                "label": "Discounts",
+                "amount": money(invoice.discount_total, currency),
+                "grand": False,
+            }
+        )
+    rows.append({"label": "Tax", "amount": money(invoice.tax_total, currency), "grand": False})
+    if invoice.credit_total:
+        rows.append(
+            {"label": "Credits", "amount": money(invoice.credit_total, currency), "grand": False}
+        )
+    rows.append(
+        {
+            "label": f"Total due ({currency})",
+            "amount": money(invoice.total, currency),
+            "grand": True,
+        }
+    )
+    return rows
+
+
+def _breakdown(
+    charges: list[Any], billed: str, names: dict[str, str], metric_names: dict[str, str]
+) -> list[dict]:
+    """Usage per serviced customer, then per metric: quantities and service periods."""
+    usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for charge in charges:
+        if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
+            continue
+        if charge.quantity == 0:
+            continue  # a customer without usage in a period has nothing to break down
+        usage[charge.serviced_customer_id][charge.metric_code].append(charge)
+    out = []
+    for customer_id in _section_order(usage, billed, names):
+        metrics = []
+        for code in sorted(
+            usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
+        ):
+            found = sorted(
+                usage[customer_id][code],
+                key=lambda c: (c.period_start, c.kind != "usage", c.charge_key),
+            )
+            rows = [
+                {
+                    "product": c.product,
+                    "period": period(c.period_start, c.period_end),
+                    "quantity": quantity(c.quantity),
+                    "note": "late usage"
+                    if c.kind == "adjustment"
+                    else ("pooled" if c.pool else ""),
+                }
+                for c in found
+            ]
+            metrics.append(
+                {
+                    "name": metric_names.get(code, code),
+                    "code": code,
+                    "rows": rows,
+                    "total": quantity(sum((c.quantity for c in found), ZERO))
+                    if len(found) > 1
+                    else None,
+                }
+            )
+        out.append(
+            {
+                "customer_id": customer_id,
+                "name": names.get(customer_id, customer_id),
+                "metrics": metrics,
+            }
+        )
+    return out
+
+
+def contexts(session: Session, invoices: list[Any], store_name: str = "billing") -> dict[int, dict]:
+    """The document context of each invoice, loaded set-based (no query per invoice)."""
+    if not invoices:
+        return {}
+    ids = sorted(i.id for i in invoices)
+    lines = lines_of(session, ids)
+    ch = Charge.__table__.c
+    charges: dict[int, list[Any]] = defaultdict(list)
+    for part in chunks(ids):
+        for charge in session.execute(
+            sa.select(*(ch[name] for name in BREAKDOWN_COLUMNS)).where(ch.invoice_id.in_(part))
+        ):
+            charges[charge.invoice_id].append(charge)
+    c = Customer.__table__.c
+    names: dict[str, str] = {}
+    for part in chunks(sorted({i.family_id for i in invoices})):
+        names.update(session.execute(sa.select(c.id, c.name).where(c.family_id.in_(part))).all())
+    m = Metric.__table__.c
+    metric_names = dict(session.execute(sa.select(m.code, m.name)).all())
+    issuer = load_issuer(session, store_name)
+    return {
+        i.id: context(i, lines[i.id], charges[i.id], names, metric_names, issuer) for i in invoices
     }
 
 
@@ -191,19 +349,48 @@ def source_hash(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def render_html(data: dict) -> str:
-    return environment().get_template("invoice.html").render(**data)
+def render_html(data: dict, env: jinja2.Environment | None = None, inline_css: bool = True) -> str:
+    """A document's HTML; pass `env` when rendering many (reading settings is not free).
+
+    The HTML written to disk carries its stylesheet; the HTML a PDF is made from leaves it
+    out, and the PDF gets the same stylesheet parsed once per process.
+    """
+    return (env or environment()).get_template("invoice.html").render(**data, inline_css=inline_css)
 
 
-def render_pdf(html: str, path: Path) -> None:
-    import logging
+@lru_cache(maxsize=4)
+def _pdf_resources(folder: str, mtime: float) -> tuple[Any, Any]:
+    """The parsed stylesheet and the font configuration, shared by every PDF a process
+    writes (parsing them per document costs more than laying the document out)."""
+    from weasyprint import CSS
+    from weasyprint.text.fonts import FontConfiguration
 
+    fonts = FontConfiguration()
+    css = CSS(filename=str(Path(folder) / "invoice.css"), font_config=fonts)
+    return css, fonts
+
+
+def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
+    """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256
+    (WeasyPrint writes the same bytes for the same HTML)."""
     from weasyprint import HTML
 
-    # Font subsetting falls back to fontTools without HarfBuzz-Subset and says so per PDF.
-    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    folder = folder or str(templates_dir())
+    stamp = (Path(folder) / "invoice.css").stat().st_mtime
+    css, fonts = _pdf_resources(folder, stamp)
+    content = HTML(string=html, base_url=folder).write_pdf(stylesheets=[css], font_config=fonts)
+    path.write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
 
-    HTML(string=html, base_url=str(templates_dir())).write_pdf(path)
+
+def render_pdfs(jobs: list[tuple[str, Path]], folder: str) -> list[str]:
+    """Write PDFs (HTML, path) in order; returns their SHA-256.
+
+    One process renders its shard's PDFs one after the other: to use every core, run the
+    close on the Dask task runner with several shards (BILLING_TASK_RUNNER=dask), which
+    renders each shard in its own worker process.
+    """
+    return [render_pdf(html, path, folder) for html, path in jobs]
 
 
 def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
@@ -213,6 +400,25 @@ def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
         / invoice.billing_date.isoformat()
         / (f"{invoice.billed_customer_id}-{name}.{fmt}")
     )
+
+
+def write_document(
+    session: Session, invoice_id: int, path: Path, store_name: str = "billing"
+) -> Path:
+    """Write one invoice's document to `path` (.html or .pdf), drafts included, without
+    recording it: a copy for review, not the invoice's own document."""
+    invoice = session.execute(
+        sa.select(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id)
+    ).first()
+    if invoice is None:
+        raise InvoiceError(f"no invoice {invoice_id}")
+    data = contexts(session, [invoice], store_name)[invoice.id]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".pdf":
+        render_pdf(render_html(data, inline_css=False), path)
+    else:
+        path.write_text(render_html(data), encoding="utf-8")
+    return path
 
 
 def render(
@@ -243,67 +449,61 @@ def render(
     report.read = len(invoices)
     if not invoices:
         return report
-    ids = [i.id for i in invoices]
     d = InvoiceDocument.__table__.c
-    documents = {
-        (r.invoice_id, r.format): r
-        for r in session.execute(sa.select(InvoiceDocument.__table__).where(d.invoice_id.in_(ids)))
-    }
+    documents = {}
+    for part in chunks([i.id for i in invoices]):
+        documents.update(
+            {
+                (r.invoice_id, r.format): r
+                for r in session.execute(
+                    sa.select(InvoiceDocument.__table__).where(d.invoice_id.in_(part))
+                )
+            }
+        )
     wanted = []
     for invoice in invoices:
         for fmt in formats if invoice.status != "draft" else ["html"]:
             doc = documents.get((invoice.id, fmt))
             if doc is not None and doc.final:
-                continue  # issued documents are written once
+                # Issued documents are written once, never again: a missing file is
+                # restored from a backup, not re-rendered from today's catalog.
+                if not Path(doc.path).exists():
+                    report.warnings.append(
+                        f"invoice {invoice.number}: its {fmt} document {doc.path} is missing"
+                    )
+                continue
             wanted.append((invoice, fmt, doc))
     if not wanted:
         return report
-    needed = sorted({invoice.id for invoice, _, _ in wanted})
-    lines = lines_of(session, needed)
-    ch = Charge.__table__.c
-    charges: dict[int, list[Any]] = defaultdict(list)
-    for i in range(0, len(needed), 900):
-        for charge in session.execute(
-            sa.select(Charge.__table__)
-            .where(ch.invoice_id.in_(needed[i : i + 900]))
-            .order_by(ch.charge_key)
-        ):
-            charges[charge.invoice_id].append(charge)
-    c = Customer.__table__.c
-    customers = {r.id: r for r in session.execute(sa.select(c.id, c.name))}
-    names = {k: r.name for k, r in customers.items()}
-    metric_names = dict(
-        session.execute(sa.select(Metric.__table__.c.code, Metric.__table__.c.name)).all()
-    )
-    issuer = load_issuer(session, store_name)
-    html_cache: dict[int, tuple[str, str]] = {}
+    needed = {invoice.id: invoice for invoice, _, _ in wanted}
+    data = contexts(session, list(needed.values()), store_name)
+    env, folder = environment(), str(templates_dir())
+    digests = {i: source_hash(d) for i, d in data.items()}
+    written: list[tuple[Any, str, Any, Path, str]] = []  # invoice, format, doc, path, sha
+    pdfs: list[tuple[Any, Any, Path, str]] = []  # invoice, doc, path, html
     for invoice, fmt, doc in wanted:
-        if invoice.id not in html_cache:
-            data = context(
-                invoice,
-                lines[invoice.id],
-                charges[invoice.id],
-                names,
-                metric_names,
-                issuer,
-                customers[invoice.billed_customer_id],
-            )
-            html_cache[invoice.id] = (source_hash(data), render_html(data))
-        digest, html = html_cache[invoice.id]
         path = document_path(output_dir, invoice, fmt)
-        if doc is not None and doc.source_hash == digest and Path(doc.path).exists():
+        if doc is not None and doc.source_hash == digests[invoice.id] and Path(doc.path).exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "html":
-            path.write_text(html, encoding="utf-8")
+            content = render_html(data[invoice.id], env).encode("utf-8")
+            path.write_bytes(content)
+            written.append((invoice, fmt, doc, path, hashlib.sha256(content).hexdigest()))
         else:
-            render_pdf(html, path)
+            pdfs.append((invoice, doc, path, render_html(data[invoice.id], env, inline_css=False)))
+    shas = render_pdfs([(html, path) for _, _, path, html in pdfs], folder)
+    written += [
+        (invoice, "pdf", doc, path, sha)
+        for (invoice, doc, path, _), sha in zip(pdfs, shas, strict=True)
+    ]
+    for invoice, fmt, doc, path, sha in written:
         row = {
             "invoice_id": invoice.id,
             "format": fmt,
             "path": str(path.resolve()),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "source_hash": digest,
+            "sha256": sha,
+            "source_hash": digests[invoice.id],
             "final": invoice.status != "draft",
             "created_at": now,
         }

@@ -23,11 +23,19 @@ from .report import StepReport
 from .store import insert_rows
 from .tax import jurisdiction_for, tax_line
 
-KIND_RANK = {"fixed": 0, "usage": 0, "adjustment": 1, "minimum": 2, "discount": 3}
+# Within a product: its charges, then late-usage adjustments, then discounts on it. Lines
+# not tied to one product (subscription-wide discounts, minimum true-ups) close the section.
+KIND_RANK = {"fixed": 0, "usage": 0, "adjustment": 1, "discount": 2, "minimum": 3}
+PRODUCT_KINDS = ("fixed", "usage", "adjustment")
 SUBTOTAL_KINDS = ("fixed", "usage", "minimum", "adjustment")
 
 
-def _load_customers(session: Session, scope: Scope) -> dict[str, CustomerInfo]:
+class ConsolidationError(RuntimeError):
+    """Charges that cannot share one invoice (the import should have refused them)."""
+
+
+def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerInfo]:
+    """The customers of a scope as the roll-up reads them."""
     c = Customer.__table__.c
     return {
         r.id: CustomerInfo(
@@ -66,6 +74,9 @@ def _line(charge: dict) -> dict:
         "tax_rate": None,
         "jurisdiction": None,
         "taxed_position": None,
+        # Who the amount belongs to: (serviced customer, subscription, amount). Merged
+        # lines keep every part, so credits can still tell whose lines they offset.
+        "_parts": [(charge["serviced_customer_id"], charge["subscription_id"], charge["amount"])],
     }
 
 
@@ -79,6 +90,7 @@ def _merge(lines: list[dict], serviced: str) -> dict:
         quantity=quantity,
         amount=amount,
         charge_id=None,
+        _parts=[part for x in lines for part in x["_parts"]],
         subscription_id=first["subscription_id"]
         if len({x["subscription_id"] for x in lines}) == 1
         else None,
@@ -100,8 +112,13 @@ def build_lines(
     customers: dict[str, CustomerInfo],
     rates: dict[str, Decimal],
     currency: str,
+    with_parts: bool = False,
 ) -> list[dict]:
-    """The lines of one invoice, positioned, with their tax lines (credits come later)."""
+    """The lines of one invoice, positioned, with their tax lines (credits come later).
+
+    With `with_parts`, each line keeps `_parts`: the (serviced customer, subscription,
+    amount) it is made of, which merged lines no longer show.
+    """
     visible = [c for c in charges if not (c["quantity"] == 0 and c["amount"] == 0)]
     lines = [_line(c) for c in visible]
 
@@ -155,14 +172,32 @@ def build_lines(
 
     def section_key(customer_id: str) -> tuple:
         info = customers.get(customer_id)
-        return (customer_id != billed.id, info.name if info else customer_id, customer_id)
+        name = info.name if info else customer_id
+        return (customer_id != billed.id, name.casefold(), customer_id)
+
+    # A discount on one price sits under that price's product.
+    products = {
+        (line["serviced_customer_id"], line["price_code"]): (line["bundle"], line["product"])
+        for line in lines
+        if line["kind"] in PRODUCT_KINDS and line["price_code"]
+    }
 
     def line_key(line: dict) -> tuple:
+        kind = line["kind"]
+        anchor = products.get((line["serviced_customer_id"], line["price_code"]))
+        if kind in PRODUCT_KINDS or (kind == "discount" and anchor is not None):
+            group, rank = 0, 0
+            bundle, product = anchor if kind == "discount" else (line["bundle"], line["product"])
+        else:
+            group, rank = 1, KIND_RANK.get(kind, 9)
+            bundle, product = line["bundle"], line["product"]
         return (
-            KIND_RANK.get(line["kind"], 9),
-            line["bundle"] is None,
-            line["bundle"] or "",
-            line["product"] or "",
+            group,
+            rank,
+            bundle is None,
+            bundle or "",
+            product or "",
+            KIND_RANK.get(kind, 9),
             line["period_start"] or date.min,
             line["price_code"] or "",
             line["subscription_id"] or "",
@@ -186,10 +221,24 @@ def build_lines(
             if tax is not None:
                 position += 1
                 tax["position"] = position
+                tax["_parts"] = _tax_parts(line["_parts"], tax["amount"], tax["tax_rate"])
                 out.append(tax)
     for line in out:
         line.pop("_jurisdiction", None)
+        if not with_parts:
+            line.pop("_parts", None)
     return out
+
+
+def _tax_parts(parts: list[tuple], tax: Decimal, rate: Decimal) -> list[tuple]:
+    """A tax line's amount shared over the parts of the line it taxes: each part's exact
+    tax, the rounding difference on the largest part, so the shares sum to the line."""
+    if len(parts) == 1:
+        return [(parts[0][0], parts[0][1], tax)]
+    shares = [(c, s, a * rate) for c, s, a in parts]
+    rest = tax - sum((x[2] for x in shares), ZERO)
+    largest = max(range(len(parts)), key=lambda i: (abs(parts[i][2]), -i))
+    return [(c, s, a + rest if i == largest else a) for i, (c, s, a) in enumerate(shares)]
 
 
 def totals(lines: list[dict]) -> dict[str, Decimal]:
@@ -260,7 +309,7 @@ def consolidate(
             .where(scope.where(v.family_id))
         )
     }
-    customers = _load_customers(session, scope)
+    customers = load_customers(session, scope)
     rates = tax_rates(session)
     kept = created = discarded = 0
     for key in sorted(groups):
@@ -274,7 +323,15 @@ def consolidate(
             )
             continue
         billed = customers[billed_id]
-        currency = group[0]["currency"]
+        currencies = sorted({c["currency"] for c in group})
+        if len(currencies) > 1:
+            # No currency conversion: the import refuses such roll-ups, so this is a store
+            # edited behind the product's back. Stop rather than add up unlike amounts.
+            raise ConsolidationError(
+                f"charges for {billed_id} on {billing_date} are in {', '.join(currencies)}: "
+                "a roll-up must stay in one currency"
+            )
+        currency = currencies[0]
         lines = build_lines(group, billed, customers, rates, currency)
         if not lines:
             if existing is not None:
