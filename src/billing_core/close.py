@@ -5,7 +5,8 @@ these; so do the CLI's direct paths and the tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,53 +25,49 @@ def _scope(families: Iterable[str] | None) -> Scope:
     return Scope.of(families)
 
 
+def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepReport:
+    """Run a step in a unit of work of its own, commit it, and note how long it took."""
+    started = time.perf_counter()
+    with unit_of_work() as session:
+        report = step(session, *args, **kwargs)
+        session.commit()
+    report.details["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
 def recalculate(through: date, families: Iterable[str] | None = None) -> StepReport:
     """Step 1: subscriptions and the customer tree into slots and billing dates."""
-    with unit_of_work() as session:
-        report = recalculation.recalculate(session, through, _scope(families))
-        session.commit()
-    return report
+    return _run(recalculation.recalculate, through, _scope(families))
 
 
 def collect(through: date, close_run_id: int | None = None) -> StepReport:
     """Step 2: pull usage from the configured sources (inbox folder, SQL source)."""
-    return collection.collect(close_run_id)
+    started = time.perf_counter()
+    report = collection.collect(close_run_id)
+    report.details["seconds"] = round(time.perf_counter() - started, 3)
+    return report
 
 
 def rate(through: date, families: Iterable[str] | None = None) -> StepReport:
     """Step 3: slots into charges (usage aggregated in the database)."""
-    with unit_of_work() as session:
-        report = rating.rate(session, through, _scope(families))
-        session.commit()
-    return report
+    return _run(rating.rate, through, _scope(families))
 
 
 def consolidate(through: date, families: Iterable[str] | None = None) -> StepReport:
     """Step 4: charges into draft invoices per billed customer and billing date."""
-    with unit_of_work() as session:
-        report = rollup.consolidate(session, through, _scope(families))
-        session.commit()
-    return report
+    return _run(rollup.consolidate, through, _scope(families))
 
 
 def apply_credits(through: date, families: Iterable[str] | None = None) -> StepReport:
     """Step 5: credit grants applied to the drafts, oldest first."""
-    with unit_of_work() as session:
-        report = credits.apply_credits(session, through, _scope(families))
-        session.commit()
-    return report
+    return _run(credits.apply_credits, through, _scope(families))
 
 
 def render(
     through: date, families: Iterable[str] | None = None, invoice_ids: list[int] | None = None
 ) -> StepReport:
     """Step 6: documents for the drafts (previews) and issued invoices (final)."""
-    with unit_of_work() as session:
-        report = rendering.render(
-            session, through, _scope(families), invoice_ids, store_name=store_name()
-        )
-        session.commit()
-    return report
+    return _run(rendering.render, through, _scope(families), invoice_ids, store_name=store_name())
 
 
 def issue(through: date | None = None, ids: list[int] | None = None) -> StepReport:
