@@ -61,6 +61,8 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
                     report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
                     continue
                 # Loaded under its content's key: the same file dropped again is skipped.
+                # (The session does not autoflush: write the load row before renaming it.)
+                session.flush()
                 session.execute(
                     sa.update(UsageLoad.__table__)
                     .where(u.source == "inbox", u.key == str(path))

@@ -372,9 +372,26 @@ class _Writer:
 
         stmt = insert(table).on_conflict_do_nothing(index_elements=["event_id"])
         result = self.session.execute(
-            stmt, [{**r, "source": self.source, "ingested_at": self.now} for r in rows]
+            stmt,
+            [
+                {
+                    **r,
+                    "properties": _json_ready(r["properties"]),
+                    "source": self.source,
+                    "ingested_at": self.now,
+                }
+                for r in rows
+            ],
         )
         self.loaded += result.rowcount or 0
+
+
+def _json_ready(properties: dict | None) -> dict | None:
+    """Properties as the JSON column can store them: decimals (JSON Lines numbers) and other
+    non-JSON values as text, as COPY writes them on PostgreSQL."""
+    if properties is None:
+        return None
+    return json.loads(json.dumps(properties, default=str))
 
 
 def ingest_records(

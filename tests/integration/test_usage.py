@@ -111,3 +111,27 @@ def test_property_metrics_read_their_field(store):
     )
     assert result.loaded == 1
     assert store.scalar("SELECT dimension FROM usage_events") == "alice"
+
+
+def test_json_lines_decimal_properties_are_stored_on_both_stores(store, tmp_path):
+    # JSON numbers are read as exact decimals; the SQLite writer once failed on them.
+    import_yaml(CATALOG)
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps(
+            {
+                "event_id": "p1",
+                "customer": "solo",
+                "metric": "units",
+                "timestamp": "2026-01-05T10:00:00Z",
+                "quantity": "2",
+            }
+        )[:-1]
+        + ', "properties": {"gb": 1.5}}\n'
+    )
+    with unit_of_work() as session:
+        result = ingest_files(session, [tmp_path / "p.jsonl"])
+        session.commit()
+    assert result.loaded == 1
+    stored = store.scalar("SELECT properties FROM usage_events")
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    assert stored == {"gb": "1.5"}
