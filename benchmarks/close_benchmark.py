@@ -53,11 +53,16 @@ def prefect_server(home: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false"
+    )
     log = (home / "server.log").open("w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         for _ in range(240):
@@ -91,8 +96,9 @@ def database(admin_url: str):
         admin.dispose()
 
 
-def load(url: str, env: dict, workdir: Path, customers: int, families: int, events: int,
-         rng) -> dict:
+def load(
+    url: str, env: dict, workdir: Path, customers: int, families: int, events: int, rng
+) -> dict:
     """Migrate, import the generated catalog, ingest the generated usage."""
     data, ids = catalog(customers, families)
     path = workdir / "catalog.yaml"
@@ -109,28 +115,37 @@ def load(url: str, env: dict, workdir: Path, customers: int, families: int, even
         usage.unlink()
         loaded.append(n)
         written += n
-    return {"events": written, "files": len(loaded),
-            "generate_and_ingest_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "events": written,
+        "files": len(loaded),
+        "generate_and_ingest_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def close_run(url: str) -> dict:
     engine = sa.create_engine(url)
     with engine.connect() as connection:
-        row = connection.execute(sa.text(
-            "SELECT flow_run_id, steps FROM close_runs ORDER BY id DESC LIMIT 1")).one()
-        invoices = connection.execute(sa.text(
-            "SELECT status, count(*) FROM invoices GROUP BY status")).all()
+        row = connection.execute(
+            sa.text("SELECT flow_run_id, steps FROM close_runs ORDER BY id DESC LIMIT 1")
+        ).one()
+        invoices = connection.execute(
+            sa.text("SELECT status, count(*) FROM invoices GROUP BY status")
+        ).all()
     engine.dispose()
     steps = row.steps if isinstance(row.steps, dict) else json.loads(row.steps)
-    return {"flow_run_id": row.flow_run_id, "steps": steps,
-            "invoices": {status: count for status, count in invoices}}
+    return {
+        "flow_run_id": row.flow_run_id,
+        "steps": steps,
+        "invoices": {status: count for status, count in invoices},
+    }
 
 
 def flow_and_tasks(api: str, flow_run_id: str) -> tuple[float, dict[str, float]]:
     """The flow run's duration and each step's wall time (first start to last end)."""
     run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
-    tasks = httpx.post(f"{api}/task_runs/filter", timeout=30,
-                       json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    tasks = httpx.post(
+        f"{api}/task_runs/filter", timeout=30, json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    ).json()
     spans: dict[str, list[datetime]] = {}
     for task in tasks:
         if not task["start_time"] or not task["end_time"]:
@@ -140,8 +155,9 @@ def flow_and_tasks(api: str, flow_run_id: str) -> tuple[float, dict[str, float]]
         end = datetime.fromisoformat(task["end_time"])
         span = spans.setdefault(name, [start, end])
         span[0], span[1] = min(span[0], start), max(span[1], end)
-    flow_seconds = (datetime.fromisoformat(run["end_time"])
-                    - datetime.fromisoformat(run["start_time"])).total_seconds()
+    flow_seconds = (
+        datetime.fromisoformat(run["end_time"]) - datetime.fromisoformat(run["start_time"])
+    ).total_seconds()
     return flow_seconds, {k: (e - s).total_seconds() for k, (s, e) in spans.items()}
 
 
@@ -163,34 +179,46 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="billing-close-bench-"))
     rng = random.Random(args.seed)
     results: dict = {
-        "parameters": {k: getattr(args, k) for k in ("customers", "families", "events",
-                                                      "pdf_customers", "pdf_families")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "load_average_at_start": list(os.getloadavg())},
+        "parameters": {
+            k: getattr(args, k)
+            for k in ("customers", "families", "events", "pdf_customers", "pdf_families")
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
     }
-    base_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("BILLING_", "PREFECT_"))}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "PREFECT_"))}
     home = workdir / "prefect"
     home.mkdir()
     with prefect_server(home) as api:
-        prefect_env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(home),
-                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "PREFECT_LOGGING_LEVEL": "WARNING"}
+        prefect_env = {
+            "PREFECT_API_URL": api,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
         with database(admin_url) as url:
-            env = {**base_env, **prefect_env, "BILLING_DATABASE_URL": url,
-                   "BILLING_OUTPUT_DIR": str(workdir / "documents")}
+            env = {
+                **base_env,
+                **prefect_env,
+                "BILLING_DATABASE_URL": url,
+                "BILLING_OUTPUT_DIR": str(workdir / "documents"),
+            }
             os.environ["BILLING_DATABASE_URL"] = url
-            results["load"] = load(url, env, workdir, args.customers, args.families,
-                                   args.events, rng)
+            results["load"] = load(
+                url, env, workdir, args.customers, args.families, args.events, rng
+            )
             bare = [bare_group_by(url)]
-            wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH],
-                                        env)
+            wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH], env)
             bare.append(bare_group_by(url))
             run = close_run(url)
             flow_seconds, task_walls = flow_and_tasks(api, run["flow_run_id"])
-            step_seconds = {name: report["details"].get("seconds", 0.0)
-                            for name, report in run["steps"].items()}
+            step_seconds = {
+                name: report["details"].get("seconds", 0.0) for name, report in run["steps"].items()
+            }
             render = step_seconds.get("render invoices", 0.0)
             inside = sum(step_seconds.values())
             drafts = run["steps"]["render invoices"]["written"]
@@ -212,23 +240,36 @@ def main() -> None:
 
         # PDFs: a smaller store, closed and issued on the Dask task runner.
         with database(admin_url) as url:
-            env = {**base_env, **prefect_env, "BILLING_DATABASE_URL": url,
-                   "BILLING_OUTPUT_DIR": str(workdir / "pdf-documents"),
-                   "BILLING_TASK_RUNNER": "dask", "BILLING_DASK_WORKERS": "2",
-                   "BILLING_SHARDS": "4"}
+            env = {
+                **base_env,
+                **prefect_env,
+                "BILLING_DATABASE_URL": url,
+                "BILLING_OUTPUT_DIR": str(workdir / "pdf-documents"),
+                "BILLING_TASK_RUNNER": "dask",
+                "BILLING_DASK_WORKERS": "2",
+                "BILLING_SHARDS": "4",
+            }
             os.environ["BILLING_DATABASE_URL"] = url
-            load(url, env, workdir, args.pdf_customers, args.pdf_families,
-                 args.pdf_customers * 50, rng)
+            load(
+                url,
+                env,
+                workdir,
+                args.pdf_customers,
+                args.pdf_families,
+                args.pdf_customers * 50,
+                rng,
+            )
             run_measured([str(BIN / "billing"), "close", "--through", THROUGH, "--issue"], env)
             run = close_run(url)
             _, task_walls = flow_and_tasks(api, run["flow_run_id"])
             issued = run["invoices"].get("issued", 0)
             render_wall = task_walls.get("render-invoices", 0.0)
-            results["pdf"] = {"issued_invoices": issued,
-                              "render_wall_seconds": round(render_wall, 2),
-                              "documents_per_invoice": "html + pdf",
-                              "pdf_per_second": round(issued / render_wall, 1)
-                              if render_wall else None}
+            results["pdf"] = {
+                "issued_invoices": issued,
+                "render_wall_seconds": round(render_wall, 2),
+                "documents_per_invoice": "html + pdf",
+                "pdf_per_second": round(issued / render_wall, 1) if render_wall else None,
+            }
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     _print(results)
@@ -237,13 +278,17 @@ def main() -> None:
 
 def _print(results: dict) -> None:
     p, c = results["parameters"], results["close"]
-    print(f"\n{p['customers']} customers in {p['families']} families, {p['events']} events; "
-          f"load average at start {results['machine']['load_average_at_start'][0]:.2f}")
+    print(
+        f"\n{p['customers']} customers in {p['families']} families, {p['events']} events; "
+        f"load average at start {results['machine']['load_average_at_start'][0]:.2f}"
+    )
     print(f"\n{'step':<28}{'seconds':>10}")
     for name, seconds in c["step_seconds"].items():
         print(f"{name:<28}{seconds:>10.2f}")
-    print(f"{'Prefect overhead':<28}{c['prefect_overhead_seconds']:>10.2f}"
-          f"   ({100 * c['prefect_overhead_share']:.1f}% of the flow run)")
+    print(
+        f"{'Prefect overhead':<28}{c['prefect_overhead_seconds']:>10.2f}"
+        f"   ({100 * c['prefect_overhead_share']:.1f}% of the flow run)"
+    )
     print(f"{'flow run':<28}{c['flow_run_seconds']:>10.2f}")
     print(f"\n{'close without documents':<28}{c['without_documents_seconds']:>10.2f} s")
     print(f"{'bare GROUP BY':<28}{results['bare_group_by_seconds']:>10.2f} s")
@@ -251,8 +296,10 @@ def _print(results: dict) -> None:
     print(f"{'peak memory of the close':<28}{c['peak_rss_mb']:>10} MB")
     print(f"{'HTML documents per second':<28}{results['html_per_second']:>10}")
     pdf = results["pdf"]
-    print(f"{'PDF documents per second':<28}{pdf['pdf_per_second']:>10}"
-          f"   ({pdf['issued_invoices']} issued invoices, Dask, 2 processes)")
+    print(
+        f"{'PDF documents per second':<28}{pdf['pdf_per_second']:>10}"
+        f"   ({pdf['issued_invoices']} issued invoices, Dask, 2 processes)"
+    )
 
 
 if __name__ == "__main__":

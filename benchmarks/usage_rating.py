@@ -57,38 +57,88 @@ def catalog(customers: int, families: int) -> tuple[dict, list[str]]:
     """
     families = max(1, min(families, customers))
     data: dict = {
-        "issuer": {"name": "Benchmark Cloud Ltd", "invoice_prefix": "BENCH",
-                   "address": ["1 Main Street", "Springfield"]},
+        "issuer": {
+            "name": "Benchmark Cloud Ltd",
+            "invoice_prefix": "BENCH",
+            "address": ["1 Main Street", "Springfield"],
+        },
         "tax_rates": [{"jurisdiction": "US-CA", "rate": "0.0725"}],
         "customers": [],
         "metrics": [
             {"code": "api_calls", "name": "API calls", "aggregation": "sum", "field": "quantity"},
             {"code": "requests", "name": "Requests", "aggregation": "count"},
-            {"code": "users", "name": "Active users", "aggregation": "unique_count",
-             "field": "user_id"},
+            {
+                "code": "users",
+                "name": "Active users",
+                "aggregation": "unique_count",
+                "field": "user_id",
+            },
             {"code": "seats", "name": "Seats", "aggregation": "max", "field": "quantity"},
-            {"code": "storage", "name": "Storage (GB)", "aggregation": "latest",
-             "field": "quantity"},
+            {
+                "code": "storage",
+                "name": "Storage (GB)",
+                "aggregation": "latest",
+                "field": "quantity",
+            },
         ],
         "prices": [
-            {"code": "platform", "product": "Platform", "bundle": "Core", "currency": "USD",
-             "model": "flat", "amount": "500.00"},
-            {"code": "api", "product": "API calls", "currency": "USD", "model": "graduated",
-             "metric": "api_calls",
-             "tiers": [{"up_to": 10000, "unit_price": "0.01", "flat_fee": "5.00"},
-                       {"up_to": 100000, "unit_price": "0.008"},
-                       {"up_to": None, "unit_price": "0.005"}]},
-            {"code": "requests", "product": "Requests", "currency": "USD", "model": "per_unit",
-             "metric": "requests", "unit_price": "0.0004"},
-            {"code": "users", "product": "Active users", "currency": "USD", "model": "volume",
-             "metric": "users",
-             "tiers": [{"up_to": 10, "unit_price": "12.00"},
-                       {"up_to": 50, "unit_price": "10.00", "flat_fee": "20.00"},
-                       {"up_to": None, "unit_price": "8.00"}]},
-            {"code": "seats", "product": "Seats", "currency": "USD", "model": "per_unit",
-             "metric": "seats", "unit_price": "35.00"},
-            {"code": "storage", "product": "Storage", "currency": "USD", "model": "package",
-             "metric": "storage", "package_size": 100, "package_price": "40.00"},
+            {
+                "code": "platform",
+                "product": "Platform",
+                "bundle": "Core",
+                "currency": "USD",
+                "model": "flat",
+                "amount": "500.00",
+            },
+            {
+                "code": "api",
+                "product": "API calls",
+                "currency": "USD",
+                "model": "graduated",
+                "metric": "api_calls",
+                "tiers": [
+                    {"up_to": 10000, "unit_price": "0.01", "flat_fee": "5.00"},
+                    {"up_to": 100000, "unit_price": "0.008"},
+                    {"up_to": None, "unit_price": "0.005"},
+                ],
+            },
+            {
+                "code": "requests",
+                "product": "Requests",
+                "currency": "USD",
+                "model": "per_unit",
+                "metric": "requests",
+                "unit_price": "0.0004",
+            },
+            {
+                "code": "users",
+                "product": "Active users",
+                "currency": "USD",
+                "model": "volume",
+                "metric": "users",
+                "tiers": [
+                    {"up_to": 10, "unit_price": "12.00"},
+                    {"up_to": 50, "unit_price": "10.00", "flat_fee": "20.00"},
+                    {"up_to": None, "unit_price": "8.00"},
+                ],
+            },
+            {
+                "code": "seats",
+                "product": "Seats",
+                "currency": "USD",
+                "model": "per_unit",
+                "metric": "seats",
+                "unit_price": "35.00",
+            },
+            {
+                "code": "storage",
+                "product": "Storage",
+                "currency": "USD",
+                "model": "package",
+                "metric": "storage",
+                "package_size": 100,
+                "package_price": "40.00",
+            },
         ],
         "subscriptions": [],
     }
@@ -100,27 +150,53 @@ def catalog(customers: int, families: int) -> tuple[dict, list[str]]:
         root = f"f{f:05d}-0"
         members = [root] + [f"f{f:05d}-{m}" for m in range(1, size)]
         ids.extend(members)
-        data["customers"].append({"id": root, "name": f"Family {f:05d} Holdings",
-                                  "currency": "USD", "jurisdiction": "US-CA"})
-        root_items = [{"price": "platform", "timing": "in_advance"},
-                      {"price": "seats", "timing": "in_arrears"},
-                      {"price": "storage", "timing": "in_arrears"},
-                      {"price": "api", "timing": "in_arrears"}]
+        data["customers"].append(
+            {
+                "id": root,
+                "name": f"Family {f:05d} Holdings",
+                "currency": "USD",
+                "jurisdiction": "US-CA",
+            }
+        )
+        root_items = [
+            {"price": "platform", "timing": "in_advance"},
+            {"price": "seats", "timing": "in_arrears"},
+            {"price": "storage", "timing": "in_arrears"},
+            {"price": "api", "timing": "in_arrears"},
+        ]
         if pool:
             root_items[-1]["pool"] = pool
-        data["subscriptions"].append({"id": f"sub-{root}", "customer": root,
-                                      "start": "2026-01-01", "cadence": "monthly",
-                                      "billing_day": 1, "items": root_items})
+        data["subscriptions"].append(
+            {
+                "id": f"sub-{root}",
+                "customer": root,
+                "start": "2026-01-01",
+                "cadence": "monthly",
+                "billing_day": 1,
+                "items": root_items,
+            }
+        )
         for child in members[1:]:
-            data["customers"].append({"id": child, "name": f"Member {child}", "currency": "USD",
-                                      "parent": root})
-            items = [{"price": "requests", "timing": "in_arrears"},
-                     {"price": "users", "timing": "in_arrears"}]
+            data["customers"].append(
+                {"id": child, "name": f"Member {child}", "currency": "USD", "parent": root}
+            )
+            items = [
+                {"price": "requests", "timing": "in_arrears"},
+                {"price": "users", "timing": "in_arrears"},
+            ]
             if pool is None:
                 items.append({"price": "api", "timing": "in_arrears"})
-            data["subscriptions"].append({"id": f"sub-{child}", "customer": child,
-                                          "start": "2026-01-01", "cadence": "monthly",
-                                          "billing_day": 1, "rollup": True, "items": items})
+            data["subscriptions"].append(
+                {
+                    "id": f"sub-{child}",
+                    "customer": child,
+                    "start": "2026-01-01",
+                    "cadence": "monthly",
+                    "billing_day": 1,
+                    "rollup": True,
+                    "items": items,
+                }
+            )
     return data, ids
 
 
@@ -139,22 +215,22 @@ def write_usage(path: Path, ids: list[str], count: int, offset: int, rng: random
             stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             metric = metrics[i]
             quantity = randrange(1, 500) if metric == "api_calls" else randrange(1, 60)
-            writer.writerow([f"e{offset + i:09d}", customers[i], metric, stamp, quantity,
-                             f"u{randrange(80)}"])
+            writer.writerow(
+                [f"e{offset + i:09d}", customers[i], metric, stamp, quantity, f"u{randrange(80)}"]
+            )
 
 
 def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
     """Run a command; its wall seconds, peak RSS in MB and standard output."""
     started = time.perf_counter()
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    out.seek(0)
-    err.seek(0)
-    stdout, stderr = out.read().decode(), err.read().decode()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}{stdout}")
     return wall, usage.ru_maxrss // 1024, stdout
@@ -166,11 +242,14 @@ def bare_group_by(url: str) -> float:
     try:
         with engine.connect() as connection:
             started = time.perf_counter()
-            rows = connection.execute(sa.text(
-                "SELECT customer_id, metric_code, count(*), sum(value), max(value) "
-                "FROM usage_events WHERE timestamp >= :start AND timestamp < :end "
-                "GROUP BY customer_id, metric_code"),
-                {"start": MONTH_START, "end": datetime(2026, 2, 1, tzinfo=UTC)}).all()
+            rows = connection.execute(
+                sa.text(
+                    "SELECT customer_id, metric_code, count(*), sum(value), max(value) "
+                    "FROM usage_events WHERE timestamp >= :start AND timestamp < :end "
+                    "GROUP BY customer_id, metric_code"
+                ),
+                {"start": MONTH_START, "end": datetime(2026, 2, 1, tzinfo=UTC)},
+            ).all()
             seconds = time.perf_counter() - started
         assert rows, "no events to group"
         return seconds
@@ -225,8 +304,11 @@ def main() -> None:
     rng = random.Random(args.seed)
     results: dict = {
         "parameters": {k: getattr(args, k) for k in ("customers", "families", "events")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_start": list(os.getloadavg())},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "PREFECT_"))}
     billing = str(BIN / "billing")
@@ -246,9 +328,15 @@ def main() -> None:
             write_usage(usage, ids, n, written, rng)
             generated = time.perf_counter() - started
             wall, rss, _ = run_measured([billing, "usage", "ingest", str(usage)], env)
-            files.append({"events": n, "generate_seconds": round(generated, 1),
-                          "ingest_seconds": round(wall, 2), "peak_rss_mb": rss,
-                          "events_per_second": round(n / wall)})
+            files.append(
+                {
+                    "events": n,
+                    "generate_seconds": round(generated, 1),
+                    "ingest_seconds": round(wall, 2),
+                    "peak_rss_mb": rss,
+                    "events_per_second": round(n / wall),
+                }
+            )
             usage.unlink()
             written += n
         results["ingest"] = files
@@ -269,16 +357,23 @@ def main() -> None:
 
 def _print(results: dict) -> None:
     p = results["parameters"]
-    print(f"\n{p['customers']} customers in {p['families']} families, {p['events']} events; "
-          f"load average at start {results['machine']['load_average_at_start'][0]:.2f}")
+    print(
+        f"\n{p['customers']} customers in {p['families']} families, {p['events']} events; "
+        f"load average at start {results['machine']['load_average_at_start'][0]:.2f}"
+    )
     first = results["ingest"][0]
-    print(f"ingest of the first {first['events']} events: {first['ingest_seconds']} s, "
-          f"peak {first['peak_rss_mb']} MB ({first['events_per_second']} events/s)")
+    print(
+        f"ingest of the first {first['events']} events: {first['ingest_seconds']} s, "
+        f"peak {first['peak_rss_mb']} MB ({first['events_per_second']} events/s)"
+    )
     for name, step in results["steps"].items():
-        print(f"{name:<14}{step['seconds']:>8.2f} s  read {step['read']}, "
-              f"written {step['written']}")
-    print(f"bare GROUP BY {results['bare_group_by_seconds']:>8.2f} s "
-          f"(runs {results['bare_group_by_runs']})")
+        print(
+            f"{name:<14}{step['seconds']:>8.2f} s  read {step['read']}, written {step['written']}"
+        )
+    print(
+        f"bare GROUP BY {results['bare_group_by_seconds']:>8.2f} s "
+        f"(runs {results['bare_group_by_runs']})"
+    )
     print(f"rating / GROUP BY: {results['rating_to_group_by_ratio']} x")
 
 

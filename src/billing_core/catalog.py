@@ -649,7 +649,7 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
     ]
     for code in changed_metrics:
         has_events = session.execute(
-            sa.select(UsageEvent.id).where(UsageEvent.metric_code == code).limit(1)
+            sa.select(UsageEvent.event_id).where(UsageEvent.metric_code == code).limit(1)
         ).first()
         if has_events:
             problems.append(

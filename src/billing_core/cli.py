@@ -158,7 +158,7 @@ def usage_ingest(
 ) -> None:
     """Load usage events; the same event_id is counted once, whatever the file."""
     from .db import unit_of_work
-    from .usage import UsageRefused, ingest_files
+    from .usage import UsageRefused, ingest_files, refresh_statistics
 
     _store()
     try:
@@ -167,6 +167,7 @@ def usage_ingest(
             session.commit()
     except UsageRefused as refused:
         _fail(refused.summary, *map(str, refused.problems))
+    refresh_statistics(result.loaded)
     out.print(
         f"read {result.read} event(s) from {result.files} file(s): {result.loaded} new, "
         f"{result.duplicates} already loaded, {result.rejected} rejected"

@@ -20,7 +20,7 @@ from .config import get_settings
 from .db import unit_of_work
 from .models import UsageLoad
 from .report import StepReport
-from .usage import UsageRefused, ingest_files
+from .usage import UsageRefused, ingest_files, refresh_statistics
 
 INBOX_PATTERNS = ("*.csv", "*.jsonl", "*.ndjson")
 
@@ -93,6 +93,7 @@ def collect(close_run_id: int | None = None) -> StepReport:
         from .sql_source import collect_sql
 
         collect_sql(settings.usage_sql_url, settings.usage_sql_query, close_run_id, report)
+    refresh_statistics(report.written)
     if settings.usage_inbox is None and not settings.usage_sql_url:
         report.details["sources"] = "none configured (usage arrives by `billing usage ingest`)"
     report.details.setdefault("collected_at", datetime.now(UTC).isoformat())

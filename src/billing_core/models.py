@@ -128,11 +128,12 @@ class CreditGrant(SQLModel, table=True):
 
 class UsageEvent(SQLModel, table=True):
     __tablename__ = "usage_events"
+    # SQLite finds a window's events by this index; PostgreSQL hash-joins a period's
+    # events (BRIN on timestamp, see migration 0003) and has no such b-tree.
     __table_args__ = (
         sa.Index("ix_usage_events_window", "customer_id", "metric_code", "timestamp"),
     )
-    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
-    event_id: str = Field(unique=True, max_length=256)
+    event_id: str = Field(primary_key=True, max_length=256)
     # No foreign keys here: ingestion validates customers and metrics itself, and a
     # per-row foreign-key check would cost more than the whole COPY.
     customer_id: str = Field(max_length=128)

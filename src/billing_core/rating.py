@@ -501,20 +501,27 @@ class _LateUsage:
         v = Invoice.__table__.c
         t = UsageTouch.__table__.c
         c = Customer.__table__.c
-        touches = list(
-            self.session.execute(
-                sa.select(UsageTouch.__table__)
-                .join(Customer.__table__, c.id == t.customer_id)
-                .where(self.scope.where(c.family_id))
-            )
-        )
-        self.touch_ids = [x.id for x in touches]
         frozen_usage = (
             sa.select(Charge.__table__)
             .join(Invoice.__table__, v.id == ch.invoice_id)
             .where(v.status != "draft", ch.kind == "usage")
             .where(self.scope.where(ch.family_id))
         )
+        in_scope = sa.select(t.id).join(Customer.__table__, c.id == t.customer_id)
+        in_scope = in_scope.where(self.scope.where(c.family_id))
+        connection = self.session.connection()
+        if connection.execute(frozen_usage.with_only_columns(ch.id).limit(1)).first() is None:
+            # Nothing issued yet: no usage can be late. The touches are only cleared (by
+            # id: one that arrives meanwhile is kept for the next close).
+            self.touch_ids = list(connection.execute(in_scope).scalars())
+            touches = []
+        else:
+            touches = list(
+                connection.execute(
+                    in_scope.add_columns(t.customer_id, t.metric_code, t.earliest, t.latest)
+                )
+            )
+            self.touch_ids = [x.id for x in touches]
         pending = list(
             self.session.execute(
                 sa.select(Charge.__table__)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 CADENCE_MONTHS = {"monthly": 1, "quarterly": 3, "annual": 12}
@@ -165,6 +166,7 @@ def monthly_calendar_on_or_after(day: date, billing_day: int) -> Iterator[date]:
     yield from cadence_boundaries(first, billing_day, 1)
 
 
+@lru_cache(maxsize=65536)
 def window_utc(start: date, end: date, timezone: str) -> tuple[datetime, datetime]:
     """The UTC instants of local midnight at `start` and `end` in `timezone`."""
     zone = ZoneInfo(timezone)

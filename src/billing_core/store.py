@@ -10,6 +10,8 @@ from sqlmodel import Session
 
 # Stay well under SQLite's bound-parameter limit in IN lists and multi-row inserts.
 CHUNK = 900
+# From this many rows, PostgreSQL inserts go through COPY.
+COPY_FROM = 500
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -49,14 +51,43 @@ def insert_ignore(session: Session, model: Any, rows: list[dict], keys: Sequence
 
 
 def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
-    """Plain bulk insert (executemany)."""
-    if rows:
-        session.execute(sa.insert(model.__table__), rows)
+    """Plain bulk insert: COPY on PostgreSQL for large batches, executemany otherwise.
+
+    Every row has the same keys (as an executemany needs too); each value goes through its
+    column's own bind processing, so COPY writes what an INSERT would have.
+    """
+    if not rows:
+        return
+    table = getattr(model, "__table__", model)
+    if len(rows) < COPY_FROM or session.get_bind().dialect.name != "postgresql":
+        session.execute(sa.insert(table), rows)
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    processors = [table.c[name].type._cached_bind_processor(dialect) for name in names]
+    raw = connection.connection.driver_connection
+    columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
+    with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    row[name] if process is None or row[name] is None else process(row[name])
+                    for name, process in zip(names, processors, strict=True)
+                ]
+            )
 
 
 def delete_in(session: Session, column: sa.ColumnElement, values: Iterable[Any]) -> int:
     """DELETE ... WHERE column IN (values), in chunks; returns rows deleted."""
     values = list(values)
+    if len(values) > CHUNK and session.get_bind().dialect.name == "postgresql":
+        # One statement with an array parameter instead of hundreds of IN lists.
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        array = sa.bindparam("values", values, type_=ARRAY(column.type))
+        result = session.execute(sa.delete(column.table).where(column == sa.any_(array)))
+        return result.rowcount or 0
     deleted = 0
     for part in chunks(values):
         result = session.execute(sa.delete(column.table).where(column.in_(part)))

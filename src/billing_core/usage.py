@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import re
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,6 +231,8 @@ def parse_quantity(value: Any) -> tuple[Decimal | None, str | None]:
     """A non-negative decimal with at most six decimal places; missing means 1."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return Decimal(1), None
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return Decimal(value), None  # the common case: a whole number
     if isinstance(value, (bool, float)):
         return None, f"not a decimal number: {value!r}"
     try:
@@ -257,6 +263,47 @@ def load_reference(session: Session) -> Validator:
 # --- writing -----------------------------------------------------------------------------
 
 
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_to_json = json.JSONEncoder(default=str, ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format (backslash, tab and line ends escaped)."""
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def refresh_statistics(loaded: int) -> None:
+    """After a bulk load has committed, let PostgreSQL's planner see the new events.
+
+    Without fresh statistics the planner takes a just-loaded table for a small one and
+    rates a period with an index nested loop ten times slower than its hash join. Run
+    outside the load's transaction, so that concurrent loads do not queue on its lock.
+    """
+    if loaded < 10_000:
+        return  # autovacuum catches up with small loads soon enough
+    from .db import get_engine
+
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sa.text("ANALYZE usage_events"))
+
+
+# A batch from the staging table into the events; an event id already there (or twice
+# in the batch) is skipped.
+MERGE_STAGING = (
+    "INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, quantity, value, "
+    "dimension, properties, source, ingested_at) "
+    "SELECT event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
+    "properties, source, ingested_at FROM usage_staging ON CONFLICT (event_id) DO NOTHING"
+)
+
+
 class _Writer:
     """Batches valid events into the store, skipping event ids already present."""
 
@@ -277,6 +324,68 @@ class _Writer:
                 )
             )
             self.session.execute(sa.text("TRUNCATE usage_staging"))
+            # PostgreSQL writes in a thread of its own: while the server copies and merges
+            # one batch, this thread parses and validates the next (psycopg waits for the
+            # server without holding the GIL). At most two batches wait: bounded memory.
+            self.raw = self.session.connection().connection.driver_connection
+            self.queue: queue.Queue[list[dict] | None] = queue.Queue(maxsize=2)
+            self.error: BaseException | None = None
+            self.thread = threading.Thread(target=self._work, name="usage-writer", daemon=True)
+            self.thread.start()
+
+    def _work(self) -> None:
+        while (rows := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so the reader never blocks on a full queue
+            try:
+                if self._copy_direct(rows):
+                    continue
+                self._copy(rows, "usage_staging")
+                with self.raw.cursor() as cursor:
+                    cursor.execute(MERGE_STAGING)
+                    self.loaded += max(cursor.rowcount, 0)
+                    cursor.execute("TRUNCATE usage_staging")
+            except BaseException as error:  # noqa: BLE001 - re-raised by close()
+                self.error = error
+
+    def _copy_direct(self, rows: list[dict]) -> bool:
+        """COPY a batch straight into the events when none of its ids is known yet.
+
+        The usual case (new usage) then costs one pass of the server instead of a COPY into
+        staging plus a merge. A concurrent load that writes one of the ids first makes the
+        COPY fail; it is undone to its savepoint and the batch goes through staging.
+        """
+        from psycopg.errors import UniqueViolation
+
+        ids = [r["event_id"] for r in rows]
+        if len(set(ids)) != len(ids):
+            return False
+        with self.raw.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM usage_events WHERE event_id = ANY(%s) LIMIT 1", (ids,))
+            if cursor.fetchone() is not None:
+                return False
+        try:
+            with self.raw.transaction():  # a savepoint inside the load's transaction
+                self._copy(rows, "usage_events")
+        except UniqueViolation:
+            return False
+        self.loaded += len(rows)
+        return True
+
+    def close(self) -> None:
+        """Wait for the writing thread (PostgreSQL); raise what it failed with."""
+        if self.postgres and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.postgres and self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """Stop the writing thread without waiting for its batches (the load failed)."""
+        if self.postgres and self.thread.is_alive():
+            self.error = self.error or RuntimeError("load abandoned")
+            self.queue.put(None)
+            self.thread.join()
 
     def add(self, row: dict) -> None:
         self.batch.append(row)
@@ -295,25 +404,16 @@ class _Writer:
         if not self.batch:
             return
         if self.postgres:
-            self._copy(self.batch)
+            if self.error is not None:
+                self.close()
+            self.queue.put(self.batch)
         else:
             self._insert(self.batch)
         self.batch = []
 
     def finish(self) -> int:
         self.flush()
-        if self.postgres:
-            result = self.session.execute(
-                sa.text(
-                    "INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, "
-                    "quantity, value, dimension, properties, source, ingested_at) "
-                    "SELECT event_id, customer_id, metric_code, timestamp, quantity, value, "
-                    "dimension, properties, source, ingested_at FROM usage_staging "
-                    "ON CONFLICT (event_id) DO NOTHING"
-                )
-            )
-            self.loaded = result.rowcount or 0
-            self.session.execute(sa.text("TRUNCATE usage_staging"))
+        self.close()
         if self.loaded:
             self.session.execute(
                 sa.insert(UsageTouch.__table__),
@@ -330,41 +430,37 @@ class _Writer:
             )
         return self.loaded
 
-    def _copy(self, rows: list[dict]) -> None:
-        raw = self.session.connection().connection.driver_connection
+    def _copy(self, rows: list[dict], table: str) -> None:
+        """COPY a batch into `table` as text (faster than per-value adaptation)."""
+        raw = self.raw
         columns = (
-            "event_id",
-            "customer_id",
-            "metric_code",
-            "timestamp",
-            "quantity",
-            "value",
-            "dimension",
-            "properties",
-            "source",
-            "ingested_at",
+            "event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
+            "properties, source, ingested_at"
         )
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(f"COPY usage_staging ({', '.join(columns)}) FROM STDIN") as copy,
-        ):
-            for r in rows:
-                copy.write_row(
+        tail = f"\t{_copy_text(self.source)}\t{self.now.isoformat()}\n"
+        lines = []
+        for r in rows:
+            dimension, properties = r["dimension"], r["properties"]
+            lines.append(
+                "\t".join(
                     (
-                        r["event_id"],
-                        r["customer_id"],
-                        r["metric_code"],
-                        r["timestamp"],
-                        r["quantity"],
-                        r["value"],
-                        r["dimension"],
-                        None
-                        if r["properties"] is None
-                        else json.dumps(r["properties"], default=str),
-                        self.source,
-                        self.now,
+                        _copy_text(r["event_id"]),
+                        _copy_text(r["customer_id"]),
+                        _copy_text(r["metric_code"]),
+                        r["timestamp"].isoformat(),
+                        str(r["quantity"]),
+                        str(r["value"]),
+                        "\\N" if dimension is None else _copy_text(dimension),
+                        "\\N" if properties is None else _copy_text(_to_json(properties)),
                     )
                 )
+                + tail
+            )
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+        ):
+            copy.write("".join(lines))
 
     def _insert(self, rows: list[dict]) -> None:
         table = UsageEvent.__table__
@@ -410,24 +506,35 @@ def ingest_records(
     validator = load_reference(session)
     writer = _Writer(session, source)
     result = IngestResult()
-    for name, records in sources:
-        result.files += 1
-        for number, record in records:
-            result.read += 1
-            row, problem = validator.event(record)
-            if problem is not None:
-                result.rejected += 1
-                issue = Problem(name, number, problem[0], problem[1])
-                result.problems.append(issue)
-                if rejects is not None:
-                    rejects.writerow(
-                        [name, number, issue.field, issue.reason, json.dumps(record, default=str)]
-                    )
-                continue
-            if result.problems and not skip_invalid:
-                continue  # refused anyway: keep validating, stop writing
-            writer.add(row)
+    try:
+        for name, records in sources:
+            result.files += 1
+            for number, record in records:
+                result.read += 1
+                row, problem = validator.event(record)
+                if problem is not None:
+                    result.rejected += 1
+                    issue = Problem(name, number, problem[0], problem[1])
+                    result.problems.append(issue)
+                    if rejects is not None:
+                        rejects.writerow(
+                            [
+                                name,
+                                number,
+                                issue.field,
+                                issue.reason,
+                                json.dumps(record, default=str),
+                            ]
+                        )
+                    continue
+                if result.problems and not skip_invalid:
+                    continue  # refused anyway: keep validating, stop writing
+                writer.add(row)
+    except BaseException:
+        writer.abandon()
+        raise
     if result.problems and not skip_invalid:
+        writer.close()
         raise UsageRefused(
             f"{len(result.problems)} invalid row(s) in {result.files} file(s); nothing was "
             "loaded (fix them, or pass --skip-invalid REJECTS_FILE)",
@@ -495,103 +602,129 @@ class Window:
 _windows = sa.Table(
     "usage_windows",
     sa.MetaData(),
+    sa.Column("batch", sa.String(36), primary_key=True),
     sa.Column("key", sa.Integer, primary_key=True),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("metric_code", sa.String(128), nullable=False),
     sa.Column("start_ts", UsageEvent.__table__.c.timestamp.type, nullable=False),
     sa.Column("end_ts", UsageEvent.__table__.c.timestamp.type, nullable=False),
-    prefixes=["TEMPORARY"],
 )
+SIMPLE = ("sum", "count", "max")
 
 
 def aggregate(
     session: Session, windows: list[Window], aggregations: dict[str, str]
 ) -> dict[int, Decimal]:
-    """Each window's aggregated quantity, computed in one set-based query per kind.
+    """Each window's aggregated quantity, in at most three set-based passes.
 
-    `aggregations` maps metric code to its aggregation. Windows without events get 0.
+    `aggregations` maps metric code to its aggregation. The windows go into
+    `usage_windows` under a batch id of their own; one query joins them to the events for
+    every `sum`, `count` and `max` metric at once, one for `unique_count`, one for
+    `latest`. On PostgreSQL each is a parallel hash join over the periods' events. Windows
+    without events get 0.
     """
     out = {w.key: Decimal(0) for w in windows}
     if not windows:
         return out
-    connection = session.connection()
-    _windows.create(connection, checkfirst=True)
-    connection.execute(_windows.delete())
-    from .store import chunks
+    from .store import insert_rows
 
-    for part in chunks(windows, 5000):
-        connection.execute(
-            _windows.insert(),
-            [
-                {
-                    "key": w.key,
-                    "customer_id": w.customer_id,
-                    "metric_code": w.metric_code,
-                    "start_ts": w.start,
-                    "end_ts": w.end,
-                }
-                for w in part
-            ],
-        )
-    if is_postgres(session):
+    connection = session.connection()
+    postgres = is_postgres(session)
+    batch = uuid.uuid4().hex
+    insert_rows(
+        session,
+        _windows,
+        [
+            {
+                "batch": batch,
+                "key": w.key,
+                "customer_id": w.customer_id,
+                "metric_code": w.metric_code,
+                "start_ts": w.start,
+                "end_ts": w.end,
+            }
+            for w in windows
+        ],
+    )
+    if postgres:
         connection.execute(sa.text("ANALYZE usage_windows"))
+        # Room for the hash aggregates of a large close (this transaction only).
+        connection.execute(sa.text("SET LOCAL work_mem = '128MB'"))
     e = UsageEvent.__table__.c
     w = _windows.c
-    join = sa.and_(
-        e.customer_id == w.customer_id,
-        e.metric_code == w.metric_code,
-        e.timestamp >= w.start_ts,
-        e.timestamp < w.end_ts,
+    events = UsageEvent.__table__
+    joined = _windows.join(
+        events,
+        sa.and_(
+            e.customer_id == w.customer_id,
+            e.metric_code == w.metric_code,
+            e.timestamp >= w.start_ts,
+            e.timestamp < w.end_ts,
+        ),
     )
-    by_kind: dict[str, set[str]] = {}
-    for code, kind in aggregations.items():
-        by_kind.setdefault(kind, set()).add(code)
-    present = {w.metric_code for w in windows}
-    queries = []
-    for kind, codes in by_kind.items():
-        codes = codes & present
+    present = {x.metric_code for x in windows}
+    lowest, highest = min(x.start for x in windows), max(x.end for x in windows)
+
+    def where(kinds: tuple[str, ...]) -> list[Any] | None:
+        codes = sorted(c for c in present if aggregations.get(c) in kinds)
         if not codes:
-            continue
-        metric_filter = w.metric_code.in_(sorted(codes))
-        if kind == "latest":
-            ranked = (
-                sa.select(
-                    w.key.label("key"),
-                    e.value.label("value"),
-                    sa.func.row_number()
-                    .over(partition_by=w.key, order_by=(e.timestamp.desc(), e.event_id.desc()))
-                    .label("rank"),
-                )
-                .select_from(_windows.join(UsageEvent.__table__, join))
-                .where(metric_filter)
-                .subquery()
-            )
-            queries.append(
-                (kind, sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1))
-            )
-            continue
-        measure = {
-            "sum": sa.func.sum(e.value),
-            "count": sa.func.count(),
-            "max": sa.func.max(e.value),
-            "unique_count": sa.func.count(sa.distinct(e.dimension)),
-        }[kind]
-        queries.append(
-            (
-                kind,
-                sa.select(w.key, measure)
-                .select_from(_windows.join(UsageEvent.__table__, join))
-                .where(metric_filter)
-                .group_by(w.key),
-            )
+            return None
+        return [
+            w.batch == batch,
+            w.metric_code.in_(codes),
+            e.metric_code.in_(codes),
+            # The whole pass's span: lets PostgreSQL's BRIN index skip other periods.
+            e.timestamp >= lowest,
+            e.timestamp < highest,
+        ]
+
+    metric_of = {x.key: x.metric_code for x in windows}
+    simple = where(SIMPLE)
+    if simple:
+        query = (
+            sa.select(w.key, sa.func.sum(e.value), sa.func.count(), sa.func.max(e.value))
+            .select_from(joined)
+            .where(*simple)
+            .group_by(w.key)
         )
-    for kind, query in queries:
-        for key, value in connection.execute(query):
-            if value is None:
-                continue
-            if kind in ("count", "unique_count"):
-                out[key] = Decimal(int(value))
+        for key, total, count, highest_value in connection.execute(query):
+            kind = aggregations[metric_of[key]]
+            if kind == "count":
+                out[key] = Decimal(int(count))
+            elif kind == "sum":
+                out[key] = Decimal(int(total)) / SCALE
             else:
-                out[key] = Decimal(int(value)) / SCALE
-    connection.execute(_windows.delete())
+                out[key] = Decimal(int(highest_value)) / SCALE
+    unique = where(("unique_count",))
+    if unique:
+        pairs = (
+            sa.select(w.key.label("key"), e.dimension.label("dimension"))
+            .select_from(joined)
+            .where(*unique, e.dimension.is_not(None))
+            .group_by(w.key, e.dimension)
+            .subquery()
+        )
+        query = sa.select(pairs.c.key, sa.func.count()).group_by(pairs.c.key)
+        for key, count in connection.execute(query):
+            out[key] = Decimal(int(count))
+    latest = where(("latest",))
+    if latest:
+        # The value of the last event by timestamp; equal timestamps go to the greater
+        # event id.
+        ranked = (
+            sa.select(
+                w.key.label("key"),
+                e.value.label("value"),
+                sa.func.row_number()
+                .over(partition_by=w.key, order_by=(e.timestamp.desc(), e.event_id.desc()))
+                .label("rank"),
+            )
+            .select_from(joined)
+            .where(*latest)
+            .subquery()
+        )
+        query = sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)
+        for key, value in connection.execute(query):
+            out[key] = Decimal(int(value)) / SCALE
+    connection.execute(_windows.delete().where(w.batch == batch))
     return out
