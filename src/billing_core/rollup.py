@@ -10,7 +10,6 @@ import json
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -311,7 +310,9 @@ def consolidate(
     }
     customers = load_customers(session, scope)
     rates = tax_rates(session)
-    kept = created = discarded = 0
+    kept = discarded = 0
+    new: list[tuple[dict, list[dict], list[dict]]] = []  # invoice row, its lines, charges
+    assign: list[tuple[int, int]] = []  # (charge id, invoice id) to set
     for key in sorted(groups):
         billed_id, billing_date = key
         group = groups[key]
@@ -340,36 +341,47 @@ def consolidate(
             continue
         fingerprint = content_hash(lines, currency)
         if existing is not None and existing.content_hash == fingerprint:
-            invoice_id = existing.id
             kept += 1
-        else:
-            if existing is not None:
-                discard_draft(session, existing, "rebuilt by a close", now)
-                discarded += 1
-            amounts = totals(lines)
-            invoice_id = session.execute(
-                sa.insert(Invoice.__table__)
-                .values(
-                    issuer_id=issuer_id,
-                    number=None,
-                    status="draft",
-                    billed_customer_id=billed_id,
-                    family_id=billed.family_id,
-                    billing_date=billing_date,
-                    currency=currency,
-                    content_hash=fingerprint,
-                    created_at=now,
-                    **amounts,
-                )
-                .returning(v.id)
-            ).scalar_one()
-            insert_rows(
-                session, InvoiceLine, [{**line, "invoice_id": invoice_id} for line in lines]
+            assign.extend((c["id"], existing.id) for c in group if c["invoice_id"] != existing.id)
+            continue
+        if existing is not None:
+            discard_draft(session, existing, "rebuilt by a close", now)
+            discarded += 1
+        new.append(
+            (
+                {
+                    "issuer_id": issuer_id,
+                    "number": None,
+                    "status": "draft",
+                    "billed_customer_id": billed_id,
+                    "family_id": billed.family_id,
+                    "billing_date": billing_date,
+                    "currency": currency,
+                    "content_hash": fingerprint,
+                    "created_at": now,
+                    **totals(lines),
+                },
+                lines,
+                group,
             )
-            created += 1
-        stray = [c["id"] for c in group if c["invoice_id"] != invoice_id]
-        for part in _chunks(stray):
-            session.execute(sa.update(ch).where(ch.c.id.in_(part)).values(invoice_id=invoice_id))
+        )
+    # New drafts in one statement, their lines in one more, then every charge pointed at
+    # its invoice: a handful of round trips whatever the number of invoices.
+    if new:
+        ids = _insert_invoices(session, [row for row, _, _ in new])
+        insert_rows(
+            session,
+            InvoiceLine,
+            [
+                {**line, "invoice_id": invoice_id}
+                for invoice_id, (_, lines, _) in zip(ids, new, strict=True)
+                for line in lines
+            ],
+        )
+        for invoice_id, (_, _, group) in zip(ids, new, strict=True):
+            assign.extend((c["id"], invoice_id) for c in group if c["invoice_id"] != invoice_id)
+    _assign_charges(session, assign)
+    created = len(new)
     for key, existing in invoices.items():
         if key not in groups and existing.status == "draft":
             discard_draft(session, existing, "no charges left", now)
@@ -380,6 +392,47 @@ def consolidate(
     return report
 
 
-def _chunks(values: list[Any], size: int = 900):
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
+def _insert_invoices(session: Session, rows: list[dict]) -> list[int]:
+    """Insert invoice rows; their ids, in order."""
+    t = Invoice.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        # Ids drawn from the sequence up front, then one COPY.
+        ids = list(
+            session.execute(
+                sa.text(
+                    "SELECT nextval(pg_get_serial_sequence('invoices', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": len(rows)},
+            ).scalars()
+        )
+        insert_rows(session, Invoice, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+        return ids
+    return list(
+        session.execute(
+            sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), rows
+        ).scalars()
+    )
+
+
+def _assign_charges(session: Session, assign: list[tuple[int, int]]) -> None:
+    """Point each charge at its invoice."""
+    if not assign:
+        return
+    ch = Charge.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            sa.text(
+                "UPDATE charges SET invoice_id = a.invoice_id "
+                "FROM unnest(CAST(:charges AS bigint[]), CAST(:invoices AS bigint[])) "
+                "AS a(charge_id, invoice_id) WHERE charges.id = a.charge_id"
+            ),
+            {"charges": [c for c, _ in assign], "invoices": [i for _, i in assign]},
+        )
+        return
+    session.execute(
+        sa.update(ch)
+        .where(ch.c.id == sa.bindparam("charge_id"))
+        .values(invoice_id=sa.bindparam("invoice_id")),
+        [{"charge_id": c, "invoice_id": i} for c, i in assign],
+    )
