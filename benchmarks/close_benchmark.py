@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +39,13 @@ import sqlalchemy as sa
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from usage_rating import bare_group_by, catalog, run_measured, write_usage  # noqa: E402
+from usage_rating import (  # noqa: E402
+    bare_group_by,
+    catalog,
+    database,
+    run_measured,
+    write_usage,
+)
 
 BIN = Path(sys.executable).parent
 THROUGH = "2026-02-01"
@@ -76,24 +81,6 @@ def prefect_server(home: Path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@contextmanager
-def database(admin_url: str):
-    """A throwaway database; yields its URL."""
-    name = "billing_bench_" + uuid.uuid4().hex[:8]
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        from billing_core.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def load(

@@ -281,6 +281,9 @@ def database(admin_url: str):
     try:
         yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
+        store = sys.modules.get("billing_core.db")
+        if store is not None:
+            store.dispose_engines()  # this process's connections to it, if any
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
