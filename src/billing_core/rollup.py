@@ -14,6 +14,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from .db import is_postgres
 from .invoices import discard_draft
 from .models import Charge, Customer, Invoice, InvoiceLine
 from .money import ZERO
@@ -381,21 +382,20 @@ def consolidate(
         for invoice_id, (_, _, group) in zip(ids, new, strict=True):
             assign.extend((c["id"], invoice_id) for c in group if c["invoice_id"] != invoice_id)
     _assign_charges(session, assign)
-    created = len(new)
     for key, existing in invoices.items():
         if key not in groups and existing.status == "draft":
             discard_draft(session, existing, "no charges left", now)
             discarded += 1
-    report.written = created
+    report.written = len(new)
     report.deleted = discarded
-    report.details.update(drafts_kept=kept, drafts_built=created, drafts_discarded=discarded)
+    report.details.update(drafts_kept=kept, drafts_built=len(new), drafts_discarded=discarded)
     return report
 
 
 def _insert_invoices(session: Session, rows: list[dict]) -> list[int]:
     """Insert invoice rows; their ids, in order."""
     t = Invoice.__table__
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         # Ids drawn from the sequence up front, then one COPY.
         ids = list(
             session.execute(
@@ -420,7 +420,7 @@ def _assign_charges(session: Session, assign: list[tuple[int, int]]) -> None:
     if not assign:
         return
     ch = Charge.__table__
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         session.execute(
             sa.text(
                 "UPDATE charges SET invoice_id = a.invoice_id "

@@ -8,6 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from .db import is_postgres
+
 # Stay well under SQLite's bound-parameter limit in IN lists and multi-row inserts.
 CHUNK = 900
 # From this many rows, PostgreSQL inserts go through COPY.
@@ -20,7 +22,7 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 
 
 def _insert(session: Session, table: sa.Table):
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -59,7 +61,7 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
     if not rows:
         return
     table = getattr(model, "__table__", model)
-    if len(rows) < COPY_FROM or session.get_bind().dialect.name != "postgresql":
+    if len(rows) < COPY_FROM or not is_postgres(session):
         session.execute(sa.insert(table), rows)
         return
     connection = session.connection()
@@ -81,7 +83,7 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
 def delete_in(session: Session, column: sa.ColumnElement, values: Iterable[Any]) -> int:
     """DELETE ... WHERE column IN (values), in chunks; returns rows deleted."""
     values = list(values)
-    if len(values) > CHUNK and session.get_bind().dialect.name == "postgresql":
+    if len(values) > CHUNK and is_postgres(session):
         # One statement with an array parameter instead of hundreds of IN lists.
         from sqlalchemy.dialects.postgresql import ARRAY
 

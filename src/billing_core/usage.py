@@ -288,7 +288,7 @@ def refresh_statistics(loaded: int) -> None:
     from .db import get_engine
 
     engine = get_engine()
-    if engine.dialect.name != "postgresql":
+    if not is_postgres(engine):
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(sa.text("ANALYZE usage_events"))
