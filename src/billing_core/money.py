@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from fractions import Fraction
 
 # ISO 4217 minor units for active currency codes whose exponent is not 2.
 _MINOR_UNITS_NOT_2 = {
@@ -236,11 +237,15 @@ def split_largest_remainder(
         # fee on the pool and lands on the first member).
         return {k: (total if i == 0 else ZERO) for i, k in enumerate(keys)}
     quantum = exponent(currency)
-    exact = {k: total * weights[k] / weight_sum for k in keys}
-    shares = {k: floor_money(exact[k], currency) for k in keys}
+    # Exact shares in minor units (as fractions: a Decimal division rounds at its 28th
+    # digit, which can make equal remainders differ and break a tie the wrong way).
+    units = Fraction(total) / Fraction(quantum) / Fraction(weight_sum)
+    exact = {k: units * Fraction(weights[k]) for k in keys}
+    whole = {k: int(exact[k]) for k in keys}  # truncated toward zero
+    shares = {k: whole[k] * quantum for k in keys}
     left = int((total - sum(shares.values(), ZERO)) / quantum)
     sign = 1 if left >= 0 else -1
-    order = sorted(keys, key=lambda k: (-(abs(exact[k] - shares[k])), k))
+    order = sorted(keys, key=lambda k: (-abs(exact[k] - whole[k]), k))
     for k in order[: abs(left)]:
         shares[k] += sign * quantum
     return shares

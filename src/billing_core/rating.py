@@ -21,7 +21,7 @@ from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
 from .report import StepReport
 from .schedules import Calendar, prorate, window_utc
-from .store import chunks, delete_in, insert_rows, select_in
+from .store import delete_in, insert_rows, select_in
 from .usage import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
@@ -82,8 +82,8 @@ class _Windows:
             self.windows.append(Window(self.keys[key], customer, metric, start, end))
         return self.keys[key]
 
-    def run(self, session: Session) -> None:
-        self.quantities = aggregate(session, self.windows, self.ref.metrics)
+    def run(self, session: Session, every_customer: bool = False) -> None:
+        self.quantities = aggregate(session, self.windows, self.ref.metrics, every_customer)
 
     def quantity(self, customer: str, metric: str, start: datetime, end: datetime) -> Decimal:
         return self.quantities[self.keys[(customer, metric, start, end)]]
@@ -142,7 +142,7 @@ def rate(
             windows.add(customer_id, ref.prices[s.price_code].metric_code, *window)
     late = _LateUsage(session, ref, scope, through, now)
     late.collect(windows)
-    windows.run(session)
+    windows.run(session, every_customer=scope.families is None)
 
     # 2. Item charges: fixed, usage, pooled usage.
     charges: dict[str, dict] = {}
@@ -507,21 +507,43 @@ class _LateUsage:
             .where(v.status != "draft", ch.kind == "usage")
             .where(self.scope.where(ch.family_id))
         )
-        in_scope = sa.select(t.id).join(Customer.__table__, c.id == t.customer_id)
-        in_scope = in_scope.where(self.scope.where(c.family_id))
         connection = self.session.connection()
-        if connection.execute(frozen_usage.with_only_columns(ch.id).limit(1)).first() is None:
-            # Nothing issued yet: no usage can be late. The touches are only cleared (by
-            # id: one that arrives meanwhile is kept for the next close).
-            self.touch_ids = list(connection.execute(in_scope).scalars())
-            touches = []
-        else:
+        # A touch matters while it overlaps an issued window (its usage is late) or a draft
+        # rated earlier and not re-rated now (a close that went further than this one): the
+        # draft lacks that usage and could be issued as it is. Every issued window ends by
+        # `horizon`; every such draft's window starts at or after `stale`. Touches between
+        # the two are cleared at once, in one statement, before the usage is aggregated (so
+        # every event behind them is in this rating's aggregates).
+        horizon = connection.execute(
+            frozen_usage.with_only_columns(sa.func.max(ch.window_end))
+        ).scalar()
+        stale = connection.execute(
+            sa.select(sa.func.min(ch.window_start))
+            .select_from(Charge.__table__.outerjoin(Invoice.__table__, v.id == ch.invoice_id))
+            .where(sa.or_(v.id.is_(None), v.status == "draft"))
+            .where(ch.kind == "usage", ch.billing_date > self.through)
+            .where(self.scope.where(ch.family_id))
+        ).scalar()
+        self.stale = stale
+        in_scope = t.customer_id.in_(sa.select(c.id).where(self.scope.where(c.family_id)))
+        clear = sa.delete(UsageTouch.__table__).where(in_scope)
+        if horizon is not None:
+            clear = clear.where(t.earliest >= horizon)
+        if stale is not None:
+            clear = clear.where(t.latest < stale)
+        connection.execute(clear)
+        touches = []
+        if horizon is not None or stale is not None:
             touches = list(
                 connection.execute(
-                    in_scope.add_columns(t.customer_id, t.metric_code, t.earliest, t.latest)
+                    sa.select(t.id, t.customer_id, t.metric_code, t.earliest, t.latest).where(
+                        in_scope
+                    )
                 )
             )
-            self.touch_ids = [x.id for x in touches]
+        # The rest are cleared by id once rated, except those a stale draft still needs;
+        # one that arrives meanwhile waits for the next close.
+        self.touch_ids = [x.id for x in touches if stale is None or x.latest < stale]
         pending = list(
             self.session.execute(
                 sa.select(Charge.__table__)
@@ -542,7 +564,10 @@ class _LateUsage:
             customers = sorted({cu for cu, _ in touched})
             conditions = []
             if customers:
-                conditions.append(ch.serviced_customer_id.in_(customers))
+                earliest = min(lo for pairs in spans.values() for lo, _ in pairs)
+                conditions.append(
+                    sa.and_(ch.serviced_customer_id.in_(customers), ch.window_end > earliest)
+                )
             if wanted_ids:
                 conditions.append(ch.id.in_(sorted(wanted_ids)))
             for row in self.session.execute(frozen_usage.where(sa.or_(*conditions))).mappings():
@@ -707,9 +732,8 @@ def _write(
     later = [key for key in charges if key not in existing]
     unfrozen = sa.or_(v.id.is_(None), v.status == "draft")
     stmt = sa.select(ch).outerjoin(Invoice.__table__, v.id == ch.c.invoice_id).where(unfrozen)
-    for part in chunks(later):
-        for r in session.execute(stmt.where(ch.c.charge_key.in_(part))).mappings():
-            existing[r["charge_key"]] = r
+    for r in select_in(session, stmt, ch.c.charge_key, later):
+        existing[r._mapping["charge_key"]] = r._mapping
     inserts, updates = [], []
     for key, row in charges.items():
         old = existing.get(key)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,7 +69,7 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
     connection = session.connection()
     dialect = connection.dialect
     names = list(rows[0])
-    processors = [table.c[name].type._cached_bind_processor(dialect) for name in names]
+    processors = [_memo(_copy_processor(table.c[name].type, dialect)) for name in names]
     raw = connection.connection.driver_connection
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
     with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
@@ -80,14 +82,42 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
             )
 
 
+def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    """How a column's values are written by COPY: JSON as its text (psycopg would
+    otherwise serialise the same document once per row), the rest as an INSERT binds it."""
+    if isinstance(column_type, sa.JSON):
+        serialize = dialect._json_serializer or json.dumps
+        return serialize
+    return column_type._cached_bind_processor(dialect)
+
+
+def _memo(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """A bind processor that processes each JSON document (by identity) and each instant
+    once per batch: rows often share them (a price's terms, a period's window)."""
+    if process is None:
+        return None
+    done: dict[Any, Any] = {}
+
+    def run(value: Any) -> Any:
+        if isinstance(value, dict | list):
+            key: Any = id(value)  # the rows keep the object alive meanwhile
+        elif isinstance(value, datetime):
+            key = value
+        else:
+            return process(value)
+        if key not in done:
+            done[key] = process(value)
+        return done[key]
+
+    return run
+
+
 def delete_in(session: Session, column: sa.ColumnElement, values: Iterable[Any]) -> int:
     """DELETE ... WHERE column IN (values), in chunks; returns rows deleted."""
     values = list(values)
     if len(values) > CHUNK and is_postgres(session):
         # One statement with an array parameter instead of hundreds of IN lists.
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        array = sa.bindparam("values", values, type_=ARRAY(column.type))
+        array = _array(column, values)
         result = session.execute(sa.delete(column.table).where(column == sa.any_(array)))
         return result.rowcount or 0
     deleted = 0
@@ -100,5 +130,15 @@ def delete_in(session: Session, column: sa.ColumnElement, values: Iterable[Any])
 def select_in(session: Session, stmt: sa.Select, column: sa.ColumnElement, values: Iterable[Any]):
     """Rows of `stmt` filtered by column IN (values), in chunks."""
     values = list(values)
+    if len(values) > CHUNK and is_postgres(session):
+        # One statement with an array parameter instead of many IN lists.
+        yield from session.execute(stmt.where(column == sa.any_(_array(column, values))))
+        return
     for part in chunks(values):
         yield from session.execute(stmt.where(column.in_(part)))
+
+
+def _array(column: sa.ColumnElement, values: list[Any]) -> sa.BindParameter:
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return sa.bindparam("values", values, type_=ARRAY(column.type))

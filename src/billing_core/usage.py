@@ -13,6 +13,7 @@ import queue
 import re
 import threading
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -610,18 +611,28 @@ _windows = sa.Table(
     sa.Column("end_ts", UsageEvent.__table__.c.timestamp.type, nullable=False),
 )
 SIMPLE = ("sum", "count", "max")
+# Above this many distinct spans the sum/count/max pass joins its windows instead.
+GROUPED_SPANS = 8
 
 
 def aggregate(
-    session: Session, windows: list[Window], aggregations: dict[str, str]
+    session: Session,
+    windows: list[Window],
+    aggregations: dict[str, str],
+    every_customer: bool = False,
 ) -> dict[int, Decimal]:
     """Each window's aggregated quantity, in at most three set-based passes.
 
-    `aggregations` maps metric code to its aggregation. The windows go into
-    `usage_windows` under a batch id of their own; one query joins them to the events for
-    every `sum`, `count` and `max` metric at once, one for `unique_count`, one for
-    `latest`. On PostgreSQL each is a parallel hash join over the periods' events. Windows
-    without events get 0.
+    `aggregations` maps metric code to its aggregation. One pass computes every `sum`,
+    `count` and `max` metric at once, one `unique_count`, one `latest`; on PostgreSQL each
+    is a parallel scan of the periods' events. Windows without events get 0.
+
+    The `unique_count` and `latest` passes join the events to the windows, which go into
+    `usage_windows` under a batch id of their own. The `sum`/`count`/`max` pass does too,
+    unless `every_customer` says the windows are the whole store's (a close over every
+    family) and they share at most `GROUPED_SPANS` distinct spans: then it is a plain
+    `GROUP BY customer, metric` over the events with one filtered aggregate per span,
+    which costs about what a bare GROUP BY does (the join costs some 70 % more).
     """
     out = {w.key: Decimal(0) for w in windows}
     if not windows:
@@ -630,6 +641,58 @@ def aggregate(
 
     connection = session.connection()
     postgres = is_postgres(session)
+    if postgres:
+        # Room for the hash aggregates of a large close (this transaction only).
+        connection.execute(sa.text("SET LOCAL work_mem = '128MB'"))
+    e = UsageEvent.__table__.c
+    simple_windows = [x for x in windows if aggregations.get(x.metric_code) in SIMPLE]
+    spans = sorted({(x.start, x.end) for x in simple_windows})
+    grouped = every_customer and 0 < len(spans) <= GROUPED_SPANS
+    joined_windows = windows
+    if grouped:
+        joined_windows = [x for x in windows if aggregations.get(x.metric_code) not in SIMPLE]
+    metric_of = {x.key: x.metric_code for x in windows}
+
+    def store_simple(key: int, total: Any, count: Any, highest_value: Any) -> None:
+        kind = aggregations[metric_of[key]]
+        if kind == "count":
+            out[key] = Decimal(int(count))
+        elif kind == "sum":
+            out[key] = Decimal(int(total)) / SCALE
+        else:
+            out[key] = Decimal(int(highest_value)) / SCALE
+
+    if grouped:
+        codes = sorted({x.metric_code for x in simple_windows})
+        columns = []
+        for start, end in spans:
+            inside = sa.and_(e.timestamp >= start, e.timestamp < end)
+            columns += [
+                sa.func.sum(e.value).filter(inside),
+                sa.func.count().filter(inside),
+                sa.func.max(e.value).filter(inside),
+            ]
+        span_index = {span: i for i, span in enumerate(spans)}
+        wanted: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+        for x in simple_windows:
+            wanted[(x.customer_id, x.metric_code)].append((span_index[(x.start, x.end)], x.key))
+        query = (
+            sa.select(e.customer_id, e.metric_code, *columns)
+            .where(
+                e.metric_code.in_(codes),
+                e.timestamp >= min(s for s, _ in spans),
+                e.timestamp < max(end for _, end in spans),
+            )
+            .group_by(e.customer_id, e.metric_code)
+        )
+        for row in connection.execute(query):
+            for i, key in wanted.get((row[0], row[1]), ()):
+                total, count, highest_value = row[2 + 3 * i : 5 + 3 * i]
+                if count:
+                    store_simple(key, total, count, highest_value)
+    if not joined_windows:
+        return out
+
     batch = uuid.uuid4().hex
     insert_rows(
         session,
@@ -643,14 +706,11 @@ def aggregate(
                 "start_ts": w.start,
                 "end_ts": w.end,
             }
-            for w in windows
+            for w in joined_windows
         ],
     )
     if postgres:
         connection.execute(sa.text("ANALYZE usage_windows"))
-        # Room for the hash aggregates of a large close (this transaction only).
-        connection.execute(sa.text("SET LOCAL work_mem = '128MB'"))
-    e = UsageEvent.__table__.c
     w = _windows.c
     events = UsageEvent.__table__
     joined = _windows.join(
@@ -662,8 +722,8 @@ def aggregate(
             e.timestamp < w.end_ts,
         ),
     )
-    present = {x.metric_code for x in windows}
-    lowest, highest = min(x.start for x in windows), max(x.end for x in windows)
+    present = {x.metric_code for x in joined_windows}
+    lowest, highest = min(x.start for x in joined_windows), max(x.end for x in joined_windows)
 
     def where(kinds: tuple[str, ...]) -> list[Any] | None:
         codes = sorted(c for c in present if aggregations.get(c) in kinds)
@@ -678,7 +738,6 @@ def aggregate(
             e.timestamp < highest,
         ]
 
-    metric_of = {x.key: x.metric_code for x in windows}
     simple = where(SIMPLE)
     if simple:
         query = (
@@ -688,13 +747,7 @@ def aggregate(
             .group_by(w.key)
         )
         for key, total, count, highest_value in connection.execute(query):
-            kind = aggregations[metric_of[key]]
-            if kind == "count":
-                out[key] = Decimal(int(count))
-            elif kind == "sum":
-                out[key] = Decimal(int(total)) / SCALE
-            else:
-                out[key] = Decimal(int(highest_value)) / SCALE
+            store_simple(key, total, count, highest_value)
     unique = where(("unique_count",))
     if unique:
         pairs = (

@@ -42,16 +42,22 @@ def usage(rows: str) -> None:
     ingest_csv("event_id,customer,metric,timestamp,quantity,user_id,gb\n" + rows.strip())
 
 
+# How the sum/count/max pass runs: joined to the windows (a shard, a preview), or grouped
+# by customer and metric with one filtered aggregate per span (a close of every family).
+MODE = {"every_customer": False}
+
+
 def windows(*specs: tuple[str, str, tuple[datetime, datetime]]) -> dict[tuple, Decimal]:
     """Aggregate (customer, metric, window) triples; returns them mapped to their value."""
     made = [Window(i, c, m, span[0], span[1]) for i, (c, m, span) in enumerate(specs)]
     with unit_of_work() as session:
-        values = aggregate(session, made, KINDS)
+        values = aggregate(session, made, KINDS, MODE["every_customer"])
     return {specs[w.key]: values[w.key] for w in made}
 
 
-@pytest.fixture
-def catalog(store):
+@pytest.fixture(params=["joined", "grouped"])
+def catalog(store, request, monkeypatch):
+    monkeypatch.setitem(MODE, "every_customer", request.param == "grouped")
     import_yaml(CATALOG)
 
 
@@ -199,3 +205,31 @@ a6,acme,gb,2026-01-02T00:00:00Z,,,0.5
 def test_no_windows_no_query(store):
     with unit_of_work() as session:
         assert aggregate(session, [], KINDS) == {}
+
+
+def test_more_spans_than_one_grouped_pass_takes_are_joined(catalog, monkeypatch):
+    import billing_core.usage
+
+    usage(
+        """
+s1,acme,units,2026-01-05T00:00:00Z,1,,
+s2,acme,units,2026-02-05T00:00:00Z,2,,
+s3,acme,units,2026-03-05T00:00:00Z,4,,
+s4,beta,calls,2026-02-06T00:00:00Z,9,,
+s5,beta,peak,2026-03-06T00:00:00Z,8,,
+"""
+    )
+    specs = [
+        ("acme", "units", JAN),
+        ("acme", "units", FEB),
+        ("acme", "units", MAR),
+        ("acme", "units", (JAN[0], MAR[1])),
+        ("beta", "calls", FEB),
+        ("beta", "peak", (FEB[0], MAR[1])),
+        ("beta", "units", JAN),
+    ]
+    expected = [Decimal(1), Decimal(2), Decimal(4), Decimal(7), Decimal(1), Decimal(8), 0]
+    for limit in (8, 2):  # five spans: one grouped pass, then the join
+        monkeypatch.setattr(billing_core.usage, "GROUPED_SPANS", limit)
+        got = windows(*specs)
+        assert [got[s] for s in specs] == expected

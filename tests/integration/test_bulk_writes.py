@@ -4,14 +4,14 @@ several batches in one load, values that need escaping, and COPY-based inserts."
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
 from billing_core import usage
 from billing_core.db import unit_of_work
-from billing_core.models import UsageEvent
+from billing_core.models import Customer, UsageEvent
 from billing_core.store import COPY_FROM, insert_rows
 from billing_core.usage import ingest_files
 from tests.helpers import import_yaml
@@ -141,6 +141,11 @@ class _NoClash:
 def test_bulk_inserts_store_what_row_inserts_store(store):
     """insert_rows switches to COPY on PostgreSQL from COPY_FROM rows: same values."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    # Documents and instants shared by several rows (COPY writes each once per batch),
+    # and an instant equal to `at` written with another offset.
+    shared = {"k": [1, "two", None]}
+    other = {"k": "other"}
+    same_instant = at.astimezone(timezone(timedelta(hours=-5)))
 
     def rows(prefix, n):
         return [
@@ -148,13 +153,13 @@ def test_bulk_inserts_store_what_row_inserts_store(store):
                 "event_id": f"{prefix}{i}",
                 "customer_id": "c\t1",
                 "metric_code": "m",
-                "timestamp": at + timedelta(minutes=i),
+                "timestamp": at + timedelta(minutes=i % 5),
                 "quantity": Decimal("0.000001") * i,
                 "value": i,
                 "dimension": None if i % 2 else f"d{i}",
-                "properties": {"k": [1, "two", None]} if i % 3 else None,
+                "properties": (shared if i % 3 == 1 else other) if i % 3 else None,
                 "source": "test",
-                "ingested_at": at,
+                "ingested_at": same_instant if i % 4 == 3 else at,
             }
             for i in range(n)
         ]
@@ -176,3 +181,32 @@ def test_bulk_inserts_store_what_row_inserts_store(store):
         )
         assert few == many
     assert store.scalar("SELECT count(*) FROM usage_events") == COPY_FROM + 4
+    got = {
+        r[0]: r[1:]
+        for r in store.rows(
+            "SELECT event_id, timestamp, properties, ingested_at FROM usage_events "
+            "WHERE event_id LIKE 'many-%'"
+        )
+    }
+    for row in rows("many-", COPY_FROM + 1):
+        timestamp, properties, ingested_at = got[row["event_id"]]
+        assert properties == row["properties"] or json.loads(properties) == row["properties"]
+        assert _instant(timestamp) == row["timestamp"]
+        assert _instant(ingested_at) == at
+
+
+def _instant(value):
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_select_in_reads_every_match_of_a_long_list(store):
+    from billing_core.store import CHUNK, select_in
+
+    import_yaml(CATALOG)
+    wanted = ["solo", "odd\tone"] + [f"missing-{i}" for i in range(CHUNK * 2)]
+    customers = Customer.__table__
+    with unit_of_work() as session:
+        found = select_in(session, customers.select(), customers.c.id, wanted)
+        assert sorted(r.id for r in found) == ["odd\tone", "solo"]

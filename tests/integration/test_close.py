@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -137,6 +138,54 @@ def test_late_usage_becomes_an_adjustment_on_the_next_invoice(store):
     )
 
 
+def test_usage_behind_a_draft_an_earlier_close_left_alone_is_not_lost(store):
+    """A close through March builds February's usage into the March draft; usage for
+    February arrives; a close through February (a backfill) does not re-rate that draft.
+    Issued as it is, the draft lacks the usage: the next close bills it as an adjustment,
+    so the backfill must not have cleared the sign of its arrival."""
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    close("2026-03-01")
+    ingest_csv(
+        """
+    event_id,customer,metric,timestamp,quantity
+    feb-1,account-a,units,2026-02-10T10:00:00Z,50
+    """,
+        name="february.csv",
+    )
+    close("2026-02-01")
+    steps.issue(through=date(2026, 3, 1))
+    march = one(billed_customer="hq", billing_date="2026-03-01")
+    assert not lines(march, kind="usage", period_start="2026-02-01")  # no February usage yet
+    close("2026-04-01")
+    april = one(billed_customer="hq", billing_date="2026-04-01")
+    assert [
+        (a["serviced_customer"], a["quantity"], a["amount"], a["period_start"])
+        for a in lines(april, kind="adjustment")
+    ] == [("account-a", "50", "50.00", "2026-02-01")]
+    assert store.scalar("SELECT count(*) FROM usage_touches") == 0
+
+
+def test_touches_of_rated_usage_are_cleared_in_one_pass(store):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    assert store.scalar("SELECT count(*) FROM usage_touches") == 2
+    close("2026-02-01", issue=True)
+    assert store.scalar("SELECT count(*) FROM usage_touches") == 0
+    # Usage after every issued window: cleared without being checked as late.
+    ingest_csv(
+        """
+    event_id,customer,metric,timestamp,quantity
+    feb-1,account-a,units,2026-02-10T10:00:00Z,50
+    """,
+        name="february.csv",
+    )
+    close("2026-03-01")
+    assert store.scalar("SELECT count(*) FROM usage_touches") == 0
+    march = one(billed_customer="hq", billing_date="2026-03-01")
+    assert not lines(march, kind="adjustment")
+
+
 def test_the_store_refuses_changes_to_an_issued_invoice(store):
     import_yaml(POOLED)
     ingest_csv(USAGE)
@@ -162,8 +211,6 @@ def test_the_store_refuses_changes_to_an_issued_invoice(store):
 
 
 def test_steps_can_run_one_by_one_and_again(store):
-    from datetime import date
-
     import_yaml(POOLED)
     ingest_csv(USAGE)
     through = date(2026, 2, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from billing_core.money import exponent, split_largest_remainder
@@ -67,6 +67,16 @@ def tied_splits(draw):
 
 
 @given(tied_splits())
+@example(
+    # Equal remainders (2/3 of a cent) that a 28-digit Decimal division made unequal.
+    (
+        "USD",
+        Decimal("10000.00"),
+        {"0": Decimal(1), "1": Decimal(1), "9": Decimal(49), "A": Decimal(49)}
+        | {"00": Decimal(49), "000": Decimal(49)}
+        | {"0000": Decimal(14), "00000": Decimal(14), "000000": Decimal(14)},
+    )
+)
 @settings(max_examples=300, deadline=None)
 def test_leftover_units_go_to_the_largest_remainders_ties_to_the_lower_id(case):
     currency, total, weights = case
