@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -178,6 +179,7 @@ def minor_units(currency: str) -> int:
         raise MoneyError(f"unknown currency code {currency!r} (ISO 4217)") from None
 
 
+@functools.cache
 def exponent(currency: str) -> Decimal:
     """The quantum of one minor unit: Decimal('0.01') for USD."""
     return Decimal(1).scaleb(-minor_units(currency))

@@ -286,10 +286,13 @@ def consolidate(
     report = StepReport("consolidate roll-ups")
     ch = Charge.__table__
     v = Invoice.__table__.c
+    # Everything but the price terms (a JSON document per charge that the roll-up never
+    # reads).
+    columns = [c for c in ch.c if c.name not in ("pricing", "rated_at")]
     charges = [
         dict(r)
         for r in session.execute(
-            sa.select(ch)
+            sa.select(*columns)
             .outerjoin(Invoice.__table__, v.id == ch.c.invoice_id)
             .where(sa.or_(v.id.is_(None), v.status == "draft"))
             .where(ch.c.billing_date <= through)

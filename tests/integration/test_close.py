@@ -199,6 +199,11 @@ def test_the_store_refuses_changes_to_an_issued_invoice(store):
         "DELETE FROM invoices WHERE id = :id",
         "UPDATE charges SET amount = 1 WHERE invoice_id = :id",
         "UPDATE invoices SET status = 'draft' WHERE id = :id",
+        # A line copied into the issued invoice, and a charge moved onto it.
+        "INSERT INTO invoice_lines (invoice_id, position, serviced_customer_id, product, "
+        "kind, amount) SELECT invoice_id, 99, serviced_customer_id, product, kind, amount "
+        "FROM invoice_lines WHERE invoice_id = :id",
+        "UPDATE charges SET invoice_id = :id WHERE invoice_id IS NULL OR invoice_id <> :id",
     ):
         with pytest.raises(sa.exc.DBAPIError, match="frozen"), engine.begin() as connection:
             connection.execute(sa.text(statement), {"id": invoice_id})

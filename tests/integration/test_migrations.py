@@ -48,7 +48,7 @@ def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
             ),
             {"at": "2026-01-05 10:00:00+00:00"},
         )
-    assert upgrade(empty_url) == "0003"
+    assert upgrade(empty_url) == "0004"
     path = tmp_path / "again.csv"
     path.write_text(
         "event_id,customer,metric,timestamp,quantity\n"
@@ -68,3 +68,51 @@ def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
         columns = {c["name"] for c in sa.inspect(connection).get_columns("usage_events")}
     assert [(r[0], int(r[1])) for r in rows] == [("new-1", 1_000_000), ("old-1", 2_500_000)]
     assert "id" not in columns
+
+
+def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
+    """0004 checks per statement what 0002 checked per row; both refuse the same writes,
+    and a downgrade brings the row checks back."""
+    from alembic import command
+
+    from billing_core.db import alembic_config, unit_of_work
+
+    upgrade(empty_url)
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO invoices (id, issuer_id, number, status, billed_customer_id, "
+                "family_id, billing_date, currency, subtotal, discount_total, tax_total, "
+                "credit_total, total, content_hash, created_at) VALUES "
+                "(1, 'default', 'INV-1', 'issued', 'solo', 'solo', '2026-02-01', 'USD', "
+                "0, 0, 0, 0, 0, 'x', CURRENT_TIMESTAMP), "
+                "(2, 'default', NULL, 'draft', 'solo', 'solo', '2026-03-01', 'USD', "
+                "0, 0, 0, 0, 0, 'y', CURRENT_TIMESTAMP)"
+            )
+        )
+    line = (
+        "INSERT INTO invoice_lines (invoice_id, position, serviced_customer_id, product, kind, "
+        "amount) VALUES (:invoice, 1, 'solo', 'Platform', 'fixed', 10)"
+    )
+    for revision in ("0004", "0003", "0004"):
+        if revision == "0003":
+            command.downgrade(alembic_config(empty_url), "0003")
+        else:
+            upgrade(empty_url)
+        with unit_of_work(empty_url) as session:
+            session.execute(sa.text(line), {"invoice": 2})  # a draft takes lines
+            if empty_url.startswith("postgresql"):
+                triggers = set(
+                    session.execute(
+                        sa.text("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'charges_%'")
+                    ).scalars()
+                )
+                per_statement = {f"charges_frozen_{op}" for op in ("insert", "update", "delete")}
+                expected = {"charges_frozen"} if revision == "0003" else per_statement
+                assert triggers == expected
+            session.rollback()
+        with (
+            pytest.raises(sa.exc.DBAPIError, match="frozen"),
+            get_engine(empty_url).begin() as connection,
+        ):
+            connection.execute(sa.text(line), {"invoice": 1})
