@@ -5,9 +5,9 @@ to bill (item or minimum × service period × serviced customer) and their billi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 
 from .hierarchy import Hierarchy
 from .reference import Reference, SubscriptionInfo
@@ -100,18 +100,29 @@ def phases_of(sub: SubscriptionInfo) -> tuple[list[date], list[int]]:
     return [starts[n] for n in numbers], numbers
 
 
-def periods_through(sub: SubscriptionInfo, day: int, through: date) -> Iterator[Period]:
+def periods_through(sub: SubscriptionInfo, day: int, through: date) -> tuple[Period, ...]:
     """Period parts starting on or before `through`, then those of the next period: enough
     to know each due date on or before `through` and the first one after it."""
-    next_start: date | None = None
     starts, _ = phases_of(sub)
-    for part in periods_with_phases(sub.start, sub.end, sub.cadence, day, starts, date.max):
+    return _periods_through(sub.start, sub.end, sub.cadence, day, tuple(starts), through)
+
+
+@lru_cache(maxsize=4096)
+def _periods_through(
+    start: date, end: date | None, cadence: str, day: int, starts: tuple[date, ...], through: date
+) -> tuple[Period, ...]:
+    # Subscriptions that share their terms share their periods (cached: a store of
+    # thousands of monthly subscriptions starting on the same day computes them once).
+    out: list[Period] = []
+    next_start: date | None = None
+    for part in periods_with_phases(start, end, cadence, day, list(starts), date.max):
         if part.service_start > through:
             if next_start is None:
                 next_start = part.service_start
             elif part.service_start != next_start:
-                return
-        yield part
+                break
+        out.append(part)
+    return tuple(out)
 
 
 def own_metric_prices(ref: Reference) -> dict[str, set[str]]:

@@ -256,18 +256,18 @@ def totals(lines: list[dict]) -> dict[str, Decimal]:
     }
 
 
+_encode = json.JSONEncoder(default=str, separators=(",", ":"), check_circular=False).encode
+
+
 def content_hash(lines: list[dict], currency: str) -> str:
-    """Fingerprint of an invoice's lines (charge ids excluded: re-rating may renumber)."""
-    canonical = [
-        {
-            k: (str(v) if v is not None else None)
-            for k, v in sorted(line.items())
-            if k != "charge_id"
-        }
-        for line in lines
-    ]
-    payload = json.dumps([currency, canonical], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """Fingerprint of an invoice's lines (charge ids excluded: re-rating may renumber).
+
+    The lines' fields are written in name order, their values as JSON (decimals and dates
+    as text), so equal lines give equal fingerprints in any process.
+    """
+    keys = sorted({k for line in lines for k in line} - {"charge_id"})
+    rows = [[line.get(k) for k in keys] for line in lines]
+    return hashlib.sha256(_encode([currency, keys, rows]).encode()).hexdigest()
 
 
 def consolidate(

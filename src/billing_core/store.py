@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from .db import is_postgres
+from .types import DecimalType
 
 # Stay well under SQLite's bound-parameter limit in IN lists and multi-row inserts.
 CHUNK = 900
@@ -69,17 +72,22 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
     connection = session.connection()
     dialect = connection.dialect
     names = list(rows[0])
-    processors = [_memo(_copy_processor(table.c[name].type, dialect)) for name in names]
+    processors = [
+        (i, _memo(process))
+        for i, name in enumerate(names)
+        if (process := _copy_processor(table.c[name].type, dialect)) is not None
+    ]
+    values_of = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
     raw = connection.connection.driver_connection
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
     with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+        write = copy.write_row
         for row in rows:
-            copy.write_row(
-                [
-                    row[name] if process is None or row[name] is None else process(row[name])
-                    for name, process in zip(names, processors, strict=True)
-                ]
-            )
+            values = list(values_of(row))
+            for i, process in processors:
+                if values[i] is not None:
+                    values[i] = process(values[i])
+            write(values)
 
 
 def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
@@ -88,7 +96,13 @@ def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | No
     if isinstance(column_type, sa.JSON):
         serialize = dialect._json_serializer or json.dumps
         return serialize
+    if isinstance(column_type, DecimalType):
+        return _decimal  # NUMERIC: psycopg writes a Decimal as it is
     return column_type._cached_bind_processor(dialect)
+
+
+def _decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def _memo(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:

@@ -7,6 +7,8 @@ is inclusive (with tiers up to 100 then beyond, the 100th unit is in the first).
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import lru_cache
+from typing import Any
 
 from ..money import MoneyError, parse_decimal
 from .base import Terms, dec
@@ -77,13 +79,23 @@ def normalize_tiers(terms: Terms) -> list[dict]:
     return out
 
 
-def bounds(terms: Terms) -> list[tuple[Decimal | None, Decimal, Decimal]]:
+def bounds(terms: Terms) -> tuple[tuple[Decimal | None, Decimal, Decimal], ...]:
     """(up_to, unit_price, flat_fee) per tier."""
-    return [
+    return _bounds(
+        tuple((t.get("up_to"), t["unit_price"], t.get("flat_fee")) for t in terms["tiers"])
+    )
+
+
+@lru_cache(maxsize=1024)
+def _bounds(
+    tiers: tuple[tuple[Any, Any, Any], ...],
+) -> tuple[tuple[Decimal | None, Decimal, Decimal], ...]:
+    # Parsed once per distinct tier table: a close rates thousands of slots on a few.
+    return tuple(
         (
-            None if t.get("up_to") is None else dec(t["up_to"]),
-            dec(t["unit_price"]),
-            dec(t["flat_fee"]) if t.get("flat_fee") is not None else ZERO,
+            None if up_to is None else dec(up_to),
+            dec(unit_price),
+            dec(flat_fee) if flat_fee is not None else ZERO,
         )
-        for t in terms["tiers"]
-    ]
+        for up_to, unit_price, flat_fee in tiers
+    )
