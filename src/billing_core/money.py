@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
-from fractions import Fraction
 
 # ISO 4217 minor units for active currency codes whose exponent is not 2.
 _MINOR_UNITS_NOT_2 = {
@@ -239,15 +238,26 @@ def split_largest_remainder(
         # fee on the pool and lands on the first member).
         return {k: (total if i == 0 else ZERO) for i, k in enumerate(keys)}
     quantum = exponent(currency)
-    # Exact shares in minor units (as fractions: a Decimal division rounds at its 28th
-    # digit, which can make equal remainders differ and break a tie the wrong way).
-    units = Fraction(total) / Fraction(quantum) / Fraction(weight_sum)
-    exact = {k: units * Fraction(weights[k]) for k in keys}
-    whole = {k: int(exact[k]) for k in keys}  # truncated toward zero
+    # Exact shares in whole integers over one common denominator (a Decimal division
+    # rounds at its 28th digit, which can make equal remainders differ and break a tie
+    # the wrong way): weights and total are scaled by powers of ten to integers.
+    places = max(max(-weights[k].as_tuple().exponent, 0) for k in keys)
+    total_places = max(-total.as_tuple().exponent - minor_units(currency), 0)
+    scaled = {k: int(weights[k].scaleb(places)) for k in keys}
+    units = int((total / quantum).scaleb(total_places))  # total, in 10^-total_places quanta
+    denominator = sum(scaled.values()) * 10**total_places
+    if denominator < 0:
+        units, denominator = -units, -denominator
+    whole, rest = {}, {}
+    for k in keys:
+        numerator = units * scaled[k]
+        q = abs(numerator) // denominator  # truncated toward zero
+        whole[k] = q if numerator >= 0 else -q
+        rest[k] = abs(numerator) - q * denominator
     shares = {k: whole[k] * quantum for k in keys}
     left = int((total - sum(shares.values(), ZERO)) / quantum)
     sign = 1 if left >= 0 else -1
-    order = sorted(keys, key=lambda k: (-abs(exact[k] - whole[k]), k))
+    order = sorted(keys, key=lambda k: (-rest[k], k))
     for k in order[: abs(left)]:
         shares[k] += sign * quantum
     return shares

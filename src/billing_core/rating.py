@@ -205,7 +205,9 @@ def rate(
     minimum_slots = [
         s for s in slots if s.kind == "minimum" and s.subscription_id in ref.subscriptions
     ]
-    context = _PeriodCharges(session, scope, frozen, charges, minimum_slots)
+    concerned = {s.id for s in ref.subscriptions.values() if s.discounts}
+    concerned |= {s.subscription_id for s in minimum_slots}
+    context = _PeriodCharges(session, scope, frozen, charges, minimum_slots, concerned)
     for row in _discounts(ref, context, through, now):
         charges[row["charge_key"]] = row
     for s in minimum_slots:
@@ -302,12 +304,17 @@ class _PeriodCharges:
         frozen: set[str],
         fresh: dict[str, dict],
         minimum_slots: list[Any],
+        concerned: set[str],
     ):
+        """`concerned`: the subscriptions with discounts or minimums (no other is asked)."""
         self.by_period: dict[tuple[str, date], list[dict]] = defaultdict(list)
         self.frozen_keys = frozen
+        needed = set()
         for row in fresh.values():
-            self.by_period[(row["subscription_id"], row["full_start"])].append(row)
-        needed = {(r["subscription_id"], r["full_start"]) for r in fresh.values()}
+            if row["subscription_id"] in concerned:
+                key = (row["subscription_id"], row["full_start"])
+                self.by_period[key].append(row)
+                needed.add(key)
         needed |= {(s.subscription_id, s.full_start) for s in minimum_slots}
         if not needed:
             return
@@ -738,7 +745,8 @@ def _write(
     for key, row in charges.items():
         old = existing.get(key)
         if old is None:
-            inserts.append({**row, "invoice_id": None})
+            row["invoice_id"] = None
+            inserts.append(row)
         elif any(old[c] != row[c] for c in COMPARED):
             updates.append(
                 {"_id": old["id"], **{c: row[c] for c in COMPARED}, "rated_at": row["rated_at"]}
