@@ -266,15 +266,29 @@ def load_reference(session: Session) -> Validator:
 
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _to_json = json.JSONEncoder(default=str, ensure_ascii=False, separators=(", ", ": ")).encode
+_json_string = json.encoder.encode_basestring  # a str as JSON, not ASCII-escaped
 
 
 def _copy_text(value: str) -> str:
     """A value in COPY's text format (backslash, tab and line ends escaped)."""
+    if value.isprintable() and "\\" not in value:
+        return value  # the usual case, told apart without a regular expression
     if _COPY_SPECIAL.search(value) is None:
         return value
     return (
         value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     )
+
+
+def _properties_json(properties: dict) -> str:
+    """Properties as JSON text, as `_to_json` writes them; a flat object of strings (every
+    CSV row's extra columns) is written without the general encoder."""
+    parts = []
+    for key, value in properties.items():
+        if type(key) is not str or type(value) is not str:
+            return _to_json(properties)
+        parts.append(f"{_json_string(key)}: {_json_string(value)}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def refresh_statistics(loaded: int) -> None:
@@ -312,7 +326,9 @@ class _Writer:
         self.session = session
         self.source = source
         self.postgres = is_postgres(session)
-        self.batch: list[dict] = []
+        self.batch: list[dict] = []  # SQLite: the rows
+        self.ids: list[str] = []  # PostgreSQL: the event ids and COPY lines
+        self.lines: list[str] = []
         self.loaded = 0
         self.now = datetime.now(UTC)
         # (customer, metric) -> earliest and latest timestamps seen: late-usage touches.
@@ -325,23 +341,27 @@ class _Writer:
                 )
             )
             self.session.execute(sa.text("TRUNCATE usage_staging"))
-            # PostgreSQL writes in a thread of its own: while the server copies and merges
-            # one batch, this thread parses and validates the next (psycopg waits for the
-            # server without holding the GIL). At most two batches wait: bounded memory.
+            # Each event becomes its line of COPY text here, as it is validated; a thread
+            # of its own sends the batches. While the server copies one batch, this
+            # thread parses the next (psycopg waits for the server without the GIL, and
+            # the sending thread has almost no Python to run). At most two batches wait:
+            # bounded memory.
+            self.tail = f"\t{_copy_text(source)}\t{self.now.isoformat()}\n"
             self.raw = self.session.connection().connection.driver_connection
-            self.queue: queue.Queue[list[dict] | None] = queue.Queue(maxsize=2)
+            self.queue: queue.Queue[tuple[list[str], list[str]] | None] = queue.Queue(maxsize=2)
             self.error: BaseException | None = None
             self.thread = threading.Thread(target=self._work, name="usage-writer", daemon=True)
             self.thread.start()
 
     def _work(self) -> None:
-        while (rows := self.queue.get()) is not None:
+        while (batch := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # keep draining so the reader never blocks on a full queue
+            ids, lines = batch
             try:
-                if self._copy_direct(rows):
+                if self._copy_direct(ids, lines):
                     continue
-                self._copy(rows, "usage_staging")
+                self._copy(lines, "usage_staging")
                 with self.raw.cursor() as cursor:
                     cursor.execute(MERGE_STAGING)
                     self.loaded += max(cursor.rowcount, 0)
@@ -349,7 +369,7 @@ class _Writer:
             except BaseException as error:  # noqa: BLE001 - re-raised by close()
                 self.error = error
 
-    def _copy_direct(self, rows: list[dict]) -> bool:
+    def _copy_direct(self, ids: list[str], lines: list[str]) -> bool:
         """COPY a batch straight into the events when none of its ids is known yet.
 
         The usual case (new usage) then costs one pass of the server instead of a COPY into
@@ -358,7 +378,6 @@ class _Writer:
         """
         from psycopg.errors import UniqueViolation
 
-        ids = [r["event_id"] for r in rows]
         if len(set(ids)) != len(ids):
             return False
         # A sample of the ids tells a batch loaded before (a file sent again) without
@@ -371,10 +390,10 @@ class _Writer:
                 return False
         try:
             with self.raw.transaction():  # a savepoint inside the load's transaction
-                self._copy(rows, "usage_events")
+                self._copy(lines, "usage_events")
         except UniqueViolation:
             return False
-        self.loaded += len(rows)
+        self.loaded += len(lines)
         return True
 
     def close(self) -> None:
@@ -393,28 +412,51 @@ class _Writer:
             self.thread.join()
 
     def add(self, row: dict) -> None:
-        self.batch.append(row)
+        timestamp = row["timestamp"]
         key = (row["customer_id"], row["metric_code"])
         span = self.touched.get(key)
         if span is None:
-            self.touched[key] = [row["timestamp"], row["timestamp"]]
-        elif row["timestamp"] < span[0]:
-            span[0] = row["timestamp"]
-        elif row["timestamp"] > span[1]:
-            span[1] = row["timestamp"]
-        if len(self.batch) >= BATCH:
+            self.touched[key] = [timestamp, timestamp]
+        elif timestamp < span[0]:
+            span[0] = timestamp
+        elif timestamp > span[1]:
+            span[1] = timestamp
+        if not self.postgres:
+            self.batch.append(row)
+            if len(self.batch) >= BATCH:
+                self.flush()
+            return
+        dimension, properties = row["dimension"], row["properties"]
+        self.ids.append(row["event_id"])
+        self.lines.append(
+            "\t".join(
+                (
+                    _copy_text(row["event_id"]),
+                    _copy_text(key[0]),
+                    _copy_text(key[1]),
+                    timestamp.isoformat(),
+                    str(row["quantity"]),
+                    str(row["value"]),
+                    "\\N" if dimension is None else _copy_text(dimension),
+                    "\\N" if properties is None else _copy_text(_properties_json(properties)),
+                )
+            )
+            + self.tail
+        )
+        if len(self.lines) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if not self.batch:
-            return
         if self.postgres:
+            if not self.lines:
+                return
             if self.error is not None:
                 self.close()
-            self.queue.put(self.batch)
-        else:
+            self.queue.put((self.ids, self.lines))
+            self.ids, self.lines = [], []
+        elif self.batch:
             self._insert(self.batch)
-        self.batch = []
+            self.batch = []
 
     def finish(self) -> int:
         self.flush()
@@ -438,34 +480,14 @@ class _Writer:
             )
         return self.loaded
 
-    def _copy(self, rows: list[dict], table: str) -> None:
-        """COPY a batch into `table` as text (faster than per-value adaptation)."""
-        raw = self.raw
+    def _copy(self, lines: list[str], table: str) -> None:
+        """COPY lines of text into `table` (faster than per-value adaptation)."""
         columns = (
             "event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
             "properties, source, ingested_at"
         )
-        tail = f"\t{_copy_text(self.source)}\t{self.now.isoformat()}\n"
-        lines = []
-        for r in rows:
-            dimension, properties = r["dimension"], r["properties"]
-            lines.append(
-                "\t".join(
-                    (
-                        _copy_text(r["event_id"]),
-                        _copy_text(r["customer_id"]),
-                        _copy_text(r["metric_code"]),
-                        r["timestamp"].isoformat(),
-                        str(r["quantity"]),
-                        str(r["value"]),
-                        "\\N" if dimension is None else _copy_text(dimension),
-                        "\\N" if properties is None else _copy_text(_to_json(properties)),
-                    )
-                )
-                + tail
-            )
         with (
-            raw.cursor() as cursor,
+            self.raw.cursor() as cursor,
             cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
         ):
             copy.write("".join(lines))

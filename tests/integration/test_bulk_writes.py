@@ -57,6 +57,24 @@ def test_a_load_of_several_batches_keeps_every_event_once(store, tmp_path, monke
     assert int(total) == 45 * 1_500_000
 
 
+def test_a_batch_with_a_few_known_ids_the_sample_misses_loads_the_rest(store, tmp_path):
+    """The straight COPY checks a sample of a batch's ids; a known id outside the sample
+    makes the COPY fail, and the batch goes through the merge: nothing twice, nothing
+    lost."""
+    import_yaml(CATALOG)
+    first = [e for e in _events(1000) if e["event_id"] in ("e5", "e7", "e11")]
+    _write(tmp_path / "first.jsonl", first)
+    _write(tmp_path / "all.jsonl", _events(1000))
+    with unit_of_work() as session:
+        ingest_files(session, [tmp_path / "first.jsonl"])
+        session.commit()
+    with unit_of_work() as session:
+        result = ingest_files(session, [tmp_path / "all.jsonl"])
+        session.commit()
+    assert (result.read, result.loaded, result.duplicates) == (1000, 997, 3)
+    assert store.scalar("SELECT count(*) FROM usage_events") == 1000
+
+
 def test_values_that_need_escaping_arrive_intact(store, tmp_path):
     import_yaml(CATALOG)
     event = _events(1, customer="odd\tone")[0] | {"event_id": "id\\with\ttab"}
@@ -85,12 +103,12 @@ def test_a_concurrent_load_of_the_same_ids_falls_back_to_the_merge(store, tmp_pa
     seen = []
     original = usage._Writer._copy_direct
 
-    def blind(self, rows):
-        seen.append(len(rows))
+    def blind(self, ids, lines):
+        seen.append(len(ids))
         real = self.raw.cursor
         self.raw.cursor = lambda *a, **k: _NoClash(real(*a, **k))
         try:
-            return original(self, rows)
+            return original(self, ids, lines)
         finally:
             self.raw.cursor = real
 
@@ -98,9 +116,9 @@ def test_a_concurrent_load_of_the_same_ids_falls_back_to_the_merge(store, tmp_pa
     tables = []
     copy = usage._Writer._copy
 
-    def spy(self, rows, table):
+    def spy(self, lines, table):
         tables.append(table)
-        return copy(self, rows, table)
+        return copy(self, lines, table)
 
     monkeypatch.setattr(usage._Writer, "_copy", spy)
     _write(tmp_path / "second.jsonl", _events(10))
