@@ -99,12 +99,19 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 [],
             )
         extra = [h for h in header if h not in CSV_COLUMNS]
+        width = len(header)
+        known = [(h, i) for i, h in enumerate(header) if h not in extra]
+        others = [(h, i) for i, h in enumerate(header) if h in extra]
         for values in reader:
+            if len(values) == width:  # the usual row: straight from its cells
+                record: dict[str, Any] = {h: values[i] for h, i in known}
+                record["properties"] = {h: values[i] for h, i in others if values[i] != ""}
+                yield reader.line_num, record
+                continue
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
-            record: dict[str, Any] = dict(zip(header, values, strict=False))
-            if len(values) != len(header):
-                record["__width__"] = len(values)
+            record = dict(zip(header, values, strict=False))
+            record["__width__"] = len(values)
             props = {k: record.pop(k) for k in extra if record.get(k, "") != ""}
             for k in extra:
                 record.pop(k, None)
@@ -155,15 +162,16 @@ class Validator:
                 "row",
                 f"has {record['__width__']} cells, the header has a different number",
             )
-        event_id = _text(record.get("event_id"))
+        get = record.get
+        event_id = _text(get("event_id"))
         if not event_id:
             return None, ("event_id", "missing (every event needs an idempotency key)")
-        customer = _text(record.get("customer"))
+        customer = _text(get("customer"))
         if not customer:
             return None, ("customer", "missing")
         if customer not in self.customers:
             return None, ("customer", f"unknown customer {customer!r}")
-        code = _text(record.get("metric"))
+        code = _text(get("metric"))
         if not code:
             return None, ("metric", "missing")
         metric = self.metrics.get(code)
@@ -207,6 +215,8 @@ class Validator:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value.strip()
     return "" if value is None else str(value).strip()
 
 
@@ -347,6 +357,7 @@ class _Writer:
             # the sending thread has almost no Python to run). At most two batches wait:
             # bounded memory.
             self.tail = f"\t{_copy_text(source)}\t{self.now.isoformat()}\n"
+            self.escaped: dict[tuple[str, str], str] = {}
             self.raw = self.session.connection().connection.driver_connection
             self.queue: queue.Queue[tuple[list[str], list[str]] | None] = queue.Queue(maxsize=2)
             self.error: BaseException | None = None
@@ -428,12 +439,14 @@ class _Writer:
             return
         dimension, properties = row["dimension"], row["properties"]
         self.ids.append(row["event_id"])
+        who = self.escaped.get(key)
+        if who is None:  # a customer and metric's text, escaped once per load
+            who = self.escaped[key] = f"{_copy_text(key[0])}\t{_copy_text(key[1])}"
         self.lines.append(
             "\t".join(
                 (
                     _copy_text(row["event_id"]),
-                    _copy_text(key[0]),
-                    _copy_text(key[1]),
+                    who,
                     timestamp.isoformat(),
                     str(row["quantity"]),
                     str(row["value"]),
