@@ -30,7 +30,7 @@ from .money import ZERO
 from .reference import ALL, Scope
 from .reference import issuer as load_issuer
 from .report import StepReport
-from .store import chunks
+from .store import chunks, insert_rows
 
 ONE_DAY = timedelta(days=1)
 LOCALE = "en_US"
@@ -82,7 +82,6 @@ def _locale() -> tuple[Locale, Any, Any]:
     return locale, locale.currency_formats["standard"], locale.decimal_formats[None]
 
 
-@lru_cache(maxsize=65536)
 def money(amount: Decimal | None, currency: str, exact: bool = False) -> str:
     """An amount for its currency: symbol, grouping, the currency's minor units (Babel).
 
@@ -90,9 +89,24 @@ def money(amount: Decimal | None, currency: str, exact: bool = False) -> str:
     """
     if amount is None:
         return ""
-    # Equal decimals share a cache entry, so spell each value one way: no "-0", and no
-    # trailing zeros beyond the minor units.
+    # Equal decimals are spelt one way: no "-0", and no trailing zeros beyond the minor
+    # units.
     amount = amount.normalize() if amount else Decimal(0)
+    layout = _money_layout(currency)
+    if layout is not None:
+        negative, positive, suffix, places = layout
+        shown = max(-amount.as_tuple().exponent, 0)
+        if exact or shown <= places:
+            # What Babel writes, without its per-call pattern machinery: the amount with
+            # grouping and at least the minor units, between the prefix and suffix Babel
+            # gives this currency (checked against Babel by the tests).
+            text = f"{abs(amount).quantize(Decimal(1).scaleb(-max(shown, places))):,f}"
+            return (negative if amount < 0 else positive) + text + suffix
+    return _babel_money(amount, currency, exact)
+
+
+@lru_cache(maxsize=65536)
+def _babel_money(amount: Decimal, currency: str, exact: bool) -> str:
     locale, pattern, _ = _locale()
     text = pattern.apply(
         amount, locale, currency=currency, currency_digits=True, decimal_quantization=not exact
@@ -104,6 +118,27 @@ def money(amount: Decimal | None, currency: str, exact: bool = False) -> str:
     return text
 
 
+@lru_cache(maxsize=512)
+def _money_layout(currency: str) -> tuple[str, str, str, int] | None:
+    """(negative prefix, prefix, suffix, minor units) of a currency's amounts as Babel
+    writes them, read off two probes; None when they do not take that shape."""
+    from .money import minor_units
+
+    places = minor_units(currency)
+    number = f"{Decimal(1234):,.{places}f}"
+    positive, negative = (
+        _babel_money(Decimal(1234), currency, False),
+        _babel_money(Decimal(-1234), currency, False),
+    )
+    if positive.count(number) != 1 or negative.count(number) != 1:
+        return None
+    before, after = positive.split(number)
+    negative_before, negative_after = negative.split(number)
+    if negative_after != after:
+        return None
+    return negative_before, before, after, places
+
+
 def day(value: date | None) -> str:
     """A date nobody can misread, whatever their convention: 1 Feb 2026."""
     if value is None:
@@ -111,15 +146,27 @@ def day(value: date | None) -> str:
     return f"{value.day} {value:%b %Y}"
 
 
-@lru_cache(maxsize=65536)
 def quantity(value: Decimal | None) -> str:
     """A quantity with grouping and every significant decimal: 1,234.5."""
     if value is None:
         return ""
+    value = value.normalize() if value else Decimal(0)
+    if _plain_quantities():
+        return f"{value:,f}"  # what Babel writes for this locale (checked by the tests)
+    return _babel_quantity(value)
+
+
+@lru_cache(maxsize=65536)
+def _babel_quantity(value: Decimal) -> str:
     locale, _, pattern = _locale()
-    return pattern.apply(
-        value.normalize() if value else Decimal(0), locale, decimal_quantization=False
-    )
+    return pattern.apply(value, locale, decimal_quantization=False)
+
+
+@lru_cache(maxsize=1)
+def _plain_quantities() -> bool:
+    """Whether the locale writes quantities as Python's `,f` format does."""
+    probes = [Decimal("-1234567.125"), Decimal("1000"), Decimal("0.5"), Decimal(0)]
+    return all(_babel_quantity(p) == f"{p:,f}" for p in probes)
 
 
 def period(start: date | None, end: date | None) -> str:
@@ -497,6 +544,8 @@ def render(
         (invoice, "pdf", doc, path, sha)
         for (invoice, doc, path, _), sha in zip(pdfs, shas, strict=True)
     ]
+    # Recorded in bulk: new documents in one insert, replaced ones in one executemany.
+    inserts, updates = [], []
     for invoice, fmt, doc, path, sha in written:
         row = {
             "invoice_id": invoice.id,
@@ -508,11 +557,14 @@ def render(
             "created_at": now,
         }
         if doc is None:
-            session.execute(sa.insert(InvoiceDocument.__table__).values(**row))
+            inserts.append(row)
         else:
-            session.execute(
-                sa.update(InvoiceDocument.__table__).where(d.id == doc.id).values(**row)
-            )
+            updates.append({"_id": doc.id, **row})
         report.written += 1
+    insert_rows(session, InvoiceDocument, inserts)
+    if updates:
+        session.execute(
+            sa.update(InvoiceDocument.__table__).where(d.id == sa.bindparam("_id")), updates
+        )
     report.details["documents"] = report.written
     return report
