@@ -15,6 +15,8 @@ aggregation, every price model, pools), loads them into a throwaway database, an
     .venv/bin/python benchmarks/close_benchmark.py --customers 10000 --families 2000 \
         --events 5000000 --postgres postgresql://postgres@localhost:5432/postgres
 
+The store is vacuumed and analysed after the loads (see `usage_rating.settle`).
+
 Prints a table and writes the numbers as JSON (--json).
 """
 
@@ -44,6 +46,7 @@ from usage_rating import (  # noqa: E402
     catalog,
     database,
     run_measured,
+    settle,
     write_usage,
 )
 
@@ -102,10 +105,12 @@ def load(
         usage.unlink()
         loaded.append(n)
         written += n
+    ingested = time.perf_counter() - started
     return {
         "events": written,
         "files": len(loaded),
-        "generate_and_ingest_seconds": round(time.perf_counter() - started, 1),
+        "generate_and_ingest_seconds": round(ingested, 1),
+        "vacuum_analyze_seconds": round(settle(url), 1),
     }
 
 

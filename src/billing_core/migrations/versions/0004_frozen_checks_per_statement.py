@@ -37,6 +37,16 @@ REFERENCING = {
 }
 
 
+def _check(rows: str) -> str:
+    """PL/pgSQL refusing the statement if one of `rows` belongs to a frozen invoice."""
+    return f"""
+    SELECT r.invoice_id INTO frozen FROM {rows} r JOIN invoices v ON v.id = r.invoice_id
+      WHERE v.status <> 'draft' LIMIT 1;
+    IF frozen IS NOT NULL THEN
+      RAISE EXCEPTION '%: {MESSAGE} (invoice %)', TG_TABLE_NAME, frozen;
+    END IF;"""
+
+
 def upgrade() -> None:
     if op.get_context().dialect.name != "postgresql":
         return
@@ -45,19 +55,9 @@ CREATE OR REPLACE FUNCTION billing_frozen_rows() RETURNS trigger LANGUAGE plpgsq
 DECLARE
   frozen bigint;
 BEGIN
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    SELECT o.invoice_id INTO frozen FROM old_rows o JOIN invoices v ON v.id = o.invoice_id
-      WHERE v.status <> 'draft' LIMIT 1;
-    IF frozen IS NOT NULL THEN
-      RAISE EXCEPTION '%: {MESSAGE} (invoice %)', TG_TABLE_NAME, frozen;
-    END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN{_check("old_rows")}
   END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') AND TG_ARGV[0] = 'insert' THEN
-    SELECT n.invoice_id INTO frozen FROM new_rows n JOIN invoices v ON v.id = n.invoice_id
-      WHERE v.status <> 'draft' LIMIT 1;
-    IF frozen IS NOT NULL THEN
-      RAISE EXCEPTION '%: {MESSAGE} (invoice %)', TG_TABLE_NAME, frozen;
-    END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') AND TG_ARGV[0] = 'insert' THEN{_check("new_rows")}
   END IF;
   RETURN NULL;
 END $$""")
