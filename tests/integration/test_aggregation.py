@@ -163,11 +163,30 @@ e10,beta,seats,2026-01-20T00:00:00Z,1.5,,
 e9,beta,seats,2026-01-20T00:00:00+00:00,2.5,,
 """
     )
-    got = windows(("acme", "seats", JAN), ("beta", "seats", JAN))
-    # Equal timestamps: ORDER BY timestamp DESC, event_id DESC, so the greater event id
-    # wins, compared as text ("e9" > "e10").
-    assert got[("acme", "seats", JAN)] == Decimal(7)
-    assert got[("beta", "seats", JAN)] == Decimal("2.5")
+    # Alone, and beside a unique_count window (PostgreSQL then runs both in one pass).
+    for extra in ((), (("acme", "users", JAN),)):
+        got = windows(("acme", "seats", JAN), ("beta", "seats", JAN), *extra)
+        # Equal timestamps: ORDER BY timestamp DESC, event_id DESC, so the greater event
+        # id wins, compared as text ("e9" > "e10").
+        assert got[("acme", "seats", JAN)] == Decimal(7)
+        assert got[("beta", "seats", JAN)] == Decimal("2.5")
+
+
+def test_latest_orders_by_the_instant_to_the_microsecond(catalog):
+    usage(
+        """
+m1,acme,seats,2026-01-20T10:00:00.000002Z,1,,
+m2,acme,seats,2026-01-20T10:00:00.000010Z,2,,
+m3,acme,seats,2026-01-20T11:00:00.000001+01:00,3,,
+u1,acme,users,2026-01-05T00:00:00Z,1,alice,
+u2,acme,users,2026-01-06T00:00:00Z,1,bob,
+u3,acme,users,2026-01-07T00:00:00Z,1,alice,
+"""
+    )
+    got = windows(("acme", "seats", JAN), ("acme", "users", JAN))
+    # m3 is 10:00:00.000001Z: earlier than m2, whatever offset it was written with.
+    assert got[("acme", "seats", JAN)] == Decimal(2)
+    assert got[("acme", "users", JAN)] == Decimal(2)
 
 
 def test_windows_without_events_are_zero(catalog):
