@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 # ISO 4217 minor units for active currency codes whose exponent is not 2.
 _MINOR_UNITS_NOT_2 = {
@@ -187,11 +187,6 @@ def exponent(currency: str) -> Decimal:
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round once, half up (ties away from zero), to the currency's minor units."""
     return amount.quantize(exponent(currency), rounding=ROUND_HALF_UP)
-
-
-def floor_money(amount: Decimal, currency: str) -> Decimal:
-    """Truncate toward zero to the currency's minor units (largest-remainder splits)."""
-    return amount.quantize(exponent(currency), rounding=ROUND_DOWN)
 
 
 def parse_decimal(value: object, what: str) -> Decimal:

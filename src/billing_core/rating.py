@@ -531,7 +531,6 @@ class _LateUsage:
             .where(ch.kind == "usage", ch.billing_date > self.through)
             .where(self.scope.where(ch.family_id))
         ).scalar()
-        self.stale = stale
         in_scope = t.customer_id.in_(sa.select(c.id).where(self.scope.where(c.family_id)))
         clear = sa.delete(UsageTouch.__table__).where(in_scope)
         if horizon is not None:

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from .config import get_settings
 from .invoices import InvoiceError, lines_of
 from .models import Charge, Customer, Invoice, InvoiceDocument, Metric
-from .money import ZERO
+from .money import ZERO, minor_units
 from .reference import ALL, Scope
 from .reference import issuer as load_issuer
 from .report import StepReport
@@ -122,8 +122,6 @@ def _babel_money(amount: Decimal, currency: str, exact: bool) -> str:
 def _money_layout(currency: str) -> tuple[str, str, str, int] | None:
     """(negative prefix, prefix, suffix, minor units) of a currency's amounts as Babel
     writes them, read off two probes; None when they do not take that shape."""
-    from .money import minor_units
-
     places = minor_units(currency)
     number = f"{Decimal(1234):,.{places}f}"
     positive, negative = (

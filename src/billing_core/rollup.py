@@ -286,8 +286,8 @@ def consolidate(
     report = StepReport("consolidate roll-ups")
     ch = Charge.__table__
     v = Invoice.__table__.c
-    # Everything but the price terms (a JSON document per charge that the roll-up never
-    # reads).
+    # Everything but the price terms (a JSON document per charge) and the rating time:
+    # the roll-up reads neither.
     columns = [c for c in ch.c if c.name not in ("pricing", "rated_at")]
     charges = [
         dict(r)

@@ -94,8 +94,7 @@ def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | No
     """How a column's values are written by COPY: JSON as its text (psycopg would
     otherwise serialise the same document once per row), the rest as an INSERT binds it."""
     if isinstance(column_type, sa.JSON):
-        serialize = dialect._json_serializer or json.dumps
-        return serialize
+        return dialect._json_serializer or json.dumps
     if isinstance(column_type, DecimalType):
         return _decimal  # NUMERIC: psycopg writes a Decimal as it is
     return column_type._cached_bind_processor(dialect)
