@@ -15,7 +15,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from .models import Charge, CreditGrant, CreditLedgerEntry, Customer, Invoice, InvoiceLine
+from .models import (
+    Charge,
+    CreditGrant,
+    CreditLedgerEntry,
+    Customer,
+    Invoice,
+    InvoiceCharge,
+    InvoiceLine,
+)
 from .money import ZERO
 from .reference import ALL, Scope, grants, tax_rates
 from .report import StepReport
@@ -193,10 +201,14 @@ def _rebuilt_parts(session: Session, drafts: list[Any], scope: Scope) -> dict[in
     if not drafts:
         return {}
     ch = Charge.__table__.c
+    link = InvoiceCharge.__table__
     charges: dict[int, list[dict]] = defaultdict(list)
     for part in _chunks([d.id for d in drafts]):
         for row in session.execute(
-            sa.select(Charge.__table__).where(ch.invoice_id.in_(part)).order_by(ch.charge_key)
+            sa.select(Charge.__table__, link.c.invoice_id)
+            .join(link, link.c.charge_id == ch.id)
+            .where(link.c.invoice_id.in_(part))
+            .order_by(ch.charge_key)
         ).mappings():
             charges[row["invoice_id"]].append(dict(row))
     customers = load_customers(session, scope)

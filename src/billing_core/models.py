@@ -252,11 +252,37 @@ class Charge(SQLModel, table=True):
     window_start: datetime | None = Field(default=None, sa_type=UTCDateTime)
     window_end: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rated_at: datetime = Field(sa_type=UTCDateTime)
-    invoice_id: int | None = Field(
-        default=None,
+
+
+class InvoiceCharge(SQLModel, table=True):
+    """The draft or invoice a charge is on, written by the roll-up. A charge without a row
+    is not consolidated yet (or waits for a later billing date). Kept apart from `charges`
+    so that consolidating writes two narrow columns per charge instead of rewriting the
+    charge's row and every index on it."""
+
+    __tablename__ = "invoice_charges"
+    charge_id: int = Field(
         sa_column=sa.Column(
-            BigId, sa.ForeignKey("invoices.id", ondelete="SET NULL"), index=True, nullable=True
-        ),
+            BigId,
+            sa.ForeignKey("charges.id", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        )
+    )
+    invoice_id: int = Field(
+        sa_column=sa.Column(
+            BigId, sa.ForeignKey("invoices.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+
+
+def charges_joined(outer: bool = True) -> sa.Join:
+    """`charges` joined to the invoice each is on, through `invoice_charges`: outer joins
+    keep the charges on no invoice (their `Invoice` columns are NULL), inner joins keep only
+    the charges on one."""
+    ch, link, v = Charge.__table__, InvoiceCharge.__table__, Invoice.__table__
+    return ch.join(link, link.c.charge_id == ch.c.id, isouter=outer).join(
+        v, v.c.id == link.c.invoice_id, isouter=outer
     )
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import credits, rating, recalculation, rollup
-from .models import Charge, Customer, Invoice
+from .models import Charge, Customer, Invoice, InvoiceCharge
 from .reference import Scope
 from .rendering import contexts
 
@@ -70,7 +70,12 @@ def preview(
     if not found:
         # Its charges ride on those invoices even where they leave no line (no usage).
         ch = Charge.__table__.c
-        carrying = sa.select(ch.invoice_id).where(ch.serviced_customer_id == customer.id)
+        link = InvoiceCharge.__table__.c
+        carrying = (
+            sa.select(link.invoice_id)
+            .join_from(InvoiceCharge.__table__, Charge.__table__, ch.id == link.charge_id)
+            .where(ch.serviced_customer_id == customer.id)
+        )
         found = list(
             session.execute(
                 sa.select(Invoice.__table__)

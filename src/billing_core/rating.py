@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import pricing
-from .models import BillingPeriod, Charge, Customer, Invoice, UsageTouch
+from .models import BillingPeriod, Charge, Customer, Invoice, UsageTouch, charges_joined
 from .money import ZERO, round_money, split_largest_remainder
 from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
@@ -322,7 +322,7 @@ class _PeriodCharges:
         v = Invoice.__table__.c
         stmt = (
             sa.select(Charge.__table__)
-            .join(Invoice.__table__, v.id == ch.invoice_id)
+            .select_from(charges_joined(outer=False))
             .where(
                 v.status != "draft",
                 ch.full_start >= min(p for _, p in needed),
@@ -510,7 +510,7 @@ class _LateUsage:
         c = Customer.__table__.c
         frozen_usage = (
             sa.select(Charge.__table__)
-            .join(Invoice.__table__, v.id == ch.invoice_id)
+            .select_from(charges_joined(outer=False))
             .where(v.status != "draft", ch.kind == "usage")
             .where(self.scope.where(ch.family_id))
         )
@@ -526,7 +526,7 @@ class _LateUsage:
         ).scalar()
         stale = connection.execute(
             sa.select(sa.func.min(ch.window_start))
-            .select_from(Charge.__table__.outerjoin(Invoice.__table__, v.id == ch.invoice_id))
+            .select_from(charges_joined())
             .where(sa.or_(v.id.is_(None), v.status == "draft"))
             .where(ch.kind == "usage", ch.billing_date > self.through)
             .where(self.scope.where(ch.family_id))
@@ -553,7 +553,7 @@ class _LateUsage:
         pending = list(
             self.session.execute(
                 sa.select(Charge.__table__)
-                .outerjoin(Invoice.__table__, v.id == ch.invoice_id)
+                .select_from(charges_joined())
                 .where(ch.kind == "adjustment", sa.or_(v.id.is_(None), v.status == "draft"))
                 .where(self.scope.where(ch.family_id))
             ).mappings()
@@ -602,7 +602,7 @@ class _LateUsage:
             ids = [r["id"] for r in self.originals]
             for row in self.session.execute(
                 sa.select(Charge.__table__)
-                .join(Invoice.__table__, v.id == ch.invoice_id)
+                .select_from(charges_joined(outer=False))
                 .where(v.status != "draft", ch.kind == "adjustment", ch.adjusts_charge_id.in_(ids))
             ).mappings():
                 self.frozen_adjustments[row["adjusts_charge_id"]].append(dict(row))
@@ -667,7 +667,7 @@ class _LateUsage:
             period = f"{original['period_start']} – {original['period_end']}"
             out.append(
                 {
-                    **{k: v for k, v in original.items() if k not in ("id", "invoice_id")},
+                    **{k: v for k, v in original.items() if k != "id"},
                     "charge_key": f"{original['charge_key']}|adjustment|{number}",
                     "billing_period_id": None,
                     "kind": "adjustment",
@@ -727,7 +727,7 @@ def _write(
         r["charge_key"]: r
         for r in session.execute(
             sa.select(ch)
-            .outerjoin(Invoice.__table__, v.id == ch.c.invoice_id)
+            .select_from(charges_joined())
             .where(sa.or_(v.id.is_(None), v.status == "draft"))
             .where(sa.or_(ch.c.billing_date <= through, ch.c.kind == "adjustment"))
             .where(scope.where(ch.c.family_id))
@@ -737,14 +737,13 @@ def _write(
     # in place rather than write the same key twice.
     later = [key for key in charges if key not in existing]
     unfrozen = sa.or_(v.id.is_(None), v.status == "draft")
-    stmt = sa.select(ch).outerjoin(Invoice.__table__, v.id == ch.c.invoice_id).where(unfrozen)
+    stmt = sa.select(ch).select_from(charges_joined()).where(unfrozen)
     for r in select_in(session, stmt, ch.c.charge_key, later):
         existing[r._mapping["charge_key"]] = r._mapping
     inserts, updates = [], []
     for key, row in charges.items():
         old = existing.get(key)
         if old is None:
-            row["invoice_id"] = None
             inserts.append(row)
         elif any(old[c] != row[c] for c in COMPARED):
             updates.append(

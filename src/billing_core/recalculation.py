@@ -11,7 +11,7 @@ from datetime import date
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from .models import BillingPeriod, Charge, Invoice
+from .models import BillingPeriod, Charge, Invoice, charges_joined
 from .planning import plan
 from .reference import ALL, Scope, frozen_dates, load_reference
 from .report import StepReport
@@ -43,7 +43,7 @@ def frozen_charge_keys(session: Session, scope: Scope = ALL) -> set[str]:
     return set(
         session.execute(
             sa.select(ch.charge_key)
-            .join(Invoice.__table__, v.id == ch.invoice_id)
+            .select_from(charges_joined(outer=False))
             .where(v.status != "draft")
             .where(scope.where(ch.family_id))
         ).scalars()

@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from .config import get_settings
 from .invoices import InvoiceError, lines_of
-from .models import Charge, Customer, Invoice, InvoiceDocument, Metric
+from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceDocument, Metric
 from .money import ZERO, minor_units
 from .reference import ALL, Scope
 from .reference import issuer as load_issuer
@@ -36,7 +36,6 @@ ONE_DAY = timedelta(days=1)
 LOCALE = "en_US"
 # What the breakdown page reads of a charge (not its stored pricing: that is heavy).
 BREAKDOWN_COLUMNS = (
-    "invoice_id",
     "kind",
     "metric_code",
     "serviced_customer_id",
@@ -372,10 +371,13 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
     ids = sorted(i.id for i in invoices)
     lines = lines_of(session, ids)
     ch = Charge.__table__.c
+    link = InvoiceCharge.__table__.c
     charges: dict[int, list[Any]] = defaultdict(list)
     for part in chunks(ids):
         for charge in session.execute(
-            sa.select(*(ch[name] for name in BREAKDOWN_COLUMNS)).where(ch.invoice_id.in_(part))
+            sa.select(link.invoice_id, *(ch[name] for name in BREAKDOWN_COLUMNS))
+            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
+            .where(link.invoice_id.in_(part))
         ):
             charges[charge.invoice_id].append(charge)
     c = Customer.__table__.c

@@ -16,11 +16,11 @@ from sqlmodel import Session
 
 from .db import is_postgres
 from .invoices import discard_draft
-from .models import Charge, Customer, Invoice, InvoiceLine
+from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceLine, charges_joined
 from .money import ZERO
 from .reference import ALL, CustomerInfo, Scope, tax_rates
 from .report import StepReport
-from .store import insert_rows
+from .store import delete_in, insert_rows
 from .tax import jurisdiction_for, tax_line
 
 # Within a product: its charges, then late-usage adjustments, then discounts on it. Lines
@@ -292,8 +292,8 @@ def consolidate(
     charges = [
         dict(r)
         for r in session.execute(
-            sa.select(*columns)
-            .outerjoin(Invoice.__table__, v.id == ch.c.invoice_id)
+            sa.select(*columns, InvoiceCharge.__table__.c.invoice_id)
+            .select_from(charges_joined())
             .where(sa.or_(v.id.is_(None), v.status == "draft"))
             .where(ch.c.billing_date <= through)
             .where(scope.where(ch.c.family_id))
@@ -419,23 +419,10 @@ def _insert_invoices(session: Session, rows: list[dict]) -> list[int]:
 
 
 def _assign_charges(session: Session, assign: list[tuple[int, int]]) -> None:
-    """Point each charge at its invoice."""
+    """Put each charge on its invoice: its old link (to a draft) goes, the new one is
+    copied in. No charge row is rewritten."""
     if not assign:
         return
-    ch = Charge.__table__
-    if is_postgres(session):
-        session.execute(
-            sa.text(
-                "UPDATE charges SET invoice_id = a.invoice_id "
-                "FROM unnest(CAST(:charges AS bigint[]), CAST(:invoices AS bigint[])) "
-                "AS a(charge_id, invoice_id) WHERE charges.id = a.charge_id"
-            ),
-            {"charges": [c for c, _ in assign], "invoices": [i for _, i in assign]},
-        )
-        return
-    session.execute(
-        sa.update(ch)
-        .where(ch.c.id == sa.bindparam("charge_id"))
-        .values(invoice_id=sa.bindparam("invoice_id")),
-        [{"charge_id": c, "invoice_id": i} for c, i in assign],
-    )
+    link = InvoiceCharge.__table__
+    delete_in(session, link.c.charge_id, [c for c, _ in assign])
+    insert_rows(session, InvoiceCharge, [{"charge_id": c, "invoice_id": i} for c, i in assign])

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import pricing
-from .models import Charge, Customer, Invoice, Subscription
+from .models import Charge, Customer, Invoice, Subscription, charges_joined
 from .money import ZERO, round_money, split_largest_remainder
 from .planning import Slot, anchor_day, billed_customer_of, plan
 from .reference import Reference, Scope, SubscriptionInfo, frozen_dates, load_reference
@@ -160,7 +160,7 @@ def _billed_charges(session: Session, scope: Scope, keys: list[str]) -> dict[str
     for i in range(0, len(keys), 900):
         rows = session.execute(
             sa.select(ch.charge_key, ch.amount, ch.quantity, v.number, v.billing_date)
-            .join(Invoice.__table__, v.id == ch.invoice_id)
+            .select_from(charges_joined(outer=False))
             .where(v.status != "draft")
             .where(scope.where(ch.family_id))
             .where(ch.charge_key.in_(keys[i : i + 900]))

@@ -197,16 +197,38 @@ def test_the_store_refuses_changes_to_an_issued_invoice(store):
         "UPDATE invoice_lines SET amount = 1 WHERE invoice_id = :id",
         "DELETE FROM invoice_lines WHERE invoice_id = :id",
         "DELETE FROM invoices WHERE id = :id",
-        "UPDATE charges SET amount = 1 WHERE invoice_id = :id",
+        "UPDATE charges SET amount = 1 WHERE id IN "
+        "(SELECT charge_id FROM invoice_charges WHERE invoice_id = :id)",
         "UPDATE invoices SET status = 'draft' WHERE id = :id",
         # A line copied into the issued invoice, and a charge moved onto it.
         "INSERT INTO invoice_lines (invoice_id, position, serviced_customer_id, product, "
         "kind, amount) SELECT invoice_id, 99, serviced_customer_id, product, kind, amount "
         "FROM invoice_lines WHERE invoice_id = :id",
-        "UPDATE charges SET invoice_id = :id WHERE invoice_id IS NULL OR invoice_id <> :id",
     ):
         with pytest.raises(sa.exc.DBAPIError, match="frozen"), engine.begin() as connection:
             connection.execute(sa.text(statement), {"id": invoice_id})
+    columns = (
+        "kind, subscription_id, product, serviced_customer_id, billed_customer_id, family_id, "
+        "period_start, period_end, full_start, full_end, due_date, billing_date, currency, "
+        "quantity, amount, rated_at"
+    )
+    with pytest.raises(sa.exc.DBAPIError, match="frozen"), engine.begin() as connection:
+        # A charge of its own copied, then linked to it: the link is refused.
+        connection.execute(
+            sa.text(
+                f"INSERT INTO charges (charge_key, {columns}) SELECT charge_key || '|copy', "
+                f"{columns} FROM charges WHERE id = (SELECT min(charge_id) FROM "
+                "invoice_charges WHERE invoice_id = :id)"
+            ),
+            {"id": invoice_id},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO invoice_charges (charge_id, invoice_id) SELECT id, :id FROM "
+                "charges WHERE charge_key LIKE '%|copy'"
+            ),
+            {"id": invoice_id},
+        )
     # Paying is a status change the store allows.
     with engine.begin() as connection:
         connection.execute(

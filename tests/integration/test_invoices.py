@@ -178,8 +178,12 @@ def test_the_store_refuses_any_write_to_an_issued_invoice(store):
         "DELETE FROM invoices WHERE id = :i",
         "UPDATE invoice_lines SET product = 'Other' WHERE invoice_id = :i",
         "DELETE FROM invoice_lines WHERE invoice_id = :i",
-        "UPDATE charges SET invoice_id = NULL WHERE invoice_id = :i",
-        "DELETE FROM charges WHERE invoice_id = :i",
+        "UPDATE charges SET amount = 0 WHERE id IN "
+        "(SELECT charge_id FROM invoice_charges WHERE invoice_id = :i)",
+        "DELETE FROM charges WHERE id IN "
+        "(SELECT charge_id FROM invoice_charges WHERE invoice_id = :i)",
+        "DELETE FROM invoice_charges WHERE invoice_id = :i",
+        "UPDATE invoice_charges SET invoice_id = invoice_id WHERE invoice_id = :i",
         "UPDATE credit_ledger SET amount = 0 WHERE invoice_id = :i",
         "DELETE FROM credit_ledger WHERE invoice_id = :i",
         "UPDATE invoice_documents SET sha256 = 'x' WHERE invoice_id = :i",

@@ -1,5 +1,6 @@
 """Migrations carry a store's data forward: usage recorded before 0003 survives the change
-of key and stays idempotent on event_id afterwards."""
+of key and stays idempotent on event_id afterwards; charges keep their invoices across
+0005 both ways; the frozen-invoice guards hold on either side of each change."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
             ),
             {"at": "2026-01-05 10:00:00+00:00"},
         )
-    assert upgrade(empty_url) == "0004"
+    assert upgrade(empty_url) == "0005"
     path = tmp_path / "again.csv"
     path.write_text(
         "event_id,customer,metric,timestamp,quantity\n"
@@ -77,7 +78,7 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
 
     from billing_core.db import alembic_config, unit_of_work
 
-    upgrade(empty_url)
+    upgrade(empty_url, "0004")
     with get_engine(empty_url).begin() as connection:
         connection.execute(
             sa.text(
@@ -98,7 +99,7 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
         if revision == "0003":
             command.downgrade(alembic_config(empty_url), "0003")
         else:
-            upgrade(empty_url)
+            upgrade(empty_url, "0004")
         with unit_of_work(empty_url) as session:
             session.execute(sa.text(line), {"invoice": 2})  # a draft takes lines
             if empty_url.startswith("postgresql"):
@@ -116,3 +117,105 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
             get_engine(empty_url).begin() as connection,
         ):
             connection.execute(sa.text(line), {"invoice": 1})
+
+
+INVOICES = (
+    "INSERT INTO invoices (id, issuer_id, number, status, billed_customer_id, "
+    "family_id, billing_date, currency, subtotal, discount_total, tax_total, "
+    "credit_total, total, content_hash, created_at) VALUES "
+    "(1, 'default', 'INV-1', 'issued', 'solo', 'solo', '2026-02-01', 'USD', "
+    "0, 0, 0, 0, 0, 'x', CURRENT_TIMESTAMP), "
+    "(2, 'default', NULL, 'draft', 'solo', 'solo', '2026-03-01', 'USD', "
+    "0, 0, 0, 0, 0, 'y', CURRENT_TIMESTAMP)"
+)
+CHARGE_COLUMNS = (
+    "charge_key, kind, subscription_id, product, serviced_customer_id, billed_customer_id, "
+    "family_id, period_start, period_end, full_start, full_end, due_date, billing_date, "
+    "currency, quantity, amount, rated_at"
+)
+
+
+def _charge(key: str, billing_date: str) -> str:
+    return (
+        f"INSERT INTO charges ({CHARGE_COLUMNS}) VALUES ('{key}', 'fixed', 's', 'Platform', "
+        "'solo', 'solo', 'solo', '2026-01-01', '2026-02-01', '2026-01-01', '2026-02-01', "
+        f"'2026-02-01', '{billing_date}', 'USD', 1, 10, CURRENT_TIMESTAMP)"
+    )
+
+
+def _links(url: str) -> dict[str, int | None]:
+    with get_engine(url).connect() as connection:
+        columns = {c["name"] for c in sa.inspect(connection).get_columns("charges")}
+        if "invoice_id" in columns:
+            rows = connection.execute(sa.text("SELECT charge_key, invoice_id FROM charges"))
+        else:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT c.charge_key, l.invoice_id FROM charges c "
+                    "LEFT JOIN invoice_charges l ON l.charge_id = c.id"
+                )
+            )
+        return dict(rows.all())
+
+
+def test_charges_keep_their_invoices_across_0005_and_stay_frozen(empty_url):
+    """0005 moves charges.invoice_id into invoice_charges and back on a downgrade; on
+    either side a charge of an issued invoice cannot be changed, deleted or unlinked, and
+    no charge can be put on one."""
+    from alembic import command
+
+    from billing_core.db import alembic_config
+
+    upgrade(empty_url, "0004")
+    with get_engine(empty_url).begin() as connection:
+        # Invoice 1 is linked while a draft, then issued.
+        connection.execute(sa.text(INVOICES.replace("'INV-1', 'issued'", "NULL, 'draft'")))
+        for key, day in (
+            ("on-issued", "2026-02-01"),
+            ("on-draft", "2026-03-01"),
+            ("free", "2026-03-01"),
+        ):
+            connection.execute(sa.text(_charge(key, day)))
+        connection.execute(
+            sa.text("UPDATE charges SET invoice_id = 1 WHERE charge_key = 'on-issued'")
+        )
+        connection.execute(
+            sa.text("UPDATE charges SET invoice_id = 2 WHERE charge_key = 'on-draft'")
+        )
+        connection.execute(
+            sa.text("UPDATE invoices SET status = 'issued', number = 'INV-1' WHERE id = 1")
+        )
+    expected = {"on-issued": 1, "on-draft": 2, "free": None}
+    assert _links(empty_url) == expected
+    for revision in ("0005", "0004", "0005"):
+        if revision == "0004":
+            command.downgrade(alembic_config(empty_url), "0004")
+        else:
+            upgrade(empty_url, "0005")
+        assert _links(empty_url) == expected
+        linked = revision == "0005"
+        refused = [
+            "UPDATE charges SET amount = 1 WHERE charge_key = 'on-issued'",
+            "DELETE FROM charges WHERE charge_key = 'on-issued'",
+        ]
+        if linked:
+            refused += [
+                "DELETE FROM invoice_charges WHERE invoice_id = 1",
+                "UPDATE invoice_charges SET invoice_id = 2 WHERE invoice_id = 1",
+                "INSERT INTO invoice_charges (charge_id, invoice_id) "
+                "SELECT id, 1 FROM charges WHERE charge_key = 'free'",
+            ]
+        else:
+            refused += ["UPDATE charges SET invoice_id = 1 WHERE charge_key = 'free'"]
+        for statement in refused:
+            with (
+                pytest.raises(sa.exc.DBAPIError, match="frozen"),
+                get_engine(empty_url).begin() as connection,
+            ):
+                connection.execute(sa.text(statement))
+        # A draft's charges stay free to change.
+        with get_engine(empty_url).begin() as connection:
+            connection.execute(
+                sa.text("UPDATE charges SET amount = 11 WHERE charge_key = 'on-draft'")
+            )
+    assert _links(empty_url) == expected
