@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -28,6 +29,27 @@ from .tax import jurisdiction_for, tax_line
 KIND_RANK = {"fixed": 0, "usage": 0, "adjustment": 1, "discount": 2, "minimum": 3}
 PRODUCT_KINDS = ("fixed", "usage", "adjustment")
 SUBTOTAL_KINDS = ("fixed", "usage", "minimum", "adjustment")
+# The columns of a charge the roll-up reads.
+READ_COLUMNS = (
+    "id",
+    "kind",
+    "subscription_id",
+    "price_code",
+    "product",
+    "bundle",
+    "serviced_customer_id",
+    "billed_customer_id",
+    "pool",
+    "pool_owner_id",
+    "period_start",
+    "period_end",
+    "billing_date",
+    "currency",
+    "quantity",
+    "unit_price",
+    "amount",
+    "description",
+)
 
 
 class ConsolidationError(RuntimeError):
@@ -221,7 +243,8 @@ def build_lines(
             if tax is not None:
                 position += 1
                 tax["position"] = position
-                tax["_parts"] = _tax_parts(line["_parts"], tax["amount"], tax["tax_rate"])
+                if with_parts:
+                    tax["_parts"] = _tax_parts(line["_parts"], tax["amount"], tax["tax_rate"])
                 out.append(tax)
     for line in out:
         line.pop("_jurisdiction", None)
@@ -265,8 +288,14 @@ def content_hash(lines: list[dict], currency: str) -> str:
     The lines' fields are written in name order, their values as JSON (decimals and dates
     as text), so equal lines give equal fingerprints in any process.
     """
-    keys = sorted({k for line in lines for k in line} - {"charge_id"})
-    rows = [[line.get(k) for k in keys] for line in lines]
+    names = {k for line in lines for k in line}
+    names.discard("charge_id")
+    keys = sorted(names)
+    if len(keys) > 1 and all(len(line) == len(names) + 1 and "charge_id" in line for line in lines):
+        values = operator.itemgetter(*keys)  # every line has every key: read them at once
+        rows: list = [values(line) for line in lines]
+    else:
+        rows = [[line.get(k) for k in keys] for line in lines]
     return hashlib.sha256(_encode([currency, keys, rows]).encode()).hexdigest()
 
 
@@ -286,9 +315,10 @@ def consolidate(
     report = StepReport("consolidate roll-ups")
     ch = Charge.__table__
     v = Invoice.__table__.c
-    # Everything but the price terms (a JSON document per charge) and the rating time:
-    # the roll-up reads neither.
-    columns = [c for c in ch.c if c.name not in ("pricing", "rated_at")]
+    # Only what the lines, the grouping and the links need: not the price terms (a JSON
+    # document per charge), the windows (two instants to convert per charge) or the dates
+    # the rating used.
+    columns = [ch.c[name] for name in READ_COLUMNS]
     charges = [
         dict(r)
         for r in session.execute(

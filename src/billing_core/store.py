@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -73,7 +72,7 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
     dialect = connection.dialect
     names = list(rows[0])
     processors = [
-        (i, _memo(process))
+        (i, process)
         for i, name in enumerate(names)
         if (process := _copy_processor(table.c[name].type, dialect)) is not None
     ]
@@ -91,36 +90,36 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
 
 
 def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
-    """How a column's values are written by COPY: JSON as its text (psycopg would
-    otherwise serialise the same document once per row), the rest as an INSERT binds it."""
+    """How a column's values are written by COPY, as an INSERT would bind them: a JSON
+    document as its text, serialised once per batch (psycopg would do it once per row, and
+    rows often share one: a price's terms); an instant processed once per batch (a
+    period's window); a Decimal as it is (NUMERIC)."""
     if isinstance(column_type, sa.JSON):
-        return dialect._json_serializer or json.dumps
+        return _memo(dialect._json_serializer or json.dumps, id)  # the rows keep it alive
     if isinstance(column_type, DecimalType):
-        return _decimal  # NUMERIC: psycopg writes a Decimal as it is
-    return column_type._cached_bind_processor(dialect)
+        return _decimal
+    process = column_type._cached_bind_processor(dialect)
+    if process is not None and column_type._type_affinity is sa.DateTime:
+        return _memo(process, None)
+    return process
 
 
 def _decimal(value: Any) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    return value if value.__class__ is Decimal else Decimal(str(value))
 
 
-def _memo(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
-    """A bind processor that processes each JSON document (by identity) and each instant
-    once per batch: rows often share them (a price's terms, a period's window)."""
-    if process is None:
-        return None
+def _memo(
+    process: Callable[[Any], Any], key_of: Callable[[Any], Any] | None
+) -> Callable[[Any], Any]:
+    """`process` run once per distinct value (by `key_of(value)`, or the value itself)."""
     done: dict[Any, Any] = {}
 
     def run(value: Any) -> Any:
-        if isinstance(value, dict | list):
-            key: Any = id(value)  # the rows keep the object alive meanwhile
-        elif isinstance(value, datetime):
-            key = value
-        else:
-            return process(value)
-        if key not in done:
-            done[key] = process(value)
-        return done[key]
+        key = value if key_of is None else key_of(value)
+        found = done.get(key, done)
+        if found is done:
+            found = done[key] = process(value)
+        return found
 
     return run
 

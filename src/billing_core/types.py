@@ -31,6 +31,11 @@ class DecimalType(TypeDecorator):
             return None
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
+    def result_processor(self, dialect, coltype):
+        if dialect.name == "postgresql":
+            return None  # psycopg reads NUMERIC as Decimal already: nothing to convert
+        return super().result_processor(dialect, coltype)
+
 
 class UTCDateTime(TypeDecorator):
     """An instant, stored in UTC: timestamptz on PostgreSQL, naive UTC text on SQLite."""
