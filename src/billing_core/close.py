@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import collection, credits, invoices, rating, recalculation, rendering, rollup
+from . import collection, collector, credits, invoices, rating, recalculation, rendering, rollup
 from .db import store_name, unit_of_work
 from .models import CloseRun, Customer, Invoice
 from .reference import Scope
@@ -28,7 +28,7 @@ def _scope(families: Iterable[str] | None) -> Scope:
 def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepReport:
     """Run a step in a unit of work of its own, commit it, and note how long it took."""
     started = time.perf_counter()
-    with unit_of_work() as session:
+    with collector.paused(), unit_of_work() as session:
         report = step(session, *args, **kwargs)
         session.commit()
     report.details["seconds"] = round(time.perf_counter() - started, 3)
