@@ -21,7 +21,7 @@ from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
 from .report import StepReport
 from .schedules import Calendar, prorate, window_utc
-from .store import delete_in, insert_rows, select_in
+from .store import delete_in, insert_rows, records, select_in
 from .usage import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
@@ -105,11 +105,12 @@ def rate(
     bp = BillingPeriod.__table__
     slots = [
         s
-        for s in session.execute(
+        for s in records(
+            session,
             sa.select(bp)
             .where(bp.c.billing_date <= through)
             .where(scope.where(bp.c.family_id))
-            .order_by(bp.c.slot_key)
+            .order_by(bp.c.slot_key),
         )
         if s.slot_key not in frozen
     ]

@@ -15,7 +15,7 @@ from .models import BillingPeriod, Charge, Invoice, charges_joined
 from .planning import plan
 from .reference import ALL, Scope, frozen_dates, load_reference
 from .report import StepReport
-from .store import delete_in, insert_rows, select_in
+from .store import delete_in, insert_rows, records, select_in
 
 COMPARED = (
     "kind",
@@ -60,8 +60,9 @@ def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepRepo
     bp = BillingPeriod.__table__
     existing = {
         r.slot_key: r
-        for r in session.execute(
-            sa.select(bp).where(bp.c.due_date <= through).where(scope.where(bp.c.family_id))
+        for r in records(
+            session,
+            sa.select(bp).where(bp.c.due_date <= through).where(scope.where(bp.c.family_id)),
         )
     }
     report.read = len(ref.subscriptions)

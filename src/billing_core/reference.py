@@ -25,6 +25,7 @@ from .models import (
     TaxRate,
 )
 from .pricing import model as price_model
+from .store import records
 
 
 @dataclass(frozen=True)
@@ -159,17 +160,18 @@ def load_reference(session: Session, scope: Scope = ALL) -> Reference:
             r.rollup_lines,
             r.family_id,
         )
-        for r in session.execute(sa.select(Customer.__table__).where(scope.where(c.family_id)))
+        for r in records(session, sa.select(Customer.__table__).where(scope.where(c.family_id)))
     }
     s = Subscription.__table__.c
     items: dict[str, list[ItemInfo]] = defaultdict(list)
     i = SubscriptionItem.__table__.c
-    item_rows = session.execute(
+    item_rows = records(
+        session,
         sa.select(SubscriptionItem.__table__)
         .join(Subscription.__table__, s.id == i.subscription_id)
         .join(Customer.__table__, c.id == s.customer_id)
         .where(scope.where(c.family_id))
-        .order_by(i.subscription_id, i.phase, i.id)
+        .order_by(i.subscription_id, i.phase, i.id),
     )
     for r in item_rows:
         items[r.subscription_id].append(
@@ -190,10 +192,11 @@ def load_reference(session: Session, scope: Scope = ALL) -> Reference:
             tuple(r.discounts or ()),
             tuple(items.get(r.id, ())),
         )
-        for r in session.execute(
+        for r in records(
+            session,
             sa.select(Subscription.__table__)
             .join(Customer.__table__, c.id == s.customer_id)
-            .where(scope.where(c.family_id))
+            .where(scope.where(c.family_id)),
         )
     }
     prices = {

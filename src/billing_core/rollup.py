@@ -21,7 +21,7 @@ from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceLine, charg
 from .money import ZERO
 from .reference import ALL, CustomerInfo, Scope, tax_rates
 from .report import StepReport
-from .store import delete_in, insert_rows
+from .store import delete_in, insert_rows, records
 from .tax import jurisdiction_for, tax_line
 
 # Within a product: its charges, then late-usage adjustments, then discounts on it. Lines
@@ -73,7 +73,7 @@ def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerIn
             r.rollup_lines,
             r.family_id,
         )
-        for r in session.execute(sa.select(Customer.__table__).where(scope.where(c.family_id)))
+        for r in records(session, sa.select(Customer.__table__).where(scope.where(c.family_id)))
     }
 
 

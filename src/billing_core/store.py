@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,21 @@ from .types import DecimalType
 CHUNK = 900
 # From this many rows, PostgreSQL inserts go through COPY.
 COPY_FROM = 500
+
+
+_RECORDS: dict[tuple[str, ...], type] = {}
+
+
+def records(session: Session, stmt: sa.Executable) -> list[Any]:
+    """Every row of `stmt` as a named tuple. Its fields read like a Row's at a twentieth of
+    the cost: the close steps read each slot's or customer's fields dozens of times."""
+    result = session.execute(stmt)
+    names = tuple(result.keys())
+    record = _RECORDS.get(names)
+    if record is None:
+        record = _RECORDS[names] = namedtuple("Record", names)  # type: ignore[misc]
+    make = record._make
+    return [make(row) for row in result]
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
