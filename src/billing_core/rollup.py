@@ -21,7 +21,7 @@ from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceLine, charg
 from .money import ZERO
 from .reference import ALL, CustomerInfo, Scope, tax_rates
 from .report import StepReport
-from .store import delete_in, insert_rows, records
+from .store import delete_in, dicts, insert_rows, records
 from .tax import jurisdiction_for, tax_line
 
 # Within a product: its charges, then late-usage adjustments, then discounts on it. Lines
@@ -319,17 +319,15 @@ def consolidate(
     # document per charge), the windows (two instants to convert per charge) or the dates
     # the rating used.
     columns = [ch.c[name] for name in READ_COLUMNS]
-    charges = [
-        dict(r)
-        for r in session.execute(
-            sa.select(*columns, InvoiceCharge.__table__.c.invoice_id)
-            .select_from(charges_joined())
-            .where(sa.or_(v.id.is_(None), v.status == "draft"))
-            .where(ch.c.billing_date <= through)
-            .where(scope.where(ch.c.family_id))
-            .order_by(ch.c.charge_key)
-        ).mappings()
-    ]
+    charges = dicts(
+        session,
+        sa.select(*columns, InvoiceCharge.__table__.c.invoice_id)
+        .select_from(charges_joined())
+        .where(sa.or_(v.id.is_(None), v.status == "draft"))
+        .where(ch.c.billing_date <= through)
+        .where(scope.where(ch.c.family_id))
+        .order_by(ch.c.charge_key),
+    )
     report.read = len(charges)
     groups: dict[tuple[str, date], list[dict]] = defaultdict(list)
     for charge in charges:
