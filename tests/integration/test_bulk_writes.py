@@ -228,3 +228,43 @@ def test_select_in_reads_every_match_of_a_long_list(store):
     with unit_of_work() as session:
         found = select_in(session, customers.select(), customers.c.id, wanted)
         assert sorted(r.id for r in found) == ["odd\tone", "solo"]
+
+
+def test_rows_read_as_records_and_dicts_carry_the_values_a_row_does(store):
+    """store.records and store.dicts give the same values, converted the same way
+    (decimals, instants, JSON), as reading the rows themselves."""
+    import sqlalchemy as sa
+
+    from billing_core.store import dicts, records
+
+    import_yaml(CATALOG)
+    at = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    rows = [
+        {
+            "event_id": f"r{i}",
+            "customer_id": "solo",
+            "metric_code": "units",
+            "timestamp": at + timedelta(minutes=i),
+            "quantity": Decimal("1.25") * i,
+            "value": 1_250_000 * i,
+            "dimension": None,
+            "properties": {"i": i},
+            "source": "test",
+            "ingested_at": at,
+        }
+        for i in range(3)
+    ]
+    with unit_of_work() as session:
+        insert_rows(session, UsageEvent, rows)
+        session.commit()
+    stmt = sa.select(UsageEvent.__table__).order_by(UsageEvent.__table__.c.event_id)
+    with unit_of_work() as session:
+        plain = [dict(r._mapping) for r in session.execute(stmt)]
+        as_records = records(session, stmt)
+        as_dicts = dicts(session, stmt)
+    assert as_dicts == plain
+    assert [r._asdict() for r in as_records] == plain
+    assert as_records[2].quantity == Decimal("2.50")
+    assert as_records[1].timestamp == at + timedelta(minutes=1)
+    assert as_records[1].timestamp.utcoffset() == timedelta(0)
+    assert as_records[0].properties == {"i": 0}
