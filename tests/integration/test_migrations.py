@@ -25,6 +25,17 @@ def empty_url(request, tmp_path, monkeypatch):
     dispose_engines()
 
 
+INVOICES = (
+    "INSERT INTO invoices (id, issuer_id, number, status, billed_customer_id, "
+    "family_id, billing_date, currency, subtotal, discount_total, tax_total, "
+    "credit_total, total, content_hash, created_at) VALUES "
+    "(1, 'default', 'INV-1', 'issued', 'solo', 'solo', '2026-02-01', 'USD', "
+    "0, 0, 0, 0, 0, 'x', CURRENT_TIMESTAMP), "
+    "(2, 'default', NULL, 'draft', 'solo', 'solo', '2026-03-01', 'USD', "
+    "0, 0, 0, 0, 0, 'y', CURRENT_TIMESTAMP)"
+)
+
+
 def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
     upgrade(empty_url, "0002")
     with get_engine(empty_url).begin() as connection:
@@ -80,17 +91,7 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
 
     upgrade(empty_url, "0004")
     with get_engine(empty_url).begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO invoices (id, issuer_id, number, status, billed_customer_id, "
-                "family_id, billing_date, currency, subtotal, discount_total, tax_total, "
-                "credit_total, total, content_hash, created_at) VALUES "
-                "(1, 'default', 'INV-1', 'issued', 'solo', 'solo', '2026-02-01', 'USD', "
-                "0, 0, 0, 0, 0, 'x', CURRENT_TIMESTAMP), "
-                "(2, 'default', NULL, 'draft', 'solo', 'solo', '2026-03-01', 'USD', "
-                "0, 0, 0, 0, 0, 'y', CURRENT_TIMESTAMP)"
-            )
-        )
+        connection.execute(sa.text(INVOICES))
     line = (
         "INSERT INTO invoice_lines (invoice_id, position, serviced_customer_id, product, kind, "
         "amount) VALUES (:invoice, 1, 'solo', 'Platform', 'fixed', 10)"
@@ -119,15 +120,6 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
             connection.execute(sa.text(line), {"invoice": 1})
 
 
-INVOICES = (
-    "INSERT INTO invoices (id, issuer_id, number, status, billed_customer_id, "
-    "family_id, billing_date, currency, subtotal, discount_total, tax_total, "
-    "credit_total, total, content_hash, created_at) VALUES "
-    "(1, 'default', 'INV-1', 'issued', 'solo', 'solo', '2026-02-01', 'USD', "
-    "0, 0, 0, 0, 0, 'x', CURRENT_TIMESTAMP), "
-    "(2, 'default', NULL, 'draft', 'solo', 'solo', '2026-03-01', 'USD', "
-    "0, 0, 0, 0, 0, 'y', CURRENT_TIMESTAMP)"
-)
 CHARGE_COLUMNS = (
     "charge_key, kind, subscription_id, product, serviced_customer_id, billed_customer_id, "
     "family_id, period_start, period_end, full_start, full_end, due_date, billing_date, "
