@@ -12,8 +12,9 @@ measures:
 - a bare `SELECT … GROUP BY customer, metric` over the same events, run before and after
   the rating step in the same run; the ratio uses the faster of the two.
 
-Between the loads and the measurements the store is vacuumed and analysed (as autovacuum
-would have done by a month-end close), so that no autovacuum runs meanwhile.
+Between the loads and the measurements the store is vacuumed, analysed and checkpointed
+(as autovacuum and PostgreSQL's own checkpoints would have done by a month-end close), so
+that neither runs meanwhile.
 
     .venv/bin/python benchmarks/usage_rating.py --customers 10000 --families 2000 \
         --events 5000000 --postgres postgresql://postgres@localhost:5432/postgres
