@@ -25,7 +25,7 @@ from .models import (
     InvoiceLine,
 )
 from .money import ZERO
-from .reference import ALL, Scope, grants, tax_rates
+from .reference import ALL, Scope, grants, load_customers, tax_rates
 from .report import StepReport
 from .store import delete_in, insert_rows
 
@@ -196,7 +196,7 @@ def _parts_of(lines: list[Any]) -> list[tuple[str, str | None, Decimal]] | None:
 def _rebuilt_parts(session: Session, drafts: list[Any], scope: Scope) -> dict[int, list[tuple]]:
     """Parts of drafts with merged lines, from the charges they were built of."""
     # rollup imports invoices, which imports this module.
-    from .rollup import build_lines, load_customers
+    from .rollup import build_lines
 
     if not drafts:
         return {}

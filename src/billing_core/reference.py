@@ -143,10 +143,10 @@ def price_terms(row: Any) -> dict:
     return terms
 
 
-def load_reference(session: Session, scope: Scope = ALL) -> Reference:
-    """Everything the schedule and rating steps read from the catalog, for a scope."""
+def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerInfo]:
+    """The customers of a scope, by id."""
     c = Customer.__table__.c
-    customers = {
+    return {
         r.id: CustomerInfo(
             r.id,
             r.name,
@@ -162,6 +162,12 @@ def load_reference(session: Session, scope: Scope = ALL) -> Reference:
         )
         for r in records(session, sa.select(Customer.__table__).where(scope.where(c.family_id)))
     }
+
+
+def load_reference(session: Session, scope: Scope = ALL) -> Reference:
+    """Everything the schedule and rating steps read from the catalog, for a scope."""
+    c = Customer.__table__.c
+    customers = load_customers(session, scope)
     s = Subscription.__table__.c
     items: dict[str, list[ItemInfo]] = defaultdict(list)
     i = SubscriptionItem.__table__.c

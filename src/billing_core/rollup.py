@@ -17,11 +17,11 @@ from sqlmodel import Session
 
 from .db import is_postgres
 from .invoices import discard_draft
-from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceLine, charges_joined
+from .models import Charge, Invoice, InvoiceCharge, InvoiceLine, charges_joined
 from .money import ZERO
-from .reference import ALL, CustomerInfo, Scope, tax_rates
+from .reference import ALL, CustomerInfo, Scope, load_customers, tax_rates
 from .report import StepReport
-from .store import delete_in, dicts, insert_rows, records
+from .store import delete_in, dicts, insert_rows
 from .tax import jurisdiction_for, tax_line
 
 # Within a product: its charges, then late-usage adjustments, then discounts on it. Lines
@@ -54,27 +54,6 @@ READ_COLUMNS = (
 
 class ConsolidationError(RuntimeError):
     """Charges that cannot share one invoice (the import should have refused them)."""
-
-
-def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerInfo]:
-    """The customers of a scope as the roll-up reads them."""
-    c = Customer.__table__.c
-    return {
-        r.id: CustomerInfo(
-            r.id,
-            r.name,
-            r.currency,
-            r.timezone,
-            r.parent_id,
-            r.bill_to,
-            r.billing_day,
-            r.jurisdiction,
-            r.tax_basis,
-            r.rollup_lines,
-            r.family_id,
-        )
-        for r in records(session, sa.select(Customer.__table__).where(scope.where(c.family_id)))
-    }
 
 
 def _line(charge: dict) -> dict:
@@ -289,9 +268,8 @@ def content_hash(lines: list[dict], currency: str) -> str:
     as text), so equal lines give equal fingerprints in any process.
     """
     names = {k for line in lines for k in line}
-    names.discard("charge_id")
-    keys = sorted(names)
-    if len(keys) > 1 and all(len(line) == len(names) + 1 and "charge_id" in line for line in lines):
+    keys = sorted(names - {"charge_id"})
+    if len(keys) > 1 and all(len(line) == len(names) for line in lines):
         values = operator.itemgetter(*keys)  # every line has every key: read them at once
         rows: list = [values(line) for line in lines]
     else:
