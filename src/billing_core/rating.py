@@ -532,7 +532,11 @@ class _LateUsage:
             .where(ch.kind == "usage", ch.billing_date > self.through)
             .where(self.scope.where(ch.family_id))
         ).scalar()
-        in_scope = t.customer_id.in_(sa.select(c.id).where(self.scope.where(c.family_id)))
+        in_scope = (
+            sa.true()  # the whole store: no join to the customers to find its touches
+            if self.scope.families is None
+            else t.customer_id.in_(sa.select(c.id).where(self.scope.where(c.family_id)))
+        )
         clear = sa.delete(UsageTouch.__table__).where(in_scope)
         if horizon is not None:
             clear = clear.where(t.earliest >= horizon)

@@ -186,6 +186,32 @@ def test_touches_of_rated_usage_are_cleared_in_one_pass(store):
     assert not lines(march, kind="adjustment")
 
 
+TWO_FAMILIES = POOLED.replace(
+    "metrics:", "  - {id: solo, name: Solo Ltd, currency: USD}\nmetrics:"
+).replace(
+    "credits:",
+    """  - id: sub-solo
+    customer: solo
+    start: 2026-01-01
+    cadence: monthly
+    billing_day: 1
+    items: [{price: units-tiered, timing: in_arrears}]
+credits:""",
+)
+
+
+def test_a_shard_clears_only_its_own_families_touches(store):
+    import_yaml(TWO_FAMILIES)
+    ingest_csv(USAGE + "s-1,solo,units,2026-01-05T10:00:00Z,70\n")
+    touched = "SELECT customer_id FROM usage_touches ORDER BY customer_id"
+    assert [r[0] for r in store.rows(touched)] == ["account-a", "account-b", "solo"]
+    steps.recalculate(date(2026, 2, 1))
+    steps.rate(date(2026, 2, 1), families=["solo"])
+    assert [r[0] for r in store.rows(touched)] == ["account-a", "account-b"]
+    steps.rate(date(2026, 2, 1))  # the whole store
+    assert store.rows(touched) == []
+
+
 def test_the_store_refuses_changes_to_an_issued_invoice(store):
     import_yaml(POOLED)
     ingest_csv(USAGE)
