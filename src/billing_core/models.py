@@ -258,7 +258,10 @@ class InvoiceCharge(SQLModel, table=True):
     """The draft or invoice a charge is on, written by the roll-up. A charge without a row
     is not consolidated yet (or waits for a later billing date). Kept apart from `charges`
     so that consolidating writes two narrow columns per charge instead of rewriting the
-    charge's row and every index on it."""
+    charge's row and every index on it.
+
+    Its references (and `invoice_lines.invoice_id`) are constraints on SQLite; on
+    PostgreSQL, triggers that check and lock them once per statement (migration 0006)."""
 
     __tablename__ = "invoice_charges"
     charge_id: int = Field(

@@ -1,6 +1,7 @@
 """Migrations carry a store's data forward: usage recorded before 0003 survives the change
 of key and stays idempotent on event_id afterwards; charges keep their invoices across
-0005 both ways; the frozen-invoice guards hold on either side of each change."""
+0005 both ways; the frozen-invoice guards hold on either side of each change; the
+references of lines and links hold across 0006."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
             ),
             {"at": "2026-01-05 10:00:00+00:00"},
         )
-    assert upgrade(empty_url) == "0005"
+    assert upgrade(empty_url) == "0006"
     path = tmp_path / "again.csv"
     path.write_text(
         "event_id,customer,metric,timestamp,quantity\n"
@@ -211,3 +212,58 @@ def test_charges_keep_their_invoices_across_0005_and_stay_frozen(empty_url):
                 sa.text("UPDATE charges SET amount = 11 WHERE charge_key = 'on-draft'")
             )
     assert _links(empty_url) == expected
+
+
+def test_references_hold_on_either_side_of_0006(empty_url):
+    """0006 keeps the references of lines and links by per-statement triggers on
+    PostgreSQL instead of constraints, and a downgrade brings the constraints back; rows
+    stay, and a reference to nothing is refused at every revision."""
+    from alembic import command
+
+    from billing_core.db import alembic_config
+
+    upgrade(empty_url, "0005")
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(sa.text(INVOICES))
+        connection.execute(sa.text(_charge("on-draft", "2026-03-01")))
+        connection.execute(
+            sa.text(
+                "INSERT INTO invoice_charges (charge_id, invoice_id) "
+                "SELECT id, 2 FROM charges WHERE charge_key = 'on-draft'"
+            )
+        )
+    expected = {"on-draft": 2}
+    postgres = empty_url.startswith("postgresql")
+    for revision in ("0006", "0005", "0006"):
+        if revision == "0005":
+            command.downgrade(alembic_config(empty_url), "0005")
+        else:
+            upgrade(empty_url, "0006")
+        assert _links(empty_url) == expected
+        with get_engine(empty_url).connect() as connection:
+            keys = [
+                fk["referred_table"]
+                for table in ("invoice_lines", "invoice_charges")
+                for fk in sa.inspect(connection).get_foreign_keys(table)
+            ]
+        if postgres and revision == "0006":
+            assert keys == []
+        else:
+            assert sorted(keys) == ["charges", "invoices", "invoices"]
+        with (
+            pytest.raises(sa.exc.IntegrityError),
+            get_engine(empty_url).begin() as connection,
+        ):
+            connection.execute(
+                sa.text("INSERT INTO invoice_charges (charge_id, invoice_id) VALUES (999, 2)")
+            )
+        with (  # and the frozen-invoice guard, rewritten by 0006, still holds
+            pytest.raises(sa.exc.DBAPIError, match="frozen"),
+            get_engine(empty_url).begin() as connection,
+        ):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO invoice_lines (invoice_id, position, serviced_customer_id, "
+                    "product, kind, amount) VALUES (1, 1, 'solo', 'Platform', 'fixed', 10)"
+                )
+            )
