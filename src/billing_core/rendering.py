@@ -55,9 +55,28 @@ def templates_dir() -> Path:
     return Path(str(resources.files("billing_templates")))
 
 
+class _Environment(jinja2.Environment):
+    """Jinja's environment, reading `row.amount` from a dict by its key first.
+
+    Jinja looks a dotted name up as an attribute first and as a key second; every
+    document's context is plain dicts, so each of some 150 lookups per document raised
+    and caught an AttributeError before finding the key (about a tenth of the time of
+    6,000 HTML documents). A key now wins over a dict's own methods (`row.items` is the
+    key `items` if there is one); anything else is looked up as Jinja does.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if obj.__class__ is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 @lru_cache(maxsize=8)
 def _environment(folder: str, mtime: float) -> jinja2.Environment:
-    return jinja2.Environment(
+    return _Environment(
         loader=jinja2.FileSystemLoader(folder),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
