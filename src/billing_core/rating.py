@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import pricing
-from .models import BillingPeriod, Charge, Customer, Invoice, UsageTouch, charges_joined
+from .models import BillingPeriod, Charge, Invoice, UsageTouch, charges_joined
 from .money import ZERO, round_money, split_largest_remainder
 from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
@@ -508,7 +508,6 @@ class _LateUsage:
         ch = Charge.__table__.c
         v = Invoice.__table__.c
         t = UsageTouch.__table__.c
-        c = Customer.__table__.c
         frozen_usage = (
             sa.select(Charge.__table__)
             .select_from(charges_joined(outer=False))
@@ -532,11 +531,7 @@ class _LateUsage:
             .where(ch.kind == "usage", ch.billing_date > self.through)
             .where(self.scope.where(ch.family_id))
         ).scalar()
-        in_scope = (
-            sa.true()  # the whole store: no join to the customers to find its touches
-            if self.scope.families is None
-            else t.customer_id.in_(sa.select(c.id).where(self.scope.where(c.family_id)))
-        )
+        in_scope = self.scope.where_customer(t.customer_id)
         clear = sa.delete(UsageTouch.__table__).where(in_scope)
         if horizon is not None:
             clear = clear.where(t.earliest >= horizon)

@@ -39,6 +39,14 @@ class Scope:
             return sa.true()
         return column.in_(sorted(self.families))
 
+    def where_customer(self, column: sa.ColumnElement) -> Any:
+        """`column`, a customer id, is one of the scope's customers (for rows that carry
+        no family; all of them need no lookup)."""
+        if self.families is None:
+            return sa.true()
+        c = Customer.__table__.c
+        return column.in_(sa.select(c.id).where(self.where(c.family_id)))
+
     @classmethod
     def of(cls, families: Iterable[str] | None) -> Scope:
         return cls(None if families is None else frozenset(families))

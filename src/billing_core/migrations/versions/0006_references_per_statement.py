@@ -46,11 +46,12 @@ REFERENCES = [
     ("invoice_charges", "charge_id", "charges", "invoice_charges_charge_id_fkey"),
     ("invoice_charges", "invoice_id", "invoices", "invoice_charges_invoice_id_fkey"),
 ]
-CHILDREN = {"invoice_lines": ["invoice_id"], "invoice_charges": ["charge_id", "invoice_id"]}
-PARENTS = {
-    "invoices": [("invoice_lines", "invoice_id"), ("invoice_charges", "invoice_id")],
-    "charges": [("invoice_charges", "charge_id")],
-}
+# The same references by the table that holds them, and by the table they point at.
+CHILDREN: dict[str, list[tuple[str, str]]] = {}
+PARENTS: dict[str, list[tuple[str, str]]] = {}
+for _table, _column, _parent, _ in REFERENCES:
+    CHILDREN.setdefault(_table, []).append((_column, _parent))
+    PARENTS.setdefault(_parent, []).append((_table, _column))
 
 
 def _missing(table: str, column: str, parent: str) -> str:
@@ -117,12 +118,8 @@ def upgrade() -> None:
     op.execute(_frozen_rows(semi_join=True))
     for table, _column, _parent, constraint in REFERENCES:
         op.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
-    for table, columns in CHILDREN.items():
-        checks = "".join(
-            _missing(table, column, parent)
-            for t, column, parent, _ in REFERENCES
-            if t == table and column in columns
-        )
+    for table, references in CHILDREN.items():
+        checks = "".join(_missing(table, column, parent) for column, parent in references)
         op.execute(f"""
 CREATE OR REPLACE FUNCTION billing_{table}_references() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -133,10 +130,9 @@ BEGIN{checks}
   RETURN NULL;
 END $$""")
         for operation in ("insert", "update"):
-            referencing = "NEW TABLE AS new_rows"
             op.execute(f"""
 CREATE TRIGGER {table}_references_{operation} AFTER {operation.upper()} ON {table}
-REFERENCING {referencing}
+REFERENCING NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION billing_{table}_references()""")
     for parent, children in PARENTS.items():
         deletes = "".join(
