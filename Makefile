@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install scenarios clean
+.PHONY: demo test lint install scenarios fonts clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 scenarios: $(STAMP)
 	$(BIN)/python tests/scenarios/run.py --billing $(BIN)/billing
 	$(BIN)/python tests/scenarios/run.py --billing $(BIN)/billing --postgres postgresql://postgres@localhost:5432/postgres
+
+# Rebuild the PDF's fonts (templates/fonts) from Debian's fonts-dejavu-core.
+fonts: $(STAMP)
+	$(BIN)/python templates/fonts/build.py
 
 clean:
 	rm -rf $(VENV) billing.db billing-demo documents .pytest_cache

@@ -6,6 +6,7 @@ Issued invoices get their final documents once; nothing regenerates them.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 from collections import defaultdict
@@ -424,27 +425,51 @@ def render_html(data: dict, env: jinja2.Environment | None = None, inline_css: b
     return (env or environment()).get_template("invoice.html").render(**data, inline_css=inline_css)
 
 
+PDF_STYLESHEETS = ("fonts.css", "invoice.css")
+
+# The statuses whose invoices get documents (a canceled draft gets none).
+RENDERED = ("draft", "issued", "paid", "void")
+
+
 @lru_cache(maxsize=4)
-def _pdf_resources(folder: str, mtime: float) -> tuple[Any, Any]:
-    """The parsed stylesheet and the font configuration, shared by every PDF a process
-    writes (parsing them per document costs more than laying the document out)."""
+def _pdf_resources(folder: str, mtime: float) -> tuple[list[Any], Any]:
+    """The parsed stylesheets and the font configuration, shared by every PDF a process
+    writes (parsing them per document costs more than laying the document out).
+
+    `fonts.css`, where the template folder has one, declares the PDF's own fonts
+    (templates/fonts): WeasyPrint subsets every embedded font per PDF, and a small font
+    subsets several times faster than the system's full one.
+    """
     from weasyprint import CSS
     from weasyprint.text.fonts import FontConfiguration
 
     fonts = FontConfiguration()
-    css = CSS(filename=str(Path(folder) / "invoice.css"), font_config=fonts)
-    return css, fonts
+    sheets = [Path(folder) / name for name in PDF_STYLESHEETS]
+    return [CSS(filename=str(p), font_config=fonts) for p in sheets if p.exists()], fonts
 
 
-def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
-    """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256
-    (WeasyPrint writes the same bytes for the same HTML)."""
+# The font configuration keeps the @font-face files in a temporary folder it removes when
+# it is collected; let go of it before the interpreter tears its modules down.
+atexit.register(_pdf_resources.cache_clear)
+
+
+def pdf_document(html: str, folder: str | None = None) -> Any:
+    """WeasyPrint's laid-out document of HTML made with `inline_css=False`, with the
+    template folder's stylesheets and fonts."""
     from weasyprint import HTML
 
     folder = folder or str(templates_dir())
-    stamp = (Path(folder) / "invoice.css").stat().st_mtime
-    css, fonts = _pdf_resources(folder, stamp)
-    content = HTML(string=html, base_url=folder).write_pdf(stylesheets=[css], font_config=fonts)
+    found = [Path(folder) / n for n in PDF_STYLESHEETS if (Path(folder) / n).exists()]
+    sheets, fonts = _pdf_resources(folder, max(p.stat().st_mtime for p in found))
+    return HTML(string=html, base_url=folder).render(stylesheets=sheets, font_config=fonts)
+
+
+def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
+    """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256.
+
+    The same HTML gives the same pages, but not always the same bytes: a font subset made
+    by fontTools (without HarfBuzz's subsetter) carries the second it was made."""
+    content = pdf_document(html, folder).write_pdf()
     path.write_bytes(content)
     return hashlib.sha256(content).hexdigest()
 
@@ -502,7 +527,7 @@ def render(
     formats = [f for f in ("html", "pdf") if f in settings.formats] or ["html"]
     report = StepReport("render invoices")
     v = Invoice.__table__.c
-    stmt = sa.select(Invoice.__table__).where(v.status.in_(("draft", "issued", "paid", "void")))
+    stmt = sa.select(Invoice.__table__).where(v.status.in_(RENDERED))
     if through is not None:
         stmt = stmt.where(v.billing_date <= through)
     if invoice_ids is not None:

@@ -18,7 +18,7 @@ from billing_core.cli import app
 from billing_core.db import unit_of_work
 from billing_core.invoices import transition
 from billing_core.models import Invoice
-from billing_core.rendering import contexts, day, money, period, templates_dir
+from billing_core.rendering import contexts, day, money, pdf_document, period, templates_dir
 from tests.helpers import close, import_yaml, ingest_csv, one
 
 D = Decimal
@@ -94,10 +94,8 @@ def section(html: str, name: str) -> str:
 
 
 def pages(html: Path) -> int:
-    """How many pages the document's PDF has (laid out as WeasyPrint lays it out)."""
-    from weasyprint import HTML
-
-    return len(HTML(string=html.read_text(), base_url=str(templates_dir())).render().pages)
+    """How many pages the document's PDF has (laid out as its PDF is)."""
+    return len(pdf_document(html.read_text()).pages)
 
 
 def test_rollup_document_sections_totals_and_breakdown(store):
@@ -143,6 +141,11 @@ def test_rollup_document_sections_totals_and_breakdown(store):
     assert "DRAFT" not in body and 'class="watermark"' not in body
     pdf = html_path.with_suffix(".pdf")
     assert pdf.read_bytes().startswith(b"%PDF") and pages(html_path) == 2
+    # Every word of it in the product's own font (templates/fonts), none left to the
+    # system's fonts (which differ from machine to machine and cost more to embed).
+    document = pdf_document(html)
+    document.write_pdf()
+    assert {font.family for font in document.fonts.values()} == {"Invoice Sans"}
 
 
 def test_a_draft_is_marked_and_gets_no_pdf(store):
