@@ -132,12 +132,28 @@ def close_run(url: str) -> dict:
     }
 
 
+def task_runs(api: str, flow_run_id: str) -> list[dict]:
+    return httpx.post(
+        f"{api}/task_runs/filter", timeout=30, json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    ).json()
+
+
+def shard_seconds(api: str, flow_run_id: str, step: str) -> list[float]:
+    """Each shard's task run of a step, in seconds, longest first."""
+    return sorted(
+        (
+            round(t["total_run_time"], 2)
+            for t in task_runs(api, flow_run_id)
+            if t["name"].rsplit("-", 1)[0] == step
+        ),
+        reverse=True,
+    )
+
+
 def flow_and_tasks(api: str, flow_run_id: str) -> tuple[float, dict[str, float]]:
     """The flow run's duration and each step's wall time (first start to last end)."""
     run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
-    tasks = httpx.post(
-        f"{api}/task_runs/filter", timeout=30, json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
-    ).json()
+    tasks = task_runs(api, flow_run_id)
     spans: dict[str, list[datetime]] = {}
     for task in tasks:
         if not task["start_time"] or not task["end_time"]:
@@ -163,6 +179,9 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@localhost:5432/postgres")
     parser.add_argument("--json", type=Path, default=Path("benchmark-close.json"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--pdf-only", action="store_true", help="only the PDF rate (the smaller store)"
+    )
     args = parser.parse_args()
 
     from billing_core.config import normalize_database_url
@@ -192,43 +211,47 @@ def main() -> None:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
-        with database(admin_url) as url:
-            env = {
-                **base_env,
-                **prefect_env,
-                "BILLING_DATABASE_URL": url,
-                "BILLING_OUTPUT_DIR": str(workdir / "documents"),
-            }
-            os.environ["BILLING_DATABASE_URL"] = url
-            results["load"] = load(
-                url, env, workdir, args.customers, args.families, args.events, rng
-            )
-            bare = [bare_group_by(url)]
-            wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH], env)
-            bare.append(bare_group_by(url))
-            run = close_run(url)
-            flow_seconds, task_walls = flow_and_tasks(api, run["flow_run_id"])
-            step_seconds = {
-                name: report["details"].get("seconds", 0.0) for name, report in run["steps"].items()
-            }
-            render = step_seconds.get("render invoices", 0.0)
-            inside = sum(step_seconds.values())
-            drafts = run["steps"]["render invoices"]["written"]
-            results["close"] = {
-                "process_wall_seconds": round(wall, 2),
-                "peak_rss_mb": rss,
-                "flow_run_seconds": round(flow_seconds, 2),
-                "step_seconds": step_seconds,
-                "task_run_wall_seconds": {k: round(v, 2) for k, v in task_walls.items()},
-                "prefect_overhead_seconds": round(flow_seconds - inside, 2),
-                "prefect_overhead_share": round((flow_seconds - inside) / flow_seconds, 3),
-                "without_documents_seconds": round(flow_seconds - render, 2),
-                "invoices": run["invoices"],
-            }
-            results["bare_group_by_seconds"] = round(min(bare), 2)
-            results["bare_group_by_runs"] = [round(b, 2) for b in bare]
-            results["close_to_group_by_ratio"] = round((flow_seconds - render) / min(bare), 2)
-            results["html_per_second"] = round(drafts / render, 1) if render else None
+        if not args.pdf_only:
+            with database(admin_url) as url:
+                env = {
+                    **base_env,
+                    **prefect_env,
+                    "BILLING_DATABASE_URL": url,
+                    "BILLING_OUTPUT_DIR": str(workdir / "documents"),
+                }
+                os.environ["BILLING_DATABASE_URL"] = url
+                results["load"] = load(
+                    url, env, workdir, args.customers, args.families, args.events, rng
+                )
+                bare = [bare_group_by(url)]
+                wall, rss, _ = run_measured(
+                    [str(BIN / "billing"), "close", "--through", THROUGH], env
+                )
+                bare.append(bare_group_by(url))
+                run = close_run(url)
+                flow_seconds, task_walls = flow_and_tasks(api, run["flow_run_id"])
+                step_seconds = {
+                    name: report["details"].get("seconds", 0.0)
+                    for name, report in run["steps"].items()
+                }
+                render = step_seconds.get("render invoices", 0.0)
+                inside = sum(step_seconds.values())
+                drafts = run["steps"]["render invoices"]["written"]
+                results["close"] = {
+                    "process_wall_seconds": round(wall, 2),
+                    "peak_rss_mb": rss,
+                    "flow_run_seconds": round(flow_seconds, 2),
+                    "step_seconds": step_seconds,
+                    "task_run_wall_seconds": {k: round(v, 2) for k, v in task_walls.items()},
+                    "prefect_overhead_seconds": round(flow_seconds - inside, 2),
+                    "prefect_overhead_share": round((flow_seconds - inside) / flow_seconds, 3),
+                    "without_documents_seconds": round(flow_seconds - render, 2),
+                    "invoices": run["invoices"],
+                }
+                results["bare_group_by_seconds"] = round(min(bare), 2)
+                results["bare_group_by_runs"] = [round(b, 2) for b in bare]
+                results["close_to_group_by_ratio"] = round((flow_seconds - render) / min(bare), 2)
+                results["html_per_second"] = round(drafts / render, 1) if render else None
 
         # PDFs: a smaller store, closed and issued on the Dask task runner.
         with database(admin_url) as url:
@@ -259,6 +282,7 @@ def main() -> None:
             results["pdf"] = {
                 "issued_invoices": issued,
                 "render_wall_seconds": round(render_wall, 2),
+                "render_shard_seconds": shard_seconds(api, run["flow_run_id"], "render-invoices"),
                 "documents_per_invoice": "html + pdf",
                 "pdf_per_second": round(issued / render_wall, 1) if render_wall else None,
             }
@@ -269,6 +293,16 @@ def main() -> None:
 
 
 def _print(results: dict) -> None:
+    if "close" in results:
+        _print_close(results)
+    pdf = results["pdf"]
+    print(
+        f"{'PDF documents per second':<28}{pdf['pdf_per_second']:>10}"
+        f"   ({pdf['issued_invoices']} issued invoices, Dask, 2 processes)"
+    )
+
+
+def _print_close(results: dict) -> None:
     p, c = results["parameters"], results["close"]
     print(
         f"\n{p['customers']} customers in {p['families']} families, {p['events']} events; "
@@ -287,11 +321,6 @@ def _print(results: dict) -> None:
     print(f"{'ratio':<28}{results['close_to_group_by_ratio']:>10.2f} x")
     print(f"{'peak memory of the close':<28}{c['peak_rss_mb']:>10} MB")
     print(f"{'HTML documents per second':<28}{results['html_per_second']:>10}")
-    pdf = results["pdf"]
-    print(
-        f"{'PDF documents per second':<28}{pdf['pdf_per_second']:>10}"
-        f"   ({pdf['issued_invoices']} issued invoices, Dask, 2 processes)"
-    )
 
 
 if __name__ == "__main__":

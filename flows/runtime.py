@@ -3,6 +3,7 @@ artifacts an operator reads in the Prefect UI."""
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -32,15 +33,25 @@ def step(name: str):
     )
 
 
+PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # set it to keep Dask's own
+
+
 def task_runner():
     """Threads by default; a Dask cluster with BILLING_TASK_RUNNER=dask (an existing one at
     BILLING_DASK_ADDRESS, else a local cluster of BILLING_DASK_WORKERS processes)."""
     settings = get_settings()
     if settings.task_runner == "dask":
+        import dask
         from prefect_dask import DaskTaskRunner
 
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
+        if PROFILER not in os.environ:
+            # Dask's profiler samples every worker thread's stack each 10 ms and keeps
+            # what it saw: over WeasyPrint's deep layout stacks that slowed the PDFs and
+            # grew each worker by hundreds of MB. A local cluster's workers take the
+            # config of the process that starts them.
+            dask.config.set({"distributed.worker.profile.enabled": False})
         return DaskTaskRunner(
             cluster_kwargs={
                 "n_workers": settings.dask_workers,

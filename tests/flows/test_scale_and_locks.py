@@ -159,6 +159,24 @@ def test_the_close_publishes_what_the_operator_reads(store, prefect_server):
     assert "read" in by_key["step-rate"].data
 
 
+def test_a_local_dask_cluster_is_started_without_dasks_profiler(monkeypatch):
+    import dask
+
+    from flows.runtime import PROFILER, task_runner
+
+    monkeypatch.setenv("BILLING_TASK_RUNNER", "dask")
+    monkeypatch.delenv(PROFILER, raising=False)
+    key = "distributed.worker.profile.enabled"
+    with dask.config.set({key: True}):
+        task_runner()
+        assert dask.config.get(key) is False
+    # An operator who asks for it keeps it.
+    monkeypatch.setenv(PROFILER, "True")
+    with dask.config.set({key: True}):
+        task_runner()
+        assert dask.config.get(key) is True
+
+
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_shards_never_split_a_family(store, count):
     from billing_core.close import shards
@@ -168,3 +186,42 @@ def test_shards_never_split_a_family(store, count):
     families = [f for part in parts for f in part]
     assert sorted(families) == sorted(set(families)) == ["gi", "hq", "solo"]
     assert len(parts) == min(count, 3)
+
+
+# Two families of three customers: one rolled up to its root (one invoice a month), one
+# whose children pay their own (three invoices), and a payer of its own.
+DOCUMENTS = """
+customers:
+  - {id: up, name: Rolled Up, currency: USD}
+  - {id: up-a, name: Rolled Up A, currency: USD, parent: up}
+  - {id: up-b, name: Rolled Up B, currency: USD, parent: up}
+  - {id: own, name: Own Payers, currency: USD}
+  - {id: own-a, name: Own Payer A, currency: USD, parent: own, bill_to: self}
+  - {id: own-b, name: Own Payer B, currency: USD, parent: own, bill_to: self}
+  - {id: solo, name: Solo, currency: USD}
+prices:
+  - {code: platform, product: Platform, currency: USD, model: flat, amount: "100.00"}
+subscriptions:
+""" + "".join(
+    f"""  - {{id: sub-{c}, customer: {c}, start: 2026-01-01, billing_day: 1,
+     items: [{{price: platform, timing: in_arrears}}]}}
+"""
+    for c in ("up", "up-a", "up-b", "own", "own-a", "own-b", "solo")
+)
+
+
+def test_render_shards_weigh_the_documents_to_write(store):
+    from billing_core.close import render_shards, shards
+
+    import_yaml(DOCUMENTS)
+    close("2026-02-01")
+    by_family = dict(store.rows("SELECT family_id, count(*) FROM invoices GROUP BY family_id"))
+    assert by_family == {"own": 3, "solo": 1, "up": 1}
+    # By customers, the two families of three weigh the same and go apart, solo with the
+    # first; by documents, the family writing three is alone.
+    assert shards(2) == [["own", "solo"], ["up"]]
+    assert render_shards(date(2026, 2, 1), 2) == [["own"], ["up", "solo"]]
+    # Once the documents are written and the invoices issued, nothing weighs: every
+    # family keeps a place (its issued documents are still checked), in one shard.
+    close("2026-02-01", issue=True)
+    assert render_shards(date(2026, 2, 1), 2) == [["own", "solo", "up"]]
