@@ -8,6 +8,7 @@ failure (CI).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 # Isolate Prefect before it is imported anywhere: its own home, no telemetry.
 _PREFECT_HOME = Path(tempfile.mkdtemp(prefix="billing-tests-prefect-"))
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
