@@ -25,6 +25,7 @@ import sqlalchemy as sa
 _PREFECT_HOME = Path(tempfile.mkdtemp(prefix="billing-tests-prefect-"))
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["DASK_TEMPORARY_DIRECTORY"] = str(_PREFECT_HOME / "dask")  # local clusters' scratch
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")

@@ -188,7 +188,10 @@ def test_retry_resumes_at_the_failed_render_step(
         "--pool",
         pool,
     )
+    scratch = tmp_path / "tmp"  # the worker's runner storage, not the machine's /tmp
+    scratch.mkdir()
     worker_env = prefect_api.client_env(
+        TMPDIR=str(scratch),
         BILLING_DATABASE_URL=store.url,
         BILLING_OUTPUT_DIR=str(tmp_path / "documents"),
         BILLING_TEMPLATES_DIR=str(templates),
