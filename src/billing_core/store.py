@@ -33,14 +33,14 @@ def records(session: Session, stmt: sa.Executable) -> list[Any]:
     if record is None:
         record = _RECORDS[names] = namedtuple("Record", names)  # type: ignore[misc]
     make = record._make
-    return [make(row) for row in result]
+    return [make(row) for row in result.fetchall()]
 
 
 def dicts(session: Session, stmt: sa.Executable) -> list[dict[str, Any]]:
     """Every row of `stmt` as a dict of its own (a third cheaper than dict(row._mapping))."""
     result = session.execute(stmt)
     names = tuple(result.keys())
-    return [dict(zip(names, row, strict=True)) for row in result]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:

@@ -730,7 +730,7 @@ def aggregate(
             )
             .group_by(e.customer_id, e.metric_code)
         )
-        for row in connection.execute(query):
+        for row in connection.execute(query).fetchall():
             for i, key in wanted.get((row[0], row[1]), ()):
                 total, count, highest_value = row[2 + 3 * i : 5 + 3 * i]
                 if count:
@@ -791,7 +791,7 @@ def aggregate(
             .where(*simple)
             .group_by(w.key)
         )
-        for key, total, count, highest_value in connection.execute(query):
+        for key, total, count, highest_value in connection.execute(query).fetchall():
             store_simple(key, total, count, highest_value)
     unique = where(("unique_count",))
     if unique:
@@ -803,7 +803,7 @@ def aggregate(
             .subquery()
         )
         query = sa.select(pairs.c.key, sa.func.count()).group_by(pairs.c.key)
-        for key, count in connection.execute(query):
+        for key, count in connection.execute(query).fetchall():
             out[key] = Decimal(int(count))
     latest = where(("latest",))
     if latest:
@@ -822,7 +822,7 @@ def aggregate(
             .subquery()
         )
         query = sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)
-        for key, value in connection.execute(query):
+        for key, value in connection.execute(query).fetchall():
             out[key] = Decimal(int(value)) / SCALE
     connection.execute(_windows.delete().where(w.batch == batch))
     return out
