@@ -322,7 +322,7 @@ def consolidate(
     rates = tax_rates(session)
     kept = discarded = 0
     new: list[tuple[dict, list[dict], list[dict]]] = []  # invoice row, its lines, charges
-    assign: list[tuple[int, int]] = []  # (charge id, invoice id) to set
+    assign: list[tuple[int, int, int | None]] = []  # (charge, invoice to set, invoice it had)
     for key in sorted(groups):
         billed_id, billing_date = key
         group = groups[key]
@@ -352,7 +352,11 @@ def consolidate(
         fingerprint = content_hash(lines, currency)
         if existing is not None and existing.content_hash == fingerprint:
             kept += 1
-            assign.extend((c["id"], existing.id) for c in group if c["invoice_id"] != existing.id)
+            assign.extend(
+                (c["id"], existing.id, c["invoice_id"])
+                for c in group
+                if c["invoice_id"] != existing.id
+            )
             continue
         if existing is not None:
             discard_draft(session, existing, "rebuilt by a close", now)
@@ -379,17 +383,13 @@ def consolidate(
     # its invoice: a handful of round trips whatever the number of invoices.
     if new:
         ids = _insert_invoices(session, [row for row, _, _ in new])
-        insert_rows(
-            session,
-            InvoiceLine,
-            [
-                {**line, "invoice_id": invoice_id}
-                for invoice_id, (_, lines, _) in zip(ids, new, strict=True)
-                for line in lines
-            ],
-        )
-        for invoice_id, (_, _, group) in zip(ids, new, strict=True):
-            assign.extend((c["id"], invoice_id) for c in group if c["invoice_id"] != invoice_id)
+        rows: list[dict] = []
+        for invoice_id, (_, lines, group) in zip(ids, new, strict=True):
+            for line in lines:  # the lines are this function's own: no copies
+                line["invoice_id"] = invoice_id
+            rows += lines
+            assign.extend((c["id"], invoice_id, c["invoice_id"]) for c in group)
+        insert_rows(session, InvoiceLine, rows)
     _assign_charges(session, assign)
     for key, existing in invoices.items():
         if key not in groups and existing.status == "draft":
@@ -424,11 +424,12 @@ def _insert_invoices(session: Session, rows: list[dict]) -> list[int]:
     )
 
 
-def _assign_charges(session: Session, assign: list[tuple[int, int]]) -> None:
+def _assign_charges(session: Session, assign: list[tuple[int, int, int | None]]) -> None:
     """Put each charge on its invoice: its old link (to a draft) goes, the new one is
-    copied in. No charge row is rewritten."""
+    copied in. No charge row is rewritten; a charge that had no invoice has no link to
+    delete (on a first close, none has)."""
     if not assign:
         return
     link = InvoiceCharge.__table__
-    delete_in(session, link.c.charge_id, [c for c, _ in assign])
-    insert_rows(session, InvoiceCharge, [{"charge_id": c, "invoice_id": i} for c, i in assign])
+    delete_in(session, link.c.charge_id, [c for c, _, old in assign if old is not None])
+    insert_rows(session, InvoiceCharge, [{"charge_id": c, "invoice_id": i} for c, i, _ in assign])
