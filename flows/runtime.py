@@ -118,20 +118,19 @@ def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: 
     """The invoices the close left, as a table, and links to their documents."""
     from billing_core.money import money_str
 
-    table = [
-        {
-            "invoice": r.number or f"draft {r.id}",
-            "billed customer": r.billed_customer_id,
-            "billing date": r.billing_date.isoformat(),
-            "status": r.status,
-            "total": money_str(r.total, r.currency),
-            "currency": r.currency,
-        }
-        for r in rows
-    ]
+    # By column: the UI shows a dict of lists as the same table, and the server stores
+    # each column name once instead of once per invoice (a third of the bytes).
+    table = {
+        "invoice": [r.number or f"draft {r.id}" for r in rows],
+        "billed customer": [r.billed_customer_id for r in rows],
+        "billing date": [r.billing_date.isoformat() for r in rows],
+        "status": [r.status for r in rows],
+        "total": [money_str(r.total, r.currency) for r in rows],
+        "currency": [r.currency for r in rows],
+    }
     create_table_artifact(
         key="close-invoices",
-        table=table or [{"invoice": "none"}],
+        table=table if rows else {"invoice": ["none"]},
         description=f"Invoices billed through {through}",
     )
     links = [

@@ -247,12 +247,14 @@ def summary_rows(invoice_ids: list[int] | None = None, through: date | None = No
     """Invoices with their documents, for the operator's table."""
     with unit_of_work() as session:
         v = Invoice.__table__.c
-        stmt = sa.select(Invoice.__table__).order_by(v.billing_date, v.billed_customer_id)
+        stmt = sa.select(
+            v.id, v.number, v.status, v.billed_customer_id, v.billing_date, v.total, v.currency
+        ).order_by(v.billing_date, v.billed_customer_id)
         if invoice_ids is not None:
             stmt = stmt.where(v.id.in_(invoice_ids))
         if through is not None:
             stmt = stmt.where(v.billing_date <= through)
-        return list(session.execute(stmt))
+        return session.execute(stmt).all()
 
 
 def billing_dates_between(start: date, end: date) -> list[date]:
