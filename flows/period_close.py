@@ -79,7 +79,10 @@ def period_close(through: date | None = None, issue: bool = False) -> dict:
     run = str(flow_run.get_id() or "")
     # A retried run closes the date its first attempt chose, whenever it is retried.
     through = through or steps.recorded_through(run) or today()
-    with close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout):
+    with (
+        close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout),
+        steps.one_catalog_read(),
+    ):
         run_id = steps.start_run(through, issue, run or None)
         try:
             reports = [recalculate_schedules(through), collect_usage(through, run_id)]

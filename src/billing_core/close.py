@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from . import collection, collector, credits, invoices, rating, recalculation, rendering, rollup
 from .db import store_name, unit_of_work
 from .models import CloseRun, Customer, Invoice, InvoiceCharge, InvoiceDocument, InvoiceLine
-from .reference import Scope
+from .reference import Scope, one_catalog_read
 from .report import StepReport
 
 STEPS = ("recalculate", "collect", "rate", "consolidate", "credits", "render")
@@ -216,7 +216,7 @@ def close_locally(
     from .locks import close_lock
 
     families = None if families is None else sorted(families)
-    with close_lock("a local close", get_settings().close_lock_timeout):
+    with close_lock("a local close", get_settings().close_lock_timeout), one_catalog_read():
         reports = [
             recalculate(through, families),
             rate(through, families),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -151,8 +153,31 @@ def price_terms(row: Any) -> dict:
     return terms
 
 
+# The references a close has read, by scope, while `one_catalog_read` is in force.
+_READ: ContextVar[dict[Scope, Reference] | None] = ContextVar("billing_catalog_read", default=None)
+
+
+@contextmanager
+def one_catalog_read() -> Iterator[None]:
+    """Within this block the catalog is read once per scope: every step of a close sees
+    the catalog as its first step read it, and the rating step does not read again what
+    the schedules were planned from (a quarter of a second on 10,000 customers).
+
+    It holds in this process only (the steps a thread-pool task runner runs included, as
+    they run in copies of this context); a Dask worker reads the catalog for itself.
+    """
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
 def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerInfo]:
     """The customers of a scope, by id."""
+    read = _READ.get()
+    if read is not None and scope in read:
+        return read[scope].customers
     c = Customer.__table__.c
     return {
         r.id: CustomerInfo(
@@ -173,7 +198,18 @@ def load_customers(session: Session, scope: Scope = ALL) -> dict[str, CustomerIn
 
 
 def load_reference(session: Session, scope: Scope = ALL) -> Reference:
-    """Everything the schedule and rating steps read from the catalog, for a scope."""
+    """Everything the schedule and rating steps read from the catalog, for a scope (read
+    once per scope within `one_catalog_read`)."""
+    read = _READ.get()
+    if read is not None:
+        found = read.get(scope)
+        if found is None:
+            found = read[scope] = _load_reference(session, scope)
+        return found
+    return _load_reference(session, scope)
+
+
+def _load_reference(session: Session, scope: Scope) -> Reference:
     c = Customer.__table__.c
     customers = load_customers(session, scope)
     s = Subscription.__table__.c

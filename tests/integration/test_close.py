@@ -97,6 +97,35 @@ def test_closing_twice_leaves_the_same_rows(store):
     assert snapshot(store.url) == first
 
 
+def test_a_close_reads_the_catalog_once_and_the_next_close_reads_it_afresh(store, monkeypatch):
+    from billing_core import reference
+    from billing_core.db import unit_of_work
+
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    reads = []
+    load = reference._load_reference
+
+    def counted(session, scope):
+        reads.append(scope)
+        return load(session, scope)
+
+    monkeypatch.setattr(reference, "_load_reference", counted)
+    close("2026-02-01")
+    assert reads == [reference.ALL]  # the schedules and the rating share one read
+    assert one(billed_customer="hq", billing_date="2026-02-01")["subtotal"] == "1460.00"
+    import_yaml(POOLED.replace('amount: "100.00"', 'amount: "120.00"'))
+    reads.clear()
+    close("2026-02-01")
+    assert reads == [reference.ALL]
+    assert one(billed_customer="hq", billing_date="2026-02-01")["subtotal"] == "1480.00"
+    reads.clear()
+    with unit_of_work() as session:  # outside a close, every call reads
+        reference.load_reference(session)
+        reference.load_reference(session)
+    assert len(reads) == 2
+
+
 def test_issue_numbers_in_billing_date_then_customer_order(store):
     import_yaml(POOLED)
     ingest_csv(USAGE)
