@@ -155,7 +155,14 @@ def test_the_close_publishes_what_the_operator_reads(store, prefect_server):
     by_key = {a.key: a for a in artifacts if a.key}
     assert {"close-invoices", "close-documents", "step-rate", "step-apply-credits"} <= set(by_key)
     table = json.loads(by_key["close-invoices"].data)  # by column, as the UI reads it
-    assert list(table) == ["invoice", "billed customer", "billing date", "status", "total", "currency"]
+    assert list(table) == [
+        "invoice",
+        "billed customer",
+        "billing date",
+        "status",
+        "total",
+        "currency",
+    ]
     assert len({len(column) for column in table.values()}) == 1
     assert "hq" in table["billed customer"] and "1410.00" in table["total"]
     assert ".html" in by_key["close-documents"].data
