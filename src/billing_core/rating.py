@@ -21,7 +21,7 @@ from .recalculation import frozen_charge_keys
 from .reference import ALL, PriceInfo, Reference, Scope, SubscriptionInfo, load_reference
 from .report import StepReport
 from .schedules import Calendar, prorate, window_utc
-from .store import delete_in, insert_rows, records, select_in
+from .store import delete_in, insert_rows, records, select_in, select_keys
 from .usage import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
@@ -738,7 +738,13 @@ def _write(
     later = [key for key in charges if key not in existing]
     unfrozen = sa.or_(v.id.is_(None), v.status == "draft")
     stmt = sa.select(ch).select_from(charges_joined()).where(unfrozen)
-    for r in select_in(session, stmt, ch.c.charge_key, later):
+    # Over every family, what the read above left out is what bills after `through`.
+    beyond = (
+        sa.and_(ch.c.billing_date > through, ch.c.kind != "adjustment")
+        if scope.families is None
+        else None
+    )
+    for r in select_keys(session, stmt, ch.c.charge_key, later, beyond):
         existing[r._mapping["charge_key"]] = r._mapping
     inserts, updates = [], []
     for key, row in charges.items():

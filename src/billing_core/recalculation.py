@@ -15,7 +15,7 @@ from .models import BillingPeriod, Charge, Invoice, charges_joined
 from .planning import plan
 from .reference import ALL, Scope, frozen_dates, load_reference
 from .report import StepReport
-from .store import delete_in, insert_rows, records, select_in
+from .store import delete_in, insert_rows, records, select_keys
 
 COMPARED = (
     "kind",
@@ -70,7 +70,9 @@ def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepRepo
     # A slot a later close wrote may now be due earlier (a changed timing or billing day):
     # it is the same slot, updated in place rather than written twice.
     later = [key for key in wanted if key not in existing]
-    for r in select_in(session, sa.select(bp), bp.c.slot_key, later):
+    # Over every family, what the read above left out is what is due after `through`.
+    beyond = bp.c.due_date > through if scope.families is None else None
+    for r in select_keys(session, sa.select(bp), bp.c.slot_key, later, beyond):
         existing[r.slot_key] = r
     inserts, updates = [], []
     for key, slot in wanted.items():

@@ -173,6 +173,30 @@ def select_in(session: Session, stmt: sa.Select, column: sa.ColumnElement, value
         yield from session.execute(stmt.where(column.in_(part)))
 
 
+def select_keys(
+    session: Session,
+    stmt: sa.Select,
+    column: sa.ColumnElement,
+    keys: Iterable[Any],
+    beyond: sa.ColumnElement | None = None,
+) -> Iterator[Any]:
+    """Rows of `stmt` whose `column` is one of `keys`.
+
+    `beyond` is a condition every such row meets (what the caller's first read left out:
+    rows a later close wrote, say). When at most CHUNK rows of `stmt` meet it, as none do
+    on a first close, those are read and matched here rather than thousands of keys sent
+    to be looked up (a fifth of a second for 34,000).
+    """
+    keys = list(keys)
+    if beyond is not None and len(keys) > CHUNK:
+        rows = session.execute(stmt.where(beyond).limit(CHUNK + 1)).all()
+        if len(rows) <= CHUNK:
+            wanted = set(keys)
+            yield from (row for row in rows if row._mapping[column] in wanted)
+            return
+    yield from select_in(session, stmt, column, keys)
+
+
 def _array(column: sa.ColumnElement, values: list[Any]) -> sa.BindParameter:
     from sqlalchemy.dialects.postgresql import ARRAY
 

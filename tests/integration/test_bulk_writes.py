@@ -230,6 +230,46 @@ def test_select_in_reads_every_match_of_a_long_list(store):
         assert sorted(r.id for r in found) == ["odd\tone", "solo"]
 
 
+def test_select_keys_matches_the_few_rows_beyond_or_looks_the_keys_up(store, monkeypatch):
+    import billing_core.store
+    from billing_core.store import select_keys
+
+    import_yaml(CATALOG)
+    customers = Customer.__table__
+    wanted = ["solo", "odd\tone", "missing"]
+    beyond = customers.c.name >= "Odd"  # both customers meet it
+    monkeypatch.setattr(billing_core.store, "CHUNK", 2)  # three keys: more than a chunk
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if statement.startswith("SELECT"):
+            statements.append(statement)
+
+    import sqlalchemy as sa
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        with unit_of_work() as session:
+            # Two rows beyond: as many as a chunk, matched here (one statement, no keys).
+            found = list(select_keys(session, customers.select(), customers.c.id, wanted, beyond))
+            assert sorted(r.id for r in found) == ["odd\tone", "solo"]
+            assert len(statements) == 1 and "LIMIT" in statements[0]
+            # More rows beyond than a chunk: the keys are looked up.
+            monkeypatch.setattr(billing_core.store, "CHUNK", 1)
+            statements.clear()
+            found = list(
+                select_keys(session, customers.select(), customers.c.id, wanted[:2], beyond)
+            )
+            assert sorted(r.id for r in found) == ["odd\tone", "solo"]
+            assert len(statements) >= 2
+            # Without `beyond`, always looked up.
+            statements.clear()
+            found = list(select_keys(session, customers.select(), customers.c.id, ["solo"]))
+            assert [r.id for r in found] == ["solo"] and "LIMIT" not in statements[0]
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
 def test_rows_read_as_records_and_dicts_carry_the_values_a_row_does(store):
     """store.records and store.dicts give the same values, converted the same way
     (decimals, instants, JSON), as reading the rows themselves."""
