@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from .db import is_postgres
-from .types import DecimalType
+from .types import DecimalType, UTCDateTime
 
 # Stay well under SQLite's bound-parameter limit in IN lists and multi-row inserts.
 CHUNK = 900
@@ -102,7 +102,14 @@ def insert_rows(session: Session, model: Any, rows: list[dict]) -> None:
     values_of = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
     raw = connection.connection.driver_connection
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+    binary = [_binary_type(table.c[name].type, dialect) for name in names]
+    options = " (FORMAT BINARY)" if None not in binary else ""
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN{options}") as copy,
+    ):
+        if options:
+            copy.set_types(binary)
         write = copy.write_row
         for row in rows:
             values = list(values_of(row))
@@ -125,6 +132,36 @@ def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | No
     if process is not None and column_type._type_affinity is sa.DateTime:
         return _memo(process, None)
     return process
+
+
+# Column types whose values COPY writes in PostgreSQL's binary format (half the cost of
+# text for a row of dates, decimals and instants), by their DDL: the type psycopg dumps
+# each value as. A JSON document goes as its text (json's binary form is its text);
+# decimals and instants are the product's own types (see `_binary_type`).
+_BINARY = {
+    "VARCHAR": "text",
+    "TEXT": "text",
+    "DATE": "date",
+    "BIGINT": "int8",
+    "INTEGER": "int4",
+    "SMALLINT": "int2",
+    "BOOLEAN": "bool",
+    "JSON": "text",
+}
+
+
+def _binary_type(column_type: Any, dialect: Any) -> str | None:
+    """The type a column's values are written as in a binary COPY, or None (the batch is
+    then written as text): every value must be of that type's Python class, as the
+    processors of `_copy_processor` make them (instants: aware, in UTC)."""
+    if isinstance(column_type, UTCDateTime):
+        return "timestamptz"
+    if isinstance(column_type, DecimalType):
+        return "numeric"
+    if isinstance(column_type, sa.JSON) and column_type.__class__.__name__ == "JSONB":
+        return None  # jsonb's binary form carries a version byte
+    ddl = column_type.compile(dialect=dialect).split("(")[0].strip()
+    return _BINARY.get(ddl)
 
 
 def _decimal(value: Any) -> Decimal:

@@ -304,3 +304,40 @@ def test_steps_can_run_one_by_one_and_again(store):
     steps.apply_credits(through)
     total = Decimal(one(billed_customer="hq", billing_date="2026-02-01")["total"])
     assert total == Decimal("1410.00")
+
+
+def test_copy_writes_what_row_inserts_write_through_whole_closes(
+    tmp_path, monkeypatch, postgres_template, pg_databases
+):
+    """On PostgreSQL every insert of a close (slots, charges, windows, invoices, lines,
+    links) goes through a binary COPY from COPY_FROM rows: with every one copied, the
+    store ends as it does with none copied."""
+    import billing_core.store
+    from billing_core.db import dispose_engines
+    from tests.conftest import need_postgres
+    from tests.scenarios.test_scenarios import HERE
+
+    need_postgres()
+    catalogs = [POOLED] + [
+        (HERE / name / "catalog.yaml").read_text(encoding="utf-8")
+        for name in ("alguna-global-industries", "sequence-proration")
+    ]
+    for i, catalog in enumerate(catalogs):
+        got = []
+        for copy_from in (10**9, 1):
+            url = pg_databases.create(template=postgres_template)
+            monkeypatch.setenv("BILLING_DATABASE_URL", url)
+            monkeypatch.setenv("BILLING_OUTPUT_DIR", str(tmp_path / f"documents-{i}-{copy_from}"))
+            monkeypatch.setattr(billing_core.store, "COPY_FROM", copy_from)
+            monkeypatch.chdir(tmp_path)
+            import_yaml(catalog, name=f"catalog-{i}.yaml")
+            if i == 0:
+                ingest_csv(USAGE)
+            close("2026-02-01", issue=True)
+            close("2026-04-01")
+            rows = snapshot(url)
+            del rows["invoice_documents"]  # where each run wrote its files, and PDF bytes
+            got.append(rows)
+            dispose_engines()
+        assert got[0]["invoice_lines"] and got[0]["invoice_charges"]
+        assert got[0] == got[1]
