@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -37,6 +39,24 @@ def close(through: str | date, issue: bool = False):
     """The whole close in-process (no Prefect)."""
     day = date.fromisoformat(through) if isinstance(through, str) else through
     return steps.close_locally(day, issue_invoices=issue)
+
+
+@contextmanager
+def recorded_statements(*needles: str) -> Iterator[list[str]]:
+    """The SQL statements sent inside the block that contain any of `needles`."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if any(needle in statement for needle in needles):
+            seen.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
 
 
 def invoices(status: str | None = None) -> list[dict]:

@@ -136,7 +136,8 @@ def _copy_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | No
 
 # Column types whose values COPY writes in PostgreSQL's binary format (half the cost of
 # text for a row of dates, decimals and instants), by their DDL: the type psycopg dumps
-# each value as. A JSON document goes as its text (json's binary form is its text);
+# each value as. A JSON document goes as its text (json's binary form is its text; not
+# jsonb's, which is not listed);
 # decimals and instants are the product's own types (see `_binary_type`).
 _BINARY = {
     "VARCHAR": "text",
@@ -158,8 +159,6 @@ def _binary_type(column_type: Any, dialect: Any) -> str | None:
         return "timestamptz"
     if isinstance(column_type, DecimalType):
         return "numeric"
-    if isinstance(column_type, sa.JSON) and column_type.__class__.__name__ == "JSONB":
-        return None  # jsonb's binary form carries a version byte
     ddl = column_type.compile(dialect=dialect).split("(")[0].strip()
     return _BINARY.get(ddl)
 

@@ -689,14 +689,17 @@ def aggregate(
         # Room for the hash aggregates of a large close (this transaction only).
         connection.execute(sa.text("SET LOCAL work_mem = '128MB'"))
     e = UsageEvent.__table__.c
-    grouped = False
+    # With latest metrics where they fit, else without (SQLite: always without).
     for grouped_kinds in ((*SIMPLE, "latest"), SIMPLE) if postgres else (SIMPLE,):
         grouped_windows = [x for x in windows if aggregations.get(x.metric_code) in grouped_kinds]
         spans = sorted({(x.start, x.end) for x in grouped_windows})
-        grouped = every_customer and 0 < len(spans) <= GROUPED_SPANS
-        if grouped and ("latest" not in grouped_kinds or _latest_fits(spans)):
+        grouped = (
+            every_customer
+            and 0 < len(spans) <= GROUPED_SPANS
+            and ("latest" not in grouped_kinds or spans[0][0] >= _LATEST_FROM)
+        )
+        if grouped:
             break
-        grouped = False
     joined_windows = windows
     if grouped:
         joined_windows = [
@@ -844,13 +847,8 @@ def aggregate(
     return out
 
 
-# The instants a `latest` column can order as text: four-digit years.
+# The instants `_latest_column` orders right as text: four-digit years.
 _LATEST_FROM = datetime(1000, 1, 1, tzinfo=UTC)
-
-
-def _latest_fits(spans: list[tuple[datetime, datetime]]) -> bool:
-    """Whether every event of these spans has an instant `_latest_column` orders right."""
-    return min(s for s, _ in spans) >= _LATEST_FROM
 
 
 def _latest_column(e: Any, condition: Any) -> Any:

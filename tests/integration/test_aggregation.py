@@ -9,7 +9,7 @@ import pytest
 
 from billing_core.db import unit_of_work
 from billing_core.usage import Window, aggregate
-from tests.helpers import import_yaml, ingest_csv
+from tests.helpers import import_yaml, ingest_csv, recorded_statements
 
 CATALOG = """
 customers:
@@ -254,26 +254,7 @@ s5,beta,peak,2026-03-06T00:00:00Z,8,,
         assert [got[s] for s in specs] == expected
 
 
-def _event_scans(run) -> list[str]:
-    """The statements `run()` sends that read usage_events."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        if "FROM usage_events" in statement or "JOIN usage_events" in statement:
-            seen.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", record)
-    try:
-        run()
-    finally:
-        event.remove(Engine, "before_cursor_execute", record)
-    return seen
-
-
-def test_a_close_of_every_family_reads_latest_in_the_grouped_pass_on_postgresql(store):
+def test_a_close_of_every_family_reads_latest_in_the_grouped_pass_on_postgresql(store, monkeypatch):
     import_yaml(CATALOG)
     usage(
         """
@@ -287,19 +268,16 @@ g5,beta,seats,2026-01-02T00:00:00Z,5,,
     specs = [
         (c, m, span) for c in ("acme", "beta") for m in ("units", "seats") for span in (JAN, FEB)
     ]
-    got: dict = {}
-    MODE["every_customer"] = True
-    try:
-        scans = _event_scans(lambda: got.update(windows(*specs)))
-    finally:
-        MODE["every_customer"] = False
+    monkeypatch.setitem(MODE, "every_customer", True)
+    with recorded_statements("FROM usage_events", "JOIN usage_events") as scans:
+        got = windows(*specs)
     # g3 wins the tie on 20 January (greater event id), as in the latest pass.
     assert [got[s] for s in specs] == [2, 0, 9, 4, 0, 0, 5, 0]
     # One scan of the events on PostgreSQL; SQLite keeps a latest pass of its own.
     assert len(scans) == (1 if store.backend == "postgres" else 2)
 
 
-def test_latest_before_the_year_1000_is_joined_and_still_the_last_by_instant(store):
+def test_latest_before_the_year_1000_is_joined_and_still_the_last_by_instant(store, monkeypatch):
     import_yaml(CATALOG)
     usage(
         """
@@ -309,12 +287,9 @@ o3,acme,seats,1000-01-01T00:00:00Z,6,,
 """
     )
     early = (datetime(999, 1, 1, tzinfo=UTC), datetime(1001, 1, 1, tzinfo=UTC))
-    MODE["every_customer"] = True
-    got: dict = {}
-    try:
-        scans = _event_scans(lambda: got.update(windows(("acme", "seats", early))))
-    finally:
-        MODE["every_customer"] = False
+    monkeypatch.setitem(MODE, "every_customer", True)
+    with recorded_statements("FROM usage_events", "JOIN usage_events") as scans:
+        got = windows(("acme", "seats", early))
     assert got[("acme", "seats", early)] == Decimal(6)
     # Three-digit years do not order as twenty-digit text: the latest pass of its own.
     assert len(scans) == 1 and "row_number" in scans[0]

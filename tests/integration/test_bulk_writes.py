@@ -14,7 +14,7 @@ from billing_core.db import unit_of_work
 from billing_core.models import Customer, UsageEvent
 from billing_core.store import COPY_FROM, insert_rows
 from billing_core.usage import ingest_files
-from tests.helpers import import_yaml
+from tests.helpers import import_yaml, recorded_statements
 
 CATALOG = """
 customers: [{id: solo, name: Solo, currency: USD}, {id: "odd\\tone", name: Odd, currency: USD}]
@@ -239,35 +239,21 @@ def test_select_keys_matches_the_few_rows_beyond_or_looks_the_keys_up(store, mon
     wanted = ["solo", "odd\tone", "missing"]
     beyond = customers.c.name >= "Odd"  # both customers meet it
     monkeypatch.setattr(billing_core.store, "CHUNK", 2)  # three keys: more than a chunk
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        if statement.startswith("SELECT"):
-            statements.append(statement)
-
-    import sqlalchemy as sa
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
-    try:
-        with unit_of_work() as session:
-            # Two rows beyond: as many as a chunk, matched here (one statement, no keys).
-            found = list(select_keys(session, customers.select(), customers.c.id, wanted, beyond))
-            assert sorted(r.id for r in found) == ["odd\tone", "solo"]
-            assert len(statements) == 1 and "LIMIT" in statements[0]
-            # More rows beyond than a chunk: the keys are looked up.
-            monkeypatch.setattr(billing_core.store, "CHUNK", 1)
-            statements.clear()
-            found = list(
-                select_keys(session, customers.select(), customers.c.id, wanted[:2], beyond)
-            )
-            assert sorted(r.id for r in found) == ["odd\tone", "solo"]
-            assert len(statements) >= 2
-            # Without `beyond`, always looked up.
-            statements.clear()
-            found = list(select_keys(session, customers.select(), customers.c.id, ["solo"]))
-            assert [r.id for r in found] == ["solo"] and "LIMIT" not in statements[0]
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    with recorded_statements("SELECT") as statements, unit_of_work() as session:
+        # Two rows beyond: as many as a chunk, matched here (one statement, no keys).
+        found = list(select_keys(session, customers.select(), customers.c.id, wanted, beyond))
+        assert sorted(r.id for r in found) == ["odd\tone", "solo"]
+        assert len(statements) == 1 and "LIMIT" in statements[0]
+        # More rows beyond than a chunk: the keys are looked up.
+        monkeypatch.setattr(billing_core.store, "CHUNK", 1)
+        statements.clear()
+        found = list(select_keys(session, customers.select(), customers.c.id, wanted[:2], beyond))
+        assert sorted(r.id for r in found) == ["odd\tone", "solo"]
+        assert len(statements) >= 2
+        # Without `beyond`, always looked up.
+        statements.clear()
+        found = list(select_keys(session, customers.select(), customers.c.id, ["solo"]))
+        assert [r.id for r in found] == ["solo"] and "LIMIT" not in statements[0]
 
 
 def test_rows_read_as_records_and_dicts_carry_the_values_a_row_does(store):
