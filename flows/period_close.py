@@ -17,8 +17,11 @@ from billing_core import close as steps
 from billing_core.config import get_settings
 from billing_core.locks import close_lock
 from flows.runtime import (
+    close_slot,
     log_report,
     merged,
+    outcome,
+    publish_failures,
     publish_invoices,
     publish_step_summaries,
     step,
@@ -28,8 +31,8 @@ from flows.runtime import (
 
 
 @step("recalculate-schedules")
-def recalculate_schedules(through: date) -> dict:
-    return log_report(steps.recalculate(through))
+def recalculate_schedules(through: date, families: list[str] | None = None) -> dict:
+    return log_report(steps.recalculate(through, families))
 
 
 @step("collect-usage")
@@ -53,8 +56,8 @@ def apply_credits(through: date, families: list[str] | None) -> dict:
 
 
 @step("issue-invoices")
-def issue_invoices(through: date) -> dict:
-    return log_report(steps.issue(through))
+def issue_invoices(through: date, exclude_families: list[str] | None = None) -> dict:
+    return log_report(steps.issue(through, exclude_families=exclude_families))
 
 
 @step("render-invoices")
@@ -62,47 +65,75 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
     return log_report(steps.render(through, families))
 
 
-def _fan_out(task, through: date, shards: list) -> dict:
-    """Run a step over every shard and report it as one; show progress while it runs."""
+class _Failures(dict):
+    """Families the close could not finish: family -> {"step", "reason"} (first failure)."""
+
+    def note(self, report: dict) -> dict:
+        for family, reason in report.get("failures", {}).items():
+            self.setdefault(family, {"step": report["step"], "reason": reason})
+        return report
+
+
+def _fan_out(task, through: date, shards: list, failed: _Failures) -> dict | None:
+    """Run a step over every shard and report it as one; show progress while it runs. A
+    shard that failed some families still reports the others; any other failure stops
+    the close."""
+    shards = steps.without(shards, failed)
+    if not shards:
+        return None
     futures = task.map(unmapped(through), shards)
     if len(shards) > 1:
         progress = create_progress_artifact(0.0, description=f"{task.name}: shards done")
         for done, _ in enumerate(as_completed(futures), start=1):
             update_progress_artifact(progress, 100.0 * done / len(shards))
-    return merged(futures.result())
+    return failed.note(merged([outcome(f.result(raise_on_failure=False)) for f in futures]))
 
 
 @flow(name="period-close", task_runner=task_runner())
 def period_close(through: date | None = None, issue: bool = False) -> dict:
-    """Close every billing date up to and including `through` (default: today)."""
+    """Close every billing date up to and including `through` (default: today).
+
+    A family whose rating, consolidation, credits or documents fail is left as it was;
+    the others are finished, and then the run fails naming each failed family (task log,
+    the `close-failures` artifact, `close_runs.failures`). Retry the run after the fix.
+    """
     settings = get_settings()
     run = str(flow_run.get_id() or "")
     # A retried run closes the date its first attempt chose, whenever it is retried.
     through = through or steps.recorded_through(run) or today()
+    failed = _Failures()
     with (
-        close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout),
+        close_slot(),
+        close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout, run=run or None),
         steps.one_catalog_read(),
     ):
         run_id = steps.start_run(through, issue, run or None)
         try:
-            reports = [recalculate_schedules(through), collect_usage(through, run_id)]
+            state = recalculate_schedules(through, return_state=True)
+            reports = [
+                failed.note(outcome(state.result(raise_on_failure=False))),
+                collect_usage(through, run_id),
+            ]
             shards = steps.shards(settings.shards) if settings.shards > 1 else [None]
             get_run_logger().info(f"{len(shards)} shard(s) of customer families")
-            reports.append(_fan_out(rate_usage, through, shards))
-            reports.append(_fan_out(consolidate_rollups, through, shards))
-            reports.append(_fan_out(apply_credits, through, shards))
+            for task in (rate_usage, consolidate_rollups, apply_credits):
+                reports.append(_fan_out(task, through, shards, failed))
             if issue:
-                reports.append(issue_invoices(through))
+                reports.append(issue_invoices(through, sorted(failed) or None))
             if len(shards) > 1:  # documents weigh differently from customers
                 shards = steps.render_shards(through, settings.shards)
-            reports.append(_fan_out(render_invoices, through, shards))
+            reports.append(_fan_out(render_invoices, through, shards, failed))
+            reports = [r for r in reports if r is not None]
+            steps.record_steps(run_id, reports)
         except BaseException:
-            steps.finish_run(run_id, "failed")
+            steps.finish_run(run_id, "failed", dict(failed))
             raise
-        steps.record_steps(run_id, reports)
-        steps.finish_run(run_id, "completed")
+        steps.finish_run(run_id, "failed" if failed else "completed", dict(failed))
     publish_step_summaries(reports, through)
     publish_invoices(steps.summary_rows(through=through), steps.documents(through=through), through)
+    if failed:
+        publish_failures(failed, through)
+        raise steps.CloseFailed(dict(failed), through)
     return {
         "close_run_id": run_id,
         "through": through.isoformat(),

@@ -3,13 +3,16 @@ artifacts an operator reads in the Prefect UI."""
 
 from __future__ import annotations
 
+import functools
 import os
+from contextlib import contextmanager
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+from prefect.exceptions import ObjectNotFound
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from billing_core.config import get_settings
@@ -21,16 +24,98 @@ from billing_core.report import StepReport
 STEP_CACHE = INPUTS + TASK_SOURCE + RUN_ID
 
 
+def _worth_retrying(task, task_run, state) -> bool:
+    """A step is retried after a hiccup, not after it lost the close lock or finished
+    every family but some (their data needs a fix, then a Retry of the flow run)."""
+    from billing_core.close import FamilyFailures
+    from billing_core.locks import CloseLocked, LockLost
+
+    return not isinstance(state.data, FamilyFailures | LockLost | CloseLocked)
+
+
 def step(name: str):
-    """A close step: retried on failure, its result persisted for flow-run retries."""
+    """A close step: retried on failure, its result persisted for flow-run retries. It
+    runs fenced by the close lock its flow run holds (found in the store when the task
+    runs in another process), and a step that failed for some families raises
+    `FamilyFailures` after finishing the others, so that it is not cached as done."""
     settings = get_settings()
-    return task(
-        name=name,
-        retries=settings.task_retries,
-        retry_delay_seconds=settings.task_retry_delay,
-        persist_result=True,
-        cache_policy=STEP_CACHE,
-    )
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def fenced_step(*args, **kwargs):
+            from prefect.runtime import flow_run
+
+            from billing_core.close import FamilyFailures
+            from billing_core.locks import join_close
+
+            with join_close(flow_run.get_id()):
+                report = fn(*args, **kwargs)
+            if report.get("failures"):
+                raise FamilyFailures(report)
+            return report
+
+        return task(
+            name=name,
+            retries=settings.task_retries,
+            retry_delay_seconds=settings.task_retry_delay,
+            retry_condition_fn=_worth_retrying,
+            persist_result=True,
+            cache_policy=STEP_CACHE,
+        )(fenced_step)
+
+    return decorate
+
+
+def outcome(value) -> dict:
+    """A step's report from its result: a report, or the report a step that failed some
+    families carried; any other failure is raised."""
+    from billing_core.close import FamilyFailures
+
+    if isinstance(value, FamilyFailures):
+        return value.report
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def close_slot_name(url: str) -> str:
+    """The Prefect global concurrency limit that queues closes of one store, whichever
+    deployment or command started them."""
+    import hashlib
+
+    from billing_core.db import store_name
+
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return f"billing-close-{store_name(url)}-{digest}"
+
+
+@contextmanager
+def close_slot():
+    """Wait for the store's slot in Prefect's global concurrency limit (limit 1, created
+    on first use): a second close, from any deployment or the CLI on the same Prefect
+    server, queues here instead of being refused by the store lock. The store lock stays
+    the guarantee; the slot is the queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = close_slot_name(get_settings().database_url)
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+    except Exception as error:  # noqa: BLE001 - the store lock still guards the close
+        get_run_logger().warning(
+            f"no Prefect concurrency limit for the close ({error}); the store lock alone "
+            "keeps closes apart"
+        )
+        yield
+        return
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=60, raise_on_lease_renewal_failure=False
+    ):
+        yield
 
 
 PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # set it to keep Dask's own
@@ -80,7 +165,29 @@ def log_report(report: StepReport) -> dict:
     logger.info(report.summary())
     for warning in report.warnings:
         logger.warning(warning)
+    for family, reason in sorted(report.failures.items()):
+        logger.error(f"{report.step}: family {family} failed and was left as it was: {reason}")
     return report.as_dict()
+
+
+def publish_failures(failures: dict[str, dict[str, str]], through: date) -> None:
+    """The families the close could not finish, with the step and the reason."""
+    lines = [
+        f"### Families that failed (through {through})",
+        "",
+        "The close finished every other family. Fix the cause, then Retry this flow run.",
+        "",
+        "| family | step | reason |",
+        "|---|---|---|",
+    ]
+    for family, failure in sorted(failures.items()):
+        why = failure["reason"].replace("|", "\\|")
+        lines.append(f"| {family} | {failure['step']} | {why} |")
+    create_markdown_artifact(
+        key="close-failures",
+        markdown="\n".join(lines),
+        description=f"Families the close through {through} could not finish",
+    )
 
 
 def merged(reports: list[dict]) -> dict:

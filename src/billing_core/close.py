@@ -5,6 +5,7 @@ these; so do the CLI's direct paths and the tests.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
@@ -14,23 +15,167 @@ import sqlalchemy as sa
 
 from . import collection, collector, credits, invoices, rating, recalculation, rendering, rollup
 from .db import store_name, unit_of_work
+from .locks import CloseLocked, LockLost, check_held, unfenced
 from .models import CloseRun, Customer, Invoice, InvoiceCharge, InvoiceDocument, InvoiceLine
 from .reference import Scope, one_catalog_read
 from .report import StepReport
 
 STEPS = ("recalculate", "collect", "rate", "consolidate", "credits", "render")
 
+# The name each step's report carries (for a report of a step whose every family failed).
+STEP_NAMES = {
+    recalculation.recalculate: "recalculate schedules",
+    rating.rate: "rate",
+    rollup.consolidate: "consolidate roll-ups",
+    credits.apply_credits: "apply credits",
+    rendering.render: "render invoices",
+}
+
+
+class FamilyFailures(RuntimeError):
+    """A step finished every family of its scope but some; carries the step's report
+    (what it did for the others, and each failed family's reason)."""
+
+    def __init__(self, report: dict):
+        super().__init__(report)
+        self.report = report
+
+    def __str__(self) -> str:
+        return describe_failures({self.report["step"]: self.report.get("failures", {})})
+
+
+class CloseFailed(RuntimeError):
+    """A close finished every family it could and failed the others."""
+
+    def __init__(self, failures: dict[str, dict[str, str]], through: date | str):
+        super().__init__(failures, str(through))
+        self.failures = failures
+        self.through = str(through)
+
+    def __str__(self) -> str:
+        return (
+            f"the close through {self.through} finished every other family and failed "
+            f"{len(self.failures)}: "
+            + describe_failures(
+                {
+                    step: {f: r["reason"] for f, r in self.failures.items() if r["step"] == step}
+                    for step in dict.fromkeys(r["step"] for r in self.failures.values())
+                }
+            )
+        )
+
+    def lines(self) -> list[str]:
+        """One line per failed family, for a terminal."""
+        return [
+            f"family {family}: {r['step']} failed: {r['reason']}"
+            for family, r in sorted(self.failures.items())
+        ]
+
+
+def describe_failures(by_step: dict[str, dict[str, str]]) -> str:
+    return "; ".join(
+        f"{family} ({step}: {reason})"
+        for step, failures in by_step.items()
+        for family, reason in sorted(failures.items())
+    )
+
 
 def _scope(families: Iterable[str] | None) -> Scope:
     return Scope.of(families)
 
 
-def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepReport:
-    """Run a step in a unit of work of its own, commit it, and note how long it took."""
-    started = time.perf_counter()
+def reason(error: BaseException) -> str:
+    """An error in one line, without the SQL statement a database error carries."""
+    inner = getattr(error, "orig", None) or error
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    name = type(inner).__name__
+    return (f"{name}: {text}" if text else name)[:300]
+
+
+def isolatable(error: Exception) -> bool:
+    """Whether an error may be one family's (its data) rather than the store's or the
+    machine's: those are retried or stop the close as a whole."""
+    if isinstance(error, LockLost | CloseLocked | OSError | MemoryError):
+        return False
+    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    return not (isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated)
+
+
+def _attempt(step: Callable[..., StepReport], scope: Scope, args, kwargs) -> StepReport:
+    """One try of a step over a scope, in a unit of work of its own, committed."""
     with collector.paused(), unit_of_work() as session:
-        report = step(session, *args, **kwargs)
+        report = step(session, args[0], scope, *args[1:], **kwargs)
         session.commit()
+    return report
+
+
+def all_families() -> list[str]:
+    with unit_of_work() as session:
+        c = Customer.__table__.c
+        return sorted(session.execute(sa.select(c.family_id).distinct()).scalars())
+
+
+def _isolated(
+    step: Callable[..., StepReport], scope: Scope, args, kwargs, error: Exception
+) -> StepReport:
+    """The step failed over its scope: run it again over halves of the families, and
+    halves of the halves that fail, until each failing family is alone. The others are
+    written; the failing ones are reported. Gives up (raises `error`) when more tries
+    than a few failing families would need are spent, e.g. when every family fails."""
+    families = sorted(scope.families) if scope.families is not None else all_families()
+    if len(families) <= 1:
+        if families:
+            report = StepReport(STEP_NAMES.get(step, step.__name__))
+            report.failures[families[0]] = reason(error)
+            return report
+        raise error
+    budget = 8 * (math.ceil(math.log2(len(families))) + 1)
+    done: list[StepReport] = []
+    failures: dict[str, str] = {}
+    pending = [families]
+    while pending:
+        group = pending.pop()
+        if len(group) > 1:
+            middle = len(group) // 2
+            halves = [group[middle:], group[:middle]]
+        else:
+            halves = [group]
+        for half in halves:
+            if budget <= 0:
+                raise error
+            budget -= 1
+            try:
+                done.append(_attempt(step, Scope.of(half), args, kwargs))
+            except Exception as failure:  # noqa: BLE001 - isolated, reported per family
+                if not isolatable(failure):
+                    raise
+                if len(half) == 1:
+                    failures[half[0]] = reason(failure)
+                else:
+                    pending.append(half)
+    report = done[0] if done else StepReport(STEP_NAMES.get(step, step.__name__))
+    for other in done[1:]:
+        report = report.merge(other)
+    report.failures.update(failures)
+    return report
+
+
+def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepReport:
+    """Run a step in a unit of work of its own, commit it, and note how long it took.
+
+    The first argument after the step is the close date, the second the scope. When the
+    step fails for reasons that may lie in one family's data, the families that can be
+    finished are, and the report names the others (`failures`)."""
+    started = time.perf_counter()
+    check_held()
+    through, scope, rest = args[0], args[1], args[2:]
+    try:
+        report = _attempt(step, scope, (through, *rest), kwargs)
+    except Exception as error:
+        if not isolatable(error):
+            raise
+        report = _isolated(step, scope, (through, *rest), kwargs, error)
     report.details["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -43,6 +188,7 @@ def recalculate(through: date, families: Iterable[str] | None = None) -> StepRep
 def collect(through: date, close_run_id: int | None = None) -> StepReport:
     """Step 2: pull usage from the configured sources (inbox folder, SQL source)."""
     started = time.perf_counter()
+    check_held()
     report = collection.collect(close_run_id)
     report.details["seconds"] = round(time.perf_counter() - started, 3)
     return report
@@ -70,16 +216,43 @@ def render(
     return _run(rendering.render, through, _scope(families), invoice_ids, store_name=store_name())
 
 
-def issue(through: date | None = None, ids: list[int] | None = None) -> StepReport:
-    """Number and freeze drafts, in billing-date then billed-customer order."""
+def issue(
+    through: date | None = None,
+    ids: list[int] | None = None,
+    exclude_families: Iterable[str] | None = None,
+) -> StepReport:
+    """Number and freeze drafts, in billing-date then billed-customer order (drafts of
+    families this close failed stay drafts)."""
     report = StepReport("issue invoices")
+    check_held()
     with unit_of_work() as session:
-        issued = invoices.issue(session, through=through, ids=ids, store_name=store_name())
+        issued = invoices.issue(
+            session,
+            through=through,
+            ids=ids,
+            store_name=store_name(),
+            exclude_families=sorted(exclude_families or ()),
+        )
         session.commit()
     report.written = len(issued)
     report.details["issued"] = [i.number for i in issued]
     report.details["invoice_ids"] = [i.id for i in issued]
     return report
+
+
+def without(shards: list[list[str] | None], failed: Iterable[str]) -> list[list[str] | None]:
+    """Shards of families less the failed ones (the whole store becomes an explicit list);
+    shards left empty are dropped."""
+    failed = set(failed)
+    if not failed:
+        return shards
+    out: list[list[str] | None] = []
+    for shard in shards:
+        families = all_families() if shard is None else shard
+        kept = [f for f in families if f not in failed]
+        if kept:
+            out.append(kept)
+    return out
 
 
 def shards(count: int) -> list[list[str]]:
@@ -157,7 +330,7 @@ def start_run(through: date, issue_invoices: bool, flow_run_id: str | None = Non
                 session.execute(
                     sa.update(CloseRun.__table__)
                     .where(r.id == found.id)
-                    .values(status="running", finished_at=None)
+                    .values(status="running", finished_at=None, failures=None)
                 )
                 session.commit()
                 return found.id
@@ -196,15 +369,22 @@ def record_steps(run_id: int, reports: list[dict]) -> None:
         session.commit()
 
 
-def finish_run(run_id: int, status: str) -> None:
-    with unit_of_work() as session:
+def finish_run(run_id: int, status: str, failures: dict[str, dict[str, str]] | None = None) -> None:
+    """Record how a close ended. "completed" is committed only while the close still
+    holds the lock; a close that failed (or lost the lock) records that it failed."""
+    values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC)}
+    if failures is not None:
+        values["failures"] = failures or None
+    with unfenced() if status != "completed" else _nothing(), unit_of_work() as session:
         r = CloseRun.__table__.c
-        session.execute(
-            sa.update(CloseRun.__table__)
-            .where(r.id == run_id)
-            .values(status=status, finished_at=datetime.now(UTC))
-        )
+        session.execute(sa.update(CloseRun.__table__).where(r.id == run_id).values(**values))
         session.commit()
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 
 def close_locally(
@@ -216,16 +396,25 @@ def close_locally(
     from .locks import close_lock
 
     families = None if families is None else sorted(families)
+    failed: dict[str, dict[str, str]] = {}
     with close_lock("a local close", get_settings().close_lock_timeout), one_catalog_read():
-        reports = [
-            recalculate(through, families),
-            rate(through, families),
-            consolidate(through, families),
-            apply_credits(through, families),
-        ]
-        if issue_invoices:
-            reports.append(issue(through))
-        reports.append(render(through, families))
+        reports = []
+        for step in (recalculate, rate, consolidate, apply_credits, "issue", render):
+            if step == "issue":
+                if issue_invoices:
+                    reports.append(issue(through, exclude_families=failed))
+                continue
+            scope = families
+            if failed:
+                scope = [f for f in (families or all_families()) if f not in failed]
+                if not scope:
+                    continue
+            report = step(through, scope)
+            for family, why in report.failures.items():
+                failed[family] = {"step": report.step, "reason": why}
+            reports.append(report)
+    if failed:
+        raise CloseFailed(failed, through)
     return reports
 
 

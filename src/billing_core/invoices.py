@@ -101,9 +101,11 @@ def issue(
     ids: list[int] | None = None,
     store_name: str = "billing",
     now: datetime | None = None,
+    exclude_families: list[str] | None = None,
 ) -> list[Any]:
     """Number and freeze drafts (given ids, or all billed on or before `through`), in
-    order of billing date then billed customer id. The caller commits."""
+    order of billing date then billed customer id; drafts of `exclude_families` (families
+    a close could not finish) stay drafts. The caller commits."""
     now = now or datetime.now(UTC)
     v = Invoice.__table__.c
     stmt = sa.select(Invoice.__table__).where(v.status == "draft")
@@ -115,6 +117,8 @@ def issue(
             raise InvoiceError(f"no invoice {', '.join(map(str, missing))}")
     if through is not None:
         stmt = stmt.where(v.billing_date <= through)
+    if exclude_families:
+        stmt = stmt.where(v.family_id.not_in(sorted(exclude_families)))
     stmt = stmt.order_by(v.billing_date, v.billed_customer_id, v.id)
     if is_postgres(session):
         # Two issuing runs at once: the second waits here, then skips what the first took.

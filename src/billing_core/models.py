@@ -401,6 +401,8 @@ class CloseRun(SQLModel, table=True):
     started_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     steps: dict | None = _json()
+    # Families the close could not finish: family id -> {"step": ..., "reason": ...}.
+    failures: dict | None = _json()
 
 
 class StoreLock(SQLModel, table=True):
@@ -408,5 +410,6 @@ class StoreLock(SQLModel, table=True):
 
     __tablename__ = "store_locks"
     name: str = Field(primary_key=True, max_length=64)
-    holder: str = Field(max_length=256)
+    # Who holds it (JSON): name, host, pid, since, and the fencing token its commits check.
+    holder: str = Field(max_length=1024)
     acquired_at: datetime = Field(sa_type=UTCDateTime)

@@ -14,6 +14,8 @@ class StepReport:
     deleted: int = 0
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # Families the step could not finish: family id -> the reason, in one line.
+    failures: dict[str, str] = field(default_factory=dict)
 
     def merge(self, other: StepReport) -> StepReport:
         """Sum of two shards' reports of the same step."""
@@ -32,6 +34,7 @@ class StepReport:
             self.deleted + other.deleted,
             self.warnings + [w for w in other.warnings if w not in self.warnings],
             details,
+            {**self.failures, **other.failures},
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,6 +45,7 @@ class StepReport:
             "deleted": self.deleted,
             "warnings": list(self.warnings),
             "details": dict(self.details),
+            "failures": dict(self.failures),
         }
 
     @classmethod
@@ -53,10 +57,15 @@ class StepReport:
             data.get("deleted", 0),
             list(data.get("warnings", [])),
             dict(data.get("details", {})),
+            dict(data.get("failures", {})),
         )
 
     def summary(self) -> str:
         text = f"{self.step}: read {self.read}, wrote {self.written}, removed {self.deleted}"
         if self.warnings:
             text += f", {len(self.warnings)} warning(s)"
+        if self.failures:
+            text += (
+                f", {len(self.failures)} famil{'y' if len(self.failures) == 1 else 'ies'} failed"
+            )
         return text
