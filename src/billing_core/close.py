@@ -330,7 +330,7 @@ def start_run(through: date, issue_invoices: bool, flow_run_id: str | None = Non
                 session.execute(
                     sa.update(CloseRun.__table__)
                     .where(r.id == found.id)
-                    .values(status="running", finished_at=None, failures=None)
+                    .values(status="running", finished_at=None, failures=sa.null())
                 )
                 session.commit()
                 return found.id
@@ -374,7 +374,7 @@ def finish_run(run_id: int, status: str, failures: dict[str, dict[str, str]] | N
     holds the lock; a close that failed (or lost the lock) records that it failed."""
     values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC)}
     if failures is not None:
-        values["failures"] = failures or None
+        values["failures"] = failures or sa.null()
     with unfenced() if status != "completed" else _nothing(), unit_of_work() as session:
         r = CloseRun.__table__.c
         session.execute(sa.update(CloseRun.__table__).where(r.id == run_id).values(**values))

@@ -5,6 +5,7 @@ accepts the deployments file, and a run whose render step failed resumes there w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -166,17 +167,8 @@ def _export_without_ids() -> list[dict]:
     return [{k: v for k, v in i.items() if k not in ("id", "issued_at")} for i in invoices()]
 
 
-def test_retry_resumes_at_the_failed_render_step(
-    prefect_api, store, tmp_path, sqlite_template, request
-):
-    import_yaml(POOLED)
-    ingest_csv(USAGE)
-    templates = tmp_path / "templates"
-    shutil.copytree(REPO / "templates", templates)
-    good = (templates / "invoice.html").read_text()
-    (templates / "invoice.html").write_text("{% for broken %}")  # a template error
-
-    pool = f"retry-{store.backend}"
+def _deploy_with_worker(prefect_api, store, tmp_path, pool: str, templates=None) -> None:
+    """The monthly close deployed to a pool of its own, and a worker for it on `store`."""
     prefect_api.cli("work-pool", "create", pool, "--type", "process")
     prefect_api.cli(
         "--no-prompt",
@@ -194,16 +186,53 @@ def test_retry_resumes_at_the_failed_render_step(
         TMPDIR=str(scratch),
         BILLING_DATABASE_URL=store.url,
         BILLING_OUTPUT_DIR=str(tmp_path / "documents"),
-        BILLING_TEMPLATES_DIR=str(templates),
         BILLING_TASK_RETRIES="0",
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_WORKER_PREFETCH_SECONDS="5",
+        **({"BILLING_TEMPLATES_DIR": str(templates)} if templates else {}),
     )
     prefect_api.spawn(
         [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
         worker_env,
-        f"worker-{store.backend}",
+        f"worker-{pool}",
     )
+
+
+def _clean_export(store, tmp_path, request, catalog: str, usage: str) -> list[dict]:
+    """The invoices one close that never failed leaves, on a fresh store."""
+    from billing_core.db import dispose_engines
+    from tests.helpers import close
+
+    (tmp_path / "clean").mkdir()
+    clean = make_store(
+        store.backend,
+        tmp_path / "clean",
+        request.getfixturevalue("sqlite_template"),
+        request.getfixturevalue("postgres_template") if store.backend == "postgres" else None,
+        request.getfixturevalue("pg_databases") if store.backend == "postgres" else None,
+    )
+    os.environ["BILLING_DATABASE_URL"] = clean.url
+    try:
+        import_yaml(catalog, folder=tmp_path / "clean")
+        ingest_csv(usage, folder=tmp_path / "clean")
+        close("2026-02-01")
+        return _export_without_ids()
+    finally:
+        os.environ["BILLING_DATABASE_URL"] = store.url
+        dispose_engines()
+
+
+def test_retry_resumes_at_the_failed_render_step(
+    prefect_api, store, tmp_path, sqlite_template, request
+):
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    good = (templates / "invoice.html").read_text()
+    (templates / "invoice.html").write_text("{% for broken %}")  # a template error
+
+    _deploy_with_worker(prefect_api, store, tmp_path, f"retry-{store.backend}", templates)
 
     out = prefect_api.cli(
         "deployment", "run", "period-close/monthly-close", "--param", "through=2026-02-01"
@@ -237,23 +266,50 @@ def test_retry_resumes_at_the_failed_render_step(
     assert (tmp_path / "documents").exists()
 
     # The same invoices as a close that never failed, on a fresh store.
-    from billing_core.db import dispose_engines
-    from tests.helpers import close
+    assert _clean_export(store, tmp_path, request, POOLED, USAGE) == retried
 
-    (tmp_path / "clean").mkdir()
-    clean = make_store(
-        store.backend,
-        tmp_path / "clean",
-        sqlite_template,
-        request.getfixturevalue("postgres_template") if store.backend == "postgres" else None,
-        request.getfixturevalue("pg_databases") if store.backend == "postgres" else None,
+
+def test_a_failed_family_is_named_the_others_closed_and_retry_completes_it(
+    prefect_api, store, tmp_path, request
+):
+    from tests.integration.test_family_isolation import FAMILIES, execute
+
+    import_yaml(FAMILIES)
+    ingest_csv(USAGE)
+    execute(store, "UPDATE prices SET amount = '1e400' WHERE code = 'fee-b'")
+    _deploy_with_worker(prefect_api, store, tmp_path, f"families-{store.backend}")
+
+    out = prefect_api.cli(
+        "deployment", "run", "period-close/monthly-close", "--param", "through=2026-02-01"
     )
-    os.environ["BILLING_DATABASE_URL"] = clean.url
-    try:
-        import_yaml(POOLED, folder=tmp_path / "clean")
-        ingest_csv(USAGE, folder=tmp_path / "clean")
-        close("2026-02-01")
-        assert _export_without_ids() == retried
-    finally:
-        os.environ["BILLING_DATABASE_URL"] = store.url
-        dispose_engines()
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    failed = prefect_api.wait_terminal(flow_run_id)
+    assert failed["state"]["type"] == "FAILED"
+    assert "solo-b" in failed["state"]["message"]
+    first = {
+        r["name"].rsplit("-", 1)[0]: r["state"]["type"] for r in prefect_api.task_runs(flow_run_id)
+    }
+    assert first == {**dict.fromkeys(STEPS, "COMPLETED"), "rate-usage": "FAILED"}
+    # Named in close_runs, in the task log and in an artifact.
+    status, failures = store.rows("SELECT status, failures FROM close_runs")[0]
+    failures = failures if isinstance(failures, dict) else json.loads(failures)
+    assert status == "failed"
+    assert set(failures) == {"solo-b"} and failures["solo-b"]["step"] == "rate"
+    assert "InvalidOperation" in failures["solo-b"]["reason"]
+    logs = prefect_api.api("POST", "/logs/filter", json={"logs": {"level": {"ge_": 40}}})
+    assert any("family solo-b failed" in log["message"] for log in logs), logs
+    artifacts = prefect_api.api(
+        "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": ["close-failures"]}}}
+    )
+    assert any(a["flow_run_id"] == flow_run_id and "solo-b" in a["data"] for a in artifacts), (
+        artifacts
+    )
+    # Every other family was closed.
+    assert {i["billed_customer"] for i in invoices()} == {"hq", "solo-a"}
+
+    execute(store, "UPDATE prices SET amount = '20.00' WHERE code = 'fee-b'")  # the fix
+    prefect_api.cli("flow-run", "retry", flow_run_id)
+    done = prefect_api.wait_terminal(flow_run_id)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert store.rows("SELECT status, failures FROM close_runs") == [("completed", None)]
+    assert _clean_export(store, tmp_path, request, FAMILIES, USAGE) == _export_without_ids()
