@@ -7,9 +7,12 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from billing_core import close as steps
-from flows.runtime import log_report, publish_invoices, step, today
+from billing_core.config import get_settings
+from billing_core.locks import close_lock
+from flows.runtime import close_slot, log_report, outcome, publish_invoices, step, today
 
 
 @step("render-invoices")
@@ -21,8 +24,20 @@ def render(through: date, invoice_ids: list[int] | None) -> dict:
 def render_documents(through: date | None = None, invoice_ids: list[int] | None = None) -> dict:
     """Write the documents that are missing or out of date through `through`."""
     through = through or today()
-    report = render(through, invoice_ids)
+    run = str(flow_run.get_id() or "")
+    # Never beside a close: the same slot and lock.
+    with (
+        close_slot(),
+        close_lock(
+            f"flow run {run} (documents)", get_settings().close_lock_timeout, run=run or None
+        ),
+    ):
+        report = outcome(
+            render(through, invoice_ids, return_state=True).result(raise_on_failure=False)
+        )
     publish_invoices(
         steps.summary_rows(invoice_ids, through), steps.documents(through=through), through
     )
+    if report.get("failures"):
+        raise steps.FamilyFailures(report)
     return report

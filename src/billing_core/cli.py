@@ -126,10 +126,18 @@ def _rebuild_after_import(families: set[str]) -> str | None:
     through = latest_draft_date(families)
     if through is None:
         return None
+    from .close import CloseFailed
+
     try:
         reports = close_locally(through, families=families)
     except CloseLocked as locked:
         return f"drafts not recalculated now ({locked}); the next close rebuilds them"
+    except CloseFailed as failed:
+        return (
+            f"drafts recalculated through {through} except for "
+            + "; ".join(failed.lines())
+            + " (those families keep their drafts; the next close retries them)"
+        )
     consolidated = next(r for r in reports if r.step == "consolidate roll-ups")
     built = consolidated.details.get("drafts_built", 0)
     dropped = consolidated.details.get("drafts_discarded", 0)
@@ -190,12 +198,23 @@ def close(
     day = _date(through, "--through") or date.today()
     from flows.period_close import configured_close
 
-    from .locks import CloseLocked
+    _quiet_tracebacks()
+
+    from .close import CloseFailed
+    from .locks import CloseLocked, LockLost
 
     try:
         result = configured_close()(through=day, issue=issue)
-    except CloseLocked as locked:
+    except (CloseLocked, LockLost) as locked:
         _fail(str(locked))
+    except CloseFailed as failed:
+        _print_invoices(None, through=day)
+        _fail(
+            f"close through {day} failed for {len(failed.failures)} customer "
+            f"famil{'y' if len(failed.failures) == 1 else 'ies'} (every other family was "
+            "closed); fix the cause and close again:",
+            *(f"  {line}" for line in failed.lines()),
+        )
     _print_close(result)
 
 
@@ -212,6 +231,8 @@ def backfill(
     if end < start:
         _fail(f"--to {end} is before --from {start}", code=2)
     from flows.backfill import backfill as backfill_flow
+
+    _quiet_tracebacks()
 
     result = backfill_flow(start=start, end=end, issue=issue)
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
@@ -659,10 +680,69 @@ def demo(
     run_demo(folder, out)
 
 
+# Prefect starts a temporary API server for a flow run when PREFECT_API_URL is unset; its
+# default 20 s to start is too short on a busy machine.
+SERVER_STARTUP_SECONDS = "180"
+SERVER_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def _one_line(error: BaseException) -> str:
+    """An unexpected error as one line (the traceback with BILLING_DEBUG=1)."""
+    if SERVER_TIMEOUT in str(error):
+        timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+        return (
+            f"the temporary Prefect server did not start within {timeout} s (a busy machine?): "
+            "start one with `prefect server start` and run with "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        )
+    from .db import safe_url
+
+    text = " ".join(str(getattr(error, "orig", None) or error).split())
+    url = os.environ.get("BILLING_DATABASE_URL")
+    if url:
+        text = text.replace(url, safe_url(url))
+    return f"error: {type(error).__name__}: {text[:500]} (BILLING_DEBUG=1 shows where)"
+
+
+def _quiet_tracebacks() -> None:
+    """Prefect's log lines on the terminal without their tracebacks (the Prefect UI and
+    API keep them: their handler formats with its own formatter); BILLING_DEBUG=1 keeps
+    them here too."""
+    if os.environ.get("BILLING_DEBUG") == "1":
+        return
+    from prefect.logging.formatters import PrefectFormatter
+
+    if getattr(PrefectFormatter.format, "quiet", False):
+        return
+    plain = PrefectFormatter.format
+
+    def format_without_traceback(self, record):
+        kept = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return plain(self, record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+
+    format_without_traceback.quiet = True  # type: ignore[attr-defined]
+    PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]
+
+
 def main() -> None:
-    """Entry point of the `billing` command."""
+    """Entry point of the `billing` command: no input ever gets a traceback, only one line
+    (BILLING_DEBUG=1 shows the traceback of an unexpected error)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    app()
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", SERVER_STARTUP_SECONDS
+    )
+    try:
+        app()  # exits itself, with click's one-line usage errors
+    except Exception as error:  # noqa: BLE001 - the last guard: one line, not a traceback
+        if os.environ.get("BILLING_DEBUG") == "1":
+            raise
+        err.print(_one_line(error), markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ these; so do the CLI's direct paths and the tests.
 
 from __future__ import annotations
 
+import decimal
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -89,6 +90,11 @@ def reason(error: BaseException) -> str:
     inner = getattr(error, "orig", None) or error
     text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
     name = type(inner).__name__
+    if isinstance(inner, decimal.DecimalException) and text.startswith("[<class"):
+        text = (
+            "an amount could not be computed (a price, discount, credit or quantity of this "
+            "family beyond what can be billed, such as 1E+400)"
+        )
     return (f"{name}: {text}" if text else name)[:300]
 
 
