@@ -115,7 +115,8 @@ class Fence:
                 sa.text(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
                     "AND classid = :hi AND objid = :lo AND objsubid = 1 AND granted "
-                    "AND pid = :pid)"
+                    "AND pid = :pid AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()))"
                 ),
                 {"hi": hi, "lo": lo, "pid": self.backend},
             ).scalar()

@@ -71,7 +71,8 @@ def _lose_the_lock(store) -> None:
         hi, lo = ((ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF) >> 32, ADVISORY_KEY & 0xFFFFFFFF)
         killed = store.scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND classid = :hi AND objid = :lo AND objsubid = 1 AND granted",
+            "AND classid = :hi AND objid = :lo AND objsubid = 1 AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
             hi=hi,
             lo=lo,
         )
