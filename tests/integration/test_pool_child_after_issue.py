@@ -41,6 +41,7 @@ def catalog(
     align: bool = False,
     sub_day: int = 17,
     own_schedule: bool = False,
+    terms: str = "",
 ) -> str:
     """A KWD family in Sydney: `owner` pools its members' usage on a graduated price;
     `member` bills through it (`bill_to: parent`) with no pooled price of its own.
@@ -73,7 +74,7 @@ def catalog(
         "subscriptions:\n"
         f"  - {{id: pool, customer: owner, start: 2027-07-11, cadence: {cadence},"
         f" billing_day: {sub_day}, align_to_parent: {str(align).lower()},"
-        f" items: [{{price: calls-tiered, timing: in_arrears, pool: {pool}}}]}}\n"
+        f" items: [{{price: calls-tiered, timing: in_arrears, pool: {pool}}}]{terms}}}\n"
         + (MEMBER_OWN_SCHEDULE if own_schedule else "")
     )
 
@@ -127,6 +128,17 @@ CASES = {
     "quarterly": (dict(cadence="quarterly"), "2027-10-20", "2027-11-07"),
     # The owner bills to its own parent, its schedule (day 11) re-anchored on the parent's
     # billing day, the 17th.
+    # A minimum and discounts on the pool's subscription: the true-up settled with the
+    # owner's invoice counts the member's share of the period (and its discounts) that
+    # bills later, as a single close through a later date counts it.
+    "minimum-and-discounts": (
+        dict(
+            terms=', minimum: "900.000", discounts: [{type: percentage, value: "10"},'
+            ' {type: fixed, amount: "600.000"}]'
+        ),
+        "2027-08-20",
+        "2027-09-07",
+    ),
     "align-to-parent": (
         dict(top=True, align=True, sub_day=11, owner=""),
         "2027-08-20",
