@@ -252,29 +252,17 @@ def _pool_members(
         return out, later
     bp = BillingPeriod.__table__
     c = bp.c
-    stmt = sa.select(
-        c.subscription_id,
-        c.price_code,
-        c.period_start,
-        c.serviced_customer_id,
-        c.pool,
-        c.billing_date,
-        c.slot_key,
-    ).where(c.pool.is_not(None))
-    waiting: list[str] = []
+    stmt = sa.select(c.subscription_id, c.price_code, c.period_start, c.serviced_customer_id)
+    stmt = stmt.where(c.pool.is_not(None))
     for r in select_in(session, stmt, c.subscription_id, sorted({k[0] for k in pooled})):
         key = (r.subscription_id, r.price_code, r.period_start)
         if key in pooled:
             out[key].add(r.serviced_customer_id)
-            if (
-                r.pool == "child"
-                and r.billing_date is not None
-                and r.billing_date > through
-                and r.subscription_id in totalled
-            ):
-                waiting.append(r.slot_key)
-    for r in select_in(session, sa.select(bp), c.slot_key, waiting):
-        later[(r.subscription_id, r.price_code, r.period_start)].append(r)
+    stmt = sa.select(bp).where(c.pool == "child", c.billing_date > through)
+    for r in select_in(session, stmt, c.subscription_id, sorted({k[0] for k in pooled} & totalled)):
+        key = (r.subscription_id, r.price_code, r.period_start)
+        if key in pooled:
+            later[key].append(r)
     return out, later
 
 
