@@ -124,6 +124,8 @@ CASES = {
     "member-billing-day": (dict(), "2027-08-20", "2027-09-07"),
     # The member has no billing day: its calendar is its own schedule's due dates (the 7th).
     "member-own-schedule": (dict(member="", own_schedule=True), "2027-08-20", "2027-09-07"),
+    # The owner has no billing day: its calendar is its own schedule's due dates (the 17th).
+    "owner-own-schedule": (dict(owner=""), "2027-08-20", "2027-09-07"),
     # A quarterly pool: the owner's 17 October invoice is issued before the member's share.
     "quarterly": (dict(cadence="quarterly"), "2027-10-20", "2027-11-07"),
     # The owner bills to its own parent, its schedule (day 11) re-anchored on the parent's
