@@ -275,10 +275,13 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
     for payer in set(all_dates):
         result.calendars[payer] = calendar(payer)
     # A child-mode pool member's share is due on the pool item's billing date (the pool
-    # owner's payer's), then lands on the member's own calendar.
+    # owner's payer's), then lands on the member's own calendar. That due date is the
+    # item's date on the owner's payer's calendar whatever that payer has issued since:
+    # an issued invoice of the owner's payer says where the owner's charges went, not when
+    # the member's share falls due (else issuing it would push the share a period later).
     members_paying: set[str] = set()
     for slot, owner_payer in child_shares:
-        item_date = result.calendars[owner_payer].place(slot.due_date)
+        item_date = result.calendars[owner_payer].scheduled(slot.due_date)
         if item_date is None or item_date > through:
             continue
         slot.due_date = item_date

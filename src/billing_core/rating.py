@@ -134,7 +134,9 @@ def rate(
                 price.metric_code,
                 *_window(ref, sub, s.period_start, s.period_end),
             )
-    members = _pool_members(session, item_slots)
+    # Subscriptions whose period totals matter (discounts, minimums).
+    totalled = {s.id for s in ref.subscriptions.values() if s.discounts or s.minimum is not None}
+    members, billed_later_slots = _pool_members(session, item_slots, through, totalled)
     part_of = {(s.subscription_id, s.price_code, s.period_start): s for s in item_slots}
     for key, customers in members.items():
         s = part_of[key]
@@ -147,6 +149,7 @@ def rate(
 
     # 2. Item charges: fixed, usage, pooled usage.
     charges: dict[str, dict] = {}
+    billed_later: dict[str, dict] = {}  # pooled shares rated for their period, not written
     pools: dict[tuple, list[Any]] = defaultdict(list)
     for s in item_slots:
         price = ref.prices[s.price_code]
@@ -190,17 +193,22 @@ def rate(
         block_amount = round_money(pricing.amount(price.terms, block), price.currency)
         shares = split_largest_remainder(block_amount, quantities, price.currency)
         unit = average_unit_price(block_amount, block)
-        for m in present:
-            charges[m.slot_key] = _charge(
-                m,
-                "usage",
-                price,
-                quantities[m.serviced_customer_id],
-                unit,
-                shares[m.serviced_customer_id],
-                now,
-                window=(start, end),
-            )
+        # A child-mode member's share that waits for the member's later billing date is
+        # still one of the period's charges: rated here for the period's discounts and
+        # minimum (a true-up settled now counts it), written when its date is closed.
+        waiting = [m for m in billed_later_slots[key] if m.slot_key not in frozen]
+        for target, slots_of in ((charges, present), (billed_later, waiting)):
+            for m in slots_of:
+                target[m.slot_key] = _charge(
+                    m,
+                    "usage",
+                    price,
+                    quantities[m.serviced_customer_id],
+                    unit,
+                    shares[m.serviced_customer_id],
+                    now,
+                    window=(start, end),
+                )
 
     # 3. Discounts, then minimum true-ups, per subscription and cadence period.
     minimum_slots = [
@@ -208,7 +216,9 @@ def rate(
     ]
     concerned = {s.id for s in ref.subscriptions.values() if s.discounts}
     concerned |= {s.subscription_id for s in minimum_slots}
-    context = _PeriodCharges(session, scope, frozen, charges, minimum_slots, concerned)
+    context = _PeriodCharges(
+        session, scope, frozen, {**billed_later, **charges}, minimum_slots, concerned
+    )
     for row in _discounts(ref, context, through, now):
         charges[row["charge_key"]] = row
     for s in minimum_slots:
@@ -228,21 +238,32 @@ def rate(
     return report
 
 
-def _pool_members(session: Session, item_slots: list[Any]) -> dict[tuple, set[str]]:
+def _pool_members(
+    session: Session, item_slots: list[Any], through: date, totalled: set[str]
+) -> tuple[dict[tuple, set[str]], dict[tuple, list[Any]]]:
     """(subscription, price, part start) -> every serviced customer of that pool part,
-    whatever the billing date or invoice of its share (a block is rated whole)."""
+    whatever the billing date or invoice of its share (a block is rated whole); and, for
+    the `totalled` subscriptions, the slots of the part's child-mode shares that bill
+    after `through`."""
     pooled = {(s.subscription_id, s.price_code, s.period_start) for s in item_slots if s.pool}
     out: dict[tuple, set[str]] = defaultdict(set)
+    later: dict[tuple, list[Any]] = defaultdict(list)
     if not pooled:
-        return out
-    bp = BillingPeriod.__table__.c
-    stmt = sa.select(bp.subscription_id, bp.price_code, bp.period_start, bp.serviced_customer_id)
-    stmt = stmt.where(bp.pool.is_not(None))
-    for r in select_in(session, stmt, bp.subscription_id, sorted({k[0] for k in pooled})):
+        return out, later
+    bp = BillingPeriod.__table__
+    c = bp.c
+    stmt = sa.select(c.subscription_id, c.price_code, c.period_start, c.serviced_customer_id)
+    stmt = stmt.where(c.pool.is_not(None))
+    for r in select_in(session, stmt, c.subscription_id, sorted({k[0] for k in pooled})):
         key = (r.subscription_id, r.price_code, r.period_start)
         if key in pooled:
             out[key].add(r.serviced_customer_id)
-    return out
+    stmt = sa.select(bp).where(c.pool == "child", c.billing_date > through)
+    for r in select_in(session, stmt, c.subscription_id, sorted({k[0] for k in pooled} & totalled)):
+        key = (r.subscription_id, r.price_code, r.period_start)
+        if key in pooled:
+            later[key].append(r)
+    return out, later
 
 
 def _factor(start: date, end: date, full_start: date, full_end: date):
@@ -373,7 +394,7 @@ def _discounts(ref: Reference, context: _PeriodCharges, through: date, now: date
                         if remaining is not None and key in existing:
                             remaining += existing[key]["amount"]  # negative
                         continue
-                    if billing_date > through or not applicable:
+                    if not applicable:
                         continue
                     if all(r["charge_key"] in context.frozen_keys for r in applicable):
                         continue  # already issued without this discount: never reopened
@@ -424,6 +445,10 @@ def _discounts(ref: Reference, context: _PeriodCharges, through: date, now: date
                         }
                     )
                     context.by_period[(sub.id, full_start)].append(out[-1])
+                    if billing_date > through:
+                        # Reduces a share billed later (see `rate`): counted for the
+                        # period's minimum now, written when that date is closed.
+                        out.pop()
     return out
 
 

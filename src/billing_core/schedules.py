@@ -209,12 +209,21 @@ class Calendar:
 
     def place(self, due: date) -> date | None:
         """The first billing date on or after `due` without a frozen invoice, or None."""
+        return self._first(due, self.taken)
+
+    def scheduled(self, due: date) -> date | None:
+        """The first billing date on or after `due`, whether or not an invoice was issued
+        on it: where the calendar bills what is due then (a pool item's billing date, the
+        due date of a child-mode member's share), not where something new still fits."""
+        return self._first(due, frozenset())
+
+    def _first(self, due: date, skip: set[date] | frozenset[date]) -> date | None:
         if self.billing_day is not None:
             for candidate in monthly_calendar_on_or_after(due, self.billing_day):
-                if candidate not in self.taken:
+                if candidate not in skip:
                     return candidate
         dates = self.own if self.own and self.own[-1] >= due else self.all
         for candidate in dates[bisect.bisect_left(dates, due) :]:
-            if candidate not in self.taken:
+            if candidate not in skip:
                 return candidate
         return None
