@@ -7,8 +7,10 @@ file, merged with what the store already holds, is valid.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -60,6 +62,7 @@ _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+@functools.cache
 def _length(model: Any, column: str) -> int | None:
     """The most characters a column holds (VARCHAR(n) on PostgreSQL), or None."""
     return getattr(model.__table__.c[column].type, "length", None)
@@ -84,6 +87,8 @@ def _one_line(text: str) -> str:
 
 def text_problem(value: str) -> str | None:
     """Why the store cannot hold a text value, or None."""
+    if len(value) <= MAX_TEXT_BYTES // 4 and value.isprintable():
+        return None  # the common case, quickly: no NUL, no surrogate, short enough
     bad = _NOT_STORABLE.search(value)
     if bad is not None:
         at = f"character {bad.start() + 1}"
@@ -117,9 +122,12 @@ def load_file(path: Path) -> dict:
 
 def _key(value: Any) -> str | None:
     """An entry's id as its label shows it: only clean text of a sensible length."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
         return None
-    text = str(value)
     if len(text) > 128 or text_problem(text) is not None:
         return None
     return text
@@ -166,7 +174,15 @@ class _Entry:
         default: str | None = None,
         max_length: int | None = None,
     ) -> str | None:
-        return self.text_of(self.raw.get(name), name, required, default, max_length)
+        value = self.raw.get(name)
+        if (
+            value.__class__ is str
+            and value
+            and len(value) <= (max_length or MAX_TEXT_BYTES // 4)
+            and value.isprintable()
+        ):
+            return value  # the common case, quickly
+        return self.text_of(value, name, required, default, max_length)
 
     def text_of(
         self,
@@ -298,17 +314,6 @@ def _list(data: dict, section: str, problems: list[str]) -> list:
     return value
 
 
-def _duplicates(section: str, entries: list, problems: list[str]) -> None:
-    seen: set[str] = set()
-    for i, raw in enumerate(entries):
-        key = _key(raw.get(ID_KEYS[section])) if isinstance(raw, dict) else None
-        if key is None:
-            continue
-        if key in seen:
-            problems.append(f"{section}[{i}] ({key}): listed twice in the file")
-        seen.add(key)
-
-
 @dataclass
 class Catalog:
     """A parsed catalog: rows ready for the store, keyed by id, with the problems of its
@@ -342,17 +347,21 @@ def parse(data: dict) -> Catalog:
     for key in _sorted_keys(set(data) - set(SECTIONS)):
         problems.append(f"{_shown_key(key)}: unknown section (known: {', '.join(SECTIONS)})")
 
-    def entries(section: str) -> list:
-        listed = _list(data, section, problems)
-        _duplicates(section, listed, problems)
-        return listed
-
-    def entry(section: str, index: int, raw: Any) -> _Entry:
-        e = _Entry(section, index, raw, problems)
-        key = _key(e.raw.get(ID_KEYS[section]))
-        if key is not None:
-            catalog.labels[(section, key)] = e.label
-        return e
+    def entries(section: str) -> Iterator[_Entry]:
+        """The section's entries, each labelled `section[i] (id)`; an id listed twice
+        is a problem."""
+        seen: set[str] = set()
+        for i, raw in enumerate(_list(data, section, problems)):
+            key = _key(raw.get(ID_KEYS[section])) if isinstance(raw, dict) else None
+            if key is None:
+                yield _Entry(section, i, raw, problems, label=f"{section}[{i}]")
+                continue
+            label = f"{section}[{i}] ({key})"
+            if key in seen:
+                problems.append(f"{label}: listed twice in the file")
+            seen.add(key)
+            catalog.labels[(section, key)] = label
+            yield _Entry(section, i, raw, problems, label=label)
 
     if data.get("issuer") is not None:
         e = _Entry("issuer", None, data["issuer"], problems)
@@ -380,16 +389,14 @@ def parse(data: dict) -> Catalog:
             "address": address,
         }
 
-    for i, raw in enumerate(entries("tax_rates")):
-        e = entry("tax_rates", i, raw)
+    for e in entries("tax_rates"):
         e.known("jurisdiction", "rate")
         jurisdiction = e.text("jurisdiction", max_length=_length(TaxRate, "jurisdiction"))
         rate = e.decimal("rate", at_most=Decimal(1))
         if jurisdiction:
             catalog.tax_rates[jurisdiction] = {"jurisdiction": jurisdiction, "rate": rate}
 
-    for i, raw in enumerate(entries("customers")):
-        e = entry("customers", i, raw)
+    for e in entries("customers"):
         e.known(
             "id",
             "name",
@@ -430,8 +437,7 @@ def parse(data: dict) -> Catalog:
         if cid:
             catalog.customers[cid] = row
 
-    for i, raw in enumerate(entries("metrics")):
-        e = entry("metrics", i, raw)
+    for e in entries("metrics"):
         e.known("code", "name", "aggregation", "field")
         code = e.text("code", max_length=_length(Metric, "code"))
         aggregation = e.choice("aggregation", AGGREGATIONS, None)
@@ -448,8 +454,7 @@ def parse(data: dict) -> Catalog:
                 "field": metric_field,
             }
 
-    for i, raw in enumerate(entries("prices")):
-        e = entry("prices", i, raw)
+    for e in entries("prices"):
         code = e.text("code", max_length=_length(Price, "code"))
         model_name = e.text("model")
         try:
@@ -501,8 +506,7 @@ def parse(data: dict) -> Catalog:
                 "tiers": terms.get("tiers"),
             }
 
-    for i, raw in enumerate(entries("subscriptions")):
-        e = entry("subscriptions", i, raw)
+    for e in entries("subscriptions"):
         e.known(
             "id",
             "customer",
@@ -567,8 +571,7 @@ def parse(data: dict) -> Catalog:
             }
             catalog.items[sid] = items
 
-    for i, raw in enumerate(entries("credits")):
-        e = entry("credits", i, raw)
+    for e in entries("credits"):
         e.known(
             "id",
             "customer",
@@ -820,8 +823,10 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
     # No currency conversion: every roll-up and pool stays in one currency. These need
     # a tree: with a parent cycle they wait until it is fixed.
     if not cycles:
-        currencies_below = hierarchy.below_in_pools(
-            lambda cid: [customers[cid]["currency"]], keep=3
+        currencies_below = (
+            hierarchy.below_in_pools(lambda cid: [customers[cid]["currency"]], keep=3)
+            if any(i["pool"] is not None for sub_items in items.values() for i in sub_items)
+            else {}
         )
         for sid, row in subscriptions.items():
             if row["customer_id"] not in customers or sid not in items:

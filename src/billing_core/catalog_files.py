@@ -155,8 +155,23 @@ def _load_yaml(text: str) -> Any:
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[\[\]{},]', re.DOTALL)
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
 def _check_json_nesting(text: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH before the decoder (which recurses) sees it."""
+    # Quick: the brackets outside strings, innermost pairs taken away MAX_DEPTH times.
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return
+        brackets = _INNERMOST.sub("", brackets)
+    if not brackets:
+        return
+    # Something is left: too deep, or unbalanced (then the decoder says where). Find the
+    # first container too deep, and its path, token by token.
     stack: list[list[Any]] = []  # [is a list, index or key]
     for match in _JSON_TOKEN.finditer(text):
         token = match.group()

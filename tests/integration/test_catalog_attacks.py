@@ -694,3 +694,62 @@ def test_refused_catalogs_still_raise_catalog_error_in_process(based):
         import_yaml("prices: [{code: p, product: P, currency: USD, model: flat, amount: 1e400}]")
     assert error.value.problems == ["prices[0] (p).amount: must be at most 10^15, got '1e400'"]
     assert snapshot(store) == before
+
+
+# --- 4. a deep tree is a valid tree -------------------------------------------------------------
+
+
+def chain_catalog(levels: int, subscriptions: bool) -> str:
+    """c0 <- c1 <- ... : each customer's parent is the one before (bill_to parent)."""
+    catalog: dict = {
+        "customers": [{"id": "c0", "name": "C0", "currency": "USD"}]
+        + [
+            {"id": f"c{i}", "name": f"C{i}", "currency": "USD", "parent": f"c{i - 1}"}
+            for i in range(1, levels)
+        ],
+        "prices": [
+            {"code": "fee", "product": "Fee", "currency": "USD", "model": "flat", "amount": "1"}
+        ],
+    }
+    if subscriptions:
+        catalog["subscriptions"] = [
+            {
+                "id": f"s{i}",
+                "customer": f"c{i}",
+                "start": "2026-01-01",
+                "items": [{"price": "fee", "timing": "in_advance"}],
+            }
+            for i in range(levels)
+        ]
+    return json.dumps(catalog)
+
+
+@pytest.mark.slow
+def test_a_100000_level_chain_imports(store, tmp_path):
+    path = write(tmp_path, "chain.json", chain_catalog(100_000, subscriptions=False))
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BILLING), "import", str(path)], capture_output=True, text=True, timeout=600
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert store.scalar("SELECT count(*) FROM customers") == 100_000
+    assert store.scalar("SELECT count(DISTINCT family_id) FROM customers") == 1
+    assert store.scalar("SELECT family_id FROM customers WHERE id = 'c99999'") == "c0"
+    assert store.scalar("SELECT parent_id FROM customers WHERE id = 'c99999'") == "c99998"
+    print(f"100,000-level chain imported on {store.backend} in {elapsed:.1f} s")
+
+
+def test_a_close_over_a_5000_level_chain(store, tmp_path):
+    """Every customer of the chain bills through to the top: one invoice, 5,000 lines,
+    and no walk up the chain per customer (nor any recursion)."""
+    levels = 5_000
+    imported(write(tmp_path, "chain.json", chain_catalog(levels, subscriptions=True)))
+    started = time.monotonic()
+    close("2026-01-01")
+    elapsed = time.monotonic() - started
+    (invoice,) = invoices()
+    assert invoice["billed_customer"] == "c0"
+    assert len(invoice["lines"]) == levels
+    assert invoice["total"] == f"{levels}.00"
+    print(f"close over a {levels}-level chain on {store.backend}: {elapsed:.1f} s")
