@@ -751,7 +751,8 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
     for cycle in cycles:
         # A cycle always takes in a customer of the file (the store holds none): name it.
         blamed = next((c for c in cycle if c in catalog.customers), cycle[0])
-        problems.append(f"{at('customers', blamed)}.parent: parent cycle {' -> '.join(cycle)}")
+        path = cycle if len(cycle) <= 12 else [*cycle[:10], f"… ({len(cycle) - 1} customers)"]
+        problems.append(f"{at('customers', blamed)}.parent: parent cycle {' -> '.join(path)}")
 
     # Metrics already measured keep their meaning.
     changed_metrics = [

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from billing_core.catalog import CatalogError
 from billing_core.cli import app
+from billing_core.money import shown
 from tests.helpers import close, import_yaml, invoices
 
 BILLING = Path(sys.executable).with_name("billing")
@@ -306,6 +307,45 @@ def test_json_huge_integers_anywhere_are_one_line(based, tmp_path):
     assert snapshot(store) == before
 
 
+def test_yaml_huge_integers_are_one_line(based, tmp_path):
+    store, before = based
+    digits = "7" * 5000
+    text = f"""
+    customers: [{{id: big, name: Big, currency: USD, billing_day: {digits}}}]
+    prices: [{{code: p, product: P, currency: USD, model: flat, amount: {digits}}},
+             {{code: h, product: H, currency: USD, model: flat, amount: 0x{"f" * 5000}}}]
+    """
+    assert refused(write(tmp_path, "digits.yaml", text)) == [
+        "customers[0] (big).billing_day: must be between 1 and 31",
+        f"prices[0] (p).amount: must be at most 10^15, got {'7' * 59}…",
+        f"prices[1] (h).amount: must be at most 10^15, got {shown(int('f' * 5000, 16))}",
+    ]
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        (
+            "broken.yaml",
+            "customers:\n  - {id: a, name: [unclosed\n",
+            "line 3, column 1: not valid YAML: ",
+        ),
+        ("broken.json", '{"customers": [{"id": "a",}]}', "line 1, column 27: not valid JSON: "),
+        (
+            "tagged.yaml",
+            "customers: !!python/object:os.system x\n",
+            "line 1, column 12: not valid YAML: ",
+        ),
+    ],
+)
+def test_a_file_that_does_not_parse_is_one_line(based, tmp_path, name, text, line):
+    store, before = based
+    (problem,) = refused(write(tmp_path, name, text))
+    assert problem.startswith(line), problem
+    assert snapshot(store) == before
+
+
 def test_whole_numbers_the_store_cannot_hold(based, tmp_path):
     store, before = based
     text = """
@@ -563,6 +603,18 @@ def test_a_cycle_does_not_hide_the_other_problems(based, tmp_path):
         "customers[0] (east).parent: parent cycle east -> west -> east",
         "subscriptions[0] (s2).items[0].price: unknown price 'missing'",
         "credits[0] (g).currency: EUR is not the currency of hq (USD)",
+    ]
+    assert snapshot(store) == before
+
+
+def test_a_long_cycle_is_one_short_line(based, tmp_path):
+    store, before = based
+    levels = 20_000
+    catalog = json.loads(chain_catalog(levels, subscriptions=False))
+    catalog["customers"][0]["parent"] = f"c{levels - 1}"
+    assert refused(write(tmp_path, "ring.json", json.dumps(catalog))) == [
+        "customers[0] (c0).parent: parent cycle c0 -> c19999 -> c19998 -> c19997 -> c19996 "
+        "-> c19995 -> c19994 -> c19993 -> c19992 -> c19991 -> … (20000 customers)"
     ]
     assert snapshot(store) == before
 
