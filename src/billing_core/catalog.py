@@ -7,20 +7,22 @@ file, merged with what the store already holds, is valid.
 
 from __future__ import annotations
 
-import json
+import functools
+import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-import yaml
 from sqlmodel import Session
 
 from . import pricing
+from .catalog_files import FileRefused, load_data
 from .hierarchy import Hierarchy, Node
 from .models import (
     CreditGrant,
@@ -33,52 +35,81 @@ from .models import (
     TaxRate,
     UsageEvent,
 )
-from .money import MINOR_UNITS, MoneyError, parse_decimal
+from .money import MINOR_UNITS, MoneyError, parse_decimal, shown
 from .schedules import CADENCE_MONTHS
 from .store import delete_in, insert_rows, upsert
 
 SECTIONS = ("issuer", "tax_rates", "customers", "metrics", "prices", "subscriptions", "credits")
+ID_KEYS = {
+    "issuer": "name",
+    "tax_rates": "jurisdiction",
+    "customers": "id",
+    "metrics": "code",
+    "prices": "code",
+    "subscriptions": "id",
+    "credits": "id",
+}
 AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
 POOL_MODES = ("breakdown", "summary", "child")
 TIMINGS = ("in_advance", "in_arrears")
 
+# What the calendar and the store hold (SPEC §10).
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(2199, 12, 31)
+MAX_TEXT_BYTES = 64 * 1024
+MAX_INT = 2_147_483_647  # an INTEGER column on PostgreSQL
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+@functools.cache
+def _length(model: Any, column: str) -> int | None:
+    """The most characters a column holds (VARCHAR(n) on PostgreSQL), or None."""
+    return getattr(model.__table__.c[column].type, "length", None)
+
 
 class CatalogError(ValueError):
-    """A catalog refused whole: one problem per entry and field."""
+    """A catalog refused whole: one problem per entry and field, each on one line."""
 
     def __init__(self, problems: list[str]):
+        problems = [_one_line(p) for p in problems]
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def _one_line(text: str) -> str:
+    """Text fit for one line of a terminal: line breaks, escape codes and bytes that were
+    not UTF-8 are written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def text_problem(value: str) -> str | None:
+    """Why the store cannot hold a text value, or None."""
+    if len(value) <= MAX_TEXT_BYTES // 4 and value.isprintable():
+        return None  # the common case, quickly: no NUL, no surrogate, short enough
+    bad = _NOT_STORABLE.search(value)
+    if bad is not None:
+        at = f"character {bad.start() + 1}"
+        if bad.group() == "\x00":
+            return f"holds a NUL character ({at}), which the store cannot hold"
+        return f"is not UTF-8 text ({at})"
+    if len(value) * 4 > MAX_TEXT_BYTES and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+        return f"is longer than 64 KiB ({len(value.encode('utf-8'))} bytes)"
+    return None
 
 
 # --- reading files ---------------------------------------------------------------------
 
 
-class _DecimalLoader(yaml.SafeLoader):
-    """YAML whose unquoted decimals stay exact (Decimal, not float)."""
-
-
-def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    text = loader.construct_scalar(node).replace("_", "")  # type: ignore[arg-type]
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return text
-
-
-_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_constructor)
-
-
 def load_file(path: Path) -> dict:
-    """A catalog file's content: JSON by extension, YAML otherwise."""
-    text = path.read_text(encoding="utf-8")
+    """A catalog file's content: JSON by extension, YAML otherwise. What cannot be read
+    safely (aliases, nesting deeper than 32 levels, not UTF-8 as a whole) is refused."""
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text, parse_float=Decimal)
-        else:
-            data = yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 (a safe loader)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise CatalogError([f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}"]) from None
+        data = load_data(path)
+    except FileRefused as refused:
+        raise CatalogError([str(refused)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -89,16 +120,42 @@ def load_file(path: Path) -> dict:
 # --- validation of single entries --------------------------------------------------------
 
 
+def _key(value: Any) -> str | None:
+    """An entry's id as its label shows it: only clean text of a sensible length."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        return None
+    if len(text) > 128 or text_problem(text) is not None:
+        return None
+    return text
+
+
+def _label(section: str, index: int | None, raw: Any) -> str:
+    key = _key(raw.get(ID_KEYS[section])) if isinstance(raw, dict) else None
+    where = section if index is None else f"{section}[{index}]"
+    return f"{where} ({key})" if key is not None else where
+
+
+def _sorted_keys(keys: Any) -> list:
+    return sorted(keys, key=lambda k: (not isinstance(k, str), str(k)))
+
+
 class _Entry:
     """Reads the fields of one catalog entry, collecting problems with their location."""
 
     def __init__(
-        self, section: str, index: int | None, raw: Any, problems: list[str], id_key: str = "id"
+        self,
+        section: str,
+        index: int | None,
+        raw: Any,
+        problems: list[str],
+        label: str | None = None,
     ):
         self.raw = raw if isinstance(raw, dict) else {}
-        key = self.raw.get(id_key)
-        where = section if index is None else f"{section}[{index}]"
-        self.label = f"{where} ({key})" if key is not None else where
+        self.label = label or _label(section, index, raw)
         self.problems = problems
         if not isinstance(raw, dict):
             self.fail("must be a mapping")
@@ -107,52 +164,84 @@ class _Entry:
         self.problems.append(f"{self.label}{'.' + name if name else ''}: {message}")
 
     def known(self, *names: str) -> None:
-        unknown = sorted(set(self.raw) - set(names))
-        for name in unknown:
-            self.fail(f"unknown key (known: {', '.join(names)})", name)
+        for name in _sorted_keys(set(self.raw) - set(names)):
+            self.fail(f"unknown key (known: {', '.join(names)})", _shown_key(name))
 
-    def text(self, name: str, required: bool = True, default: str | None = None) -> str | None:
+    def text(
+        self,
+        name: str,
+        required: bool = True,
+        default: str | None = None,
+        max_length: int | None = None,
+    ) -> str | None:
         value = self.raw.get(name)
+        if (
+            value.__class__ is str
+            and value
+            and len(value) <= (max_length or MAX_TEXT_BYTES // 4)
+            and value.isprintable()
+        ):
+            return value  # the common case, quickly
+        return self.text_of(value, name, required, default, max_length)
+
+    def text_of(
+        self,
+        value: Any,
+        name: str,
+        required: bool = True,
+        default: str | None = None,
+        max_length: int | None = None,
+    ) -> str | None:
         if value is None or value == "":
             if required:
                 self.fail("is required", name)
             return default
         if isinstance(value, bool) or not isinstance(value, str | int):
-            self.fail(f"must be text, got {value!r}", name)
+            self.fail(f"must be text, got {shown(value)}", name)
             return default
-        return str(value)
+        text = str(value)
+        problem = text_problem(text)
+        if problem is None and max_length is not None and len(text) > max_length:
+            problem = f"must be at most {max_length} characters"
+        if problem is not None:
+            self.fail(problem, name)
+            return default
+        return text
 
     def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
         value = self.text(name, required=default is None, default=default)
         if value is not None and value not in choices:
-            self.fail(f"must be one of {', '.join(choices)}, got {value!r}", name)
+            self.fail(f"must be one of {', '.join(choices)}, got {shown(value)}", name)
         return value
 
     def boolean(self, name: str, default: bool | None) -> bool | None:
-        value = self.raw.get(name, default)
-        if value is not None and not isinstance(value, bool):
-            self.fail(f"must be true or false, got {value!r}", name)
+        value = self.raw.get(name)
+        if value is None:  # left out, or written as null: the default
+            return default
+        if not isinstance(value, bool):
+            self.fail(f"must be true or false, got {shown(value)}", name)
             return default
         return value
 
-    def integer(self, name: str, lo: int, hi: int | None, default: int | None) -> int | None:
-        value = self.raw.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-            self.fail(f"must be a whole number, got {value!r}", name)
+    def integer(self, name: str, lo: int, hi: int, default: int | None) -> int | None:
+        value = self.raw.get(name)
+        if value is None:  # left out, or written as null: the default
             return default
-        try:
-            number = int(Decimal(str(value)))
-            if number != Decimal(str(value)):
-                raise ValueError
-        except (InvalidOperation, ValueError):
-            self.fail(f"must be a whole number, got {value!r}", name)
+        number = None
+        if isinstance(value, Decimal | str) or (
+            isinstance(value, int) and not isinstance(value, bool)
+        ):
+            try:
+                number = Decimal(value.strip() if isinstance(value, str) else value)
+            except InvalidOperation:
+                number = None
+        if number is None or not number.is_finite() or number != number.to_integral_value():
+            self.fail(f"must be a whole number, got {shown(value)}", name)
             return default
-        if number < lo or (hi is not None and number > hi):
-            self.fail(f"must be between {lo} and {hi}" if hi else f"must be {lo} or more", name)
+        if number < lo or number > hi:
+            self.fail(f"must be between {lo} and {hi}", name)
             return default
-        return number
+        return int(number)
 
     def decimal(
         self,
@@ -180,25 +269,41 @@ class _Entry:
         return number
 
     def day(self, name: str, required: bool = True) -> date | None:
-        value = self.raw.get(name)
+        return self.day_of(self.raw.get(name), name, required)
+
+    def day_of(self, value: Any, name: str, required: bool = True) -> date | None:
         if value is None:
             if required:
                 self.fail("is required", name)
             return None
-        if isinstance(value, date):
-            return value
-        try:
-            return date.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"must be a date (YYYY-MM-DD), got {value!r}", name)
+        day = None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            day = value
+        elif isinstance(value, str) and _ISO_DAY.fullmatch(value):
+            try:
+                day = date.fromisoformat(value)
+            except ValueError:
+                day = None
+        if day is None:
+            self.fail(f"must be a date (YYYY-MM-DD), got {shown(value)}", name)
             return None
+        if not FIRST_DAY <= day <= LAST_DAY:
+            self.fail(f"must be between {FIRST_DAY} and {LAST_DAY}, got {day}", name)
+            return None
+        return day
 
     def currency(self, name: str = "currency") -> str | None:
         value = self.text(name)
         if value is not None and value not in MINOR_UNITS:
-            self.fail(f"unknown currency code {value!r} (ISO 4217)", name)
+            self.fail(f"unknown currency code {shown(value)} (ISO 4217)", name)
             return None
         return value
+
+
+def _shown_key(name: Any) -> str:
+    """A key of the file as a location names it (cut if long)."""
+    text = name if isinstance(name, str) else repr(name)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _list(data: dict, section: str, problems: list[str]) -> list:
@@ -209,19 +314,10 @@ def _list(data: dict, section: str, problems: list[str]) -> list:
     return value
 
 
-def _duplicates(section: str, keys: list[str | None], problems: list[str]) -> None:
-    seen: set[str] = set()
-    for i, key in enumerate(keys):
-        if key is None:
-            continue
-        if key in seen:
-            problems.append(f"{section}[{i}] ({key}): listed twice in the file")
-        seen.add(key)
-
-
 @dataclass
 class Catalog:
-    """A parsed catalog: rows ready for the store, keyed by id."""
+    """A parsed catalog: rows ready for the store, keyed by id, with the problems of its
+    entries (the store-wide checks of `import_catalog` add theirs and refuse them all)."""
 
     issuer: dict | None = None
     tax_rates: dict[str, dict] = field(default_factory=dict)
@@ -231,18 +327,44 @@ class Catalog:
     subscriptions: dict[str, dict] = field(default_factory=dict)
     items: dict[str, list[dict]] = field(default_factory=dict)
     credits: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    # (section, id) -> where the entry is in the file: `customers[3] (acme)`
+    labels: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def label(self, section: str, key: Any) -> str:
+        found = self.labels.get((section, key))
+        if found is not None:
+            return found
+        shown_key = _key(key)
+        return f"{section} ({shown_key if shown_key is not None else '?'}, in the store)"
 
 
 def parse(data: dict) -> Catalog:
-    """Validate each entry on its own; raise CatalogError with every problem found."""
+    """Validate each entry on its own. Problems are kept in `catalog.problems` (every one
+    found) for `import_catalog` to report with those against the store."""
     problems: list[str] = []
-    catalog = Catalog()
-    unknown = sorted(set(data) - set(SECTIONS))
-    for key in unknown:
-        problems.append(f"{key}: unknown section (known: {', '.join(SECTIONS)})")
+    catalog = Catalog(problems=problems)
+    for key in _sorted_keys(set(data) - set(SECTIONS)):
+        problems.append(f"{_shown_key(key)}: unknown section (known: {', '.join(SECTIONS)})")
+
+    def entries(section: str) -> Iterator[_Entry]:
+        """The section's entries, each labelled `section[i] (id)`; an id listed twice
+        is a problem."""
+        seen: set[str] = set()
+        for i, raw in enumerate(_list(data, section, problems)):
+            key = _key(raw.get(ID_KEYS[section])) if isinstance(raw, dict) else None
+            if key is None:
+                yield _Entry(section, i, raw, problems, label=f"{section}[{i}]")
+                continue
+            label = f"{section}[{i}] ({key})"
+            if key in seen:
+                problems.append(f"{label}: listed twice in the file")
+            seen.add(key)
+            catalog.labels[(section, key)] = label
+            yield _Entry(section, i, raw, problems, label=label)
 
     if data.get("issuer") is not None:
-        e = _Entry("issuer", None, data["issuer"], problems, id_key="name")
+        e = _Entry("issuer", None, data["issuer"], problems)
         e.known("name", "invoice_prefix", "address")
         address = e.raw.get("address") or []
         if isinstance(address, str):
@@ -250,7 +372,14 @@ def parse(data: dict) -> Catalog:
         if not isinstance(address, list) or not all(isinstance(a, str) for a in address):
             e.fail("must be a list of lines", "address")
             address = []
-        prefix = e.text("invoice_prefix", required=False, default="INV")
+        for j, line in enumerate(address):
+            e.text_of(line, f"address[{j}]")
+        prefix = e.text(
+            "invoice_prefix",
+            required=False,
+            default="INV",
+            max_length=_length(Issuer, "invoice_prefix"),
+        )
         if prefix is not None and not prefix.replace("-", "").replace("_", "").isalnum():
             e.fail("may hold letters, digits, - and _ only", "invoice_prefix")
         catalog.issuer = {
@@ -260,26 +389,14 @@ def parse(data: dict) -> Catalog:
             "address": address,
         }
 
-    rates = _list(data, "tax_rates", problems)
-    _duplicates(
-        "tax_rates",
-        [r.get("jurisdiction") if isinstance(r, dict) else None for r in rates],
-        problems,
-    )
-    for i, raw in enumerate(rates):
-        e = _Entry("tax_rates", i, raw, problems, id_key="jurisdiction")
+    for e in entries("tax_rates"):
         e.known("jurisdiction", "rate")
-        jurisdiction = e.text("jurisdiction")
+        jurisdiction = e.text("jurisdiction", max_length=_length(TaxRate, "jurisdiction"))
         rate = e.decimal("rate", at_most=Decimal(1))
         if jurisdiction:
             catalog.tax_rates[jurisdiction] = {"jurisdiction": jurisdiction, "rate": rate}
 
-    customers = _list(data, "customers", problems)
-    _duplicates(
-        "customers", [c.get("id") if isinstance(c, dict) else None for c in customers], problems
-    )
-    for i, raw in enumerate(customers):
-        e = _Entry("customers", i, raw, problems)
+    for e in entries("customers"):
         e.known(
             "id",
             "name",
@@ -292,13 +409,15 @@ def parse(data: dict) -> Catalog:
             "tax_basis",
             "rollup_lines",
         )
-        cid = e.text("id")
-        timezone = e.text("timezone", required=False, default="UTC")
+        cid = e.text("id", max_length=_length(Customer, "id"))
+        timezone = e.text(
+            "timezone", required=False, default="UTC", max_length=_length(Customer, "timezone")
+        )
         try:
             ZoneInfo(timezone or "UTC")
-        except (ZoneInfoNotFoundError, ValueError):
-            e.fail(f"unknown time zone {timezone!r}", "timezone")
-        parent = e.text("parent", required=False)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            e.fail(f"unknown time zone {shown(timezone)}", "timezone")
+        parent = e.text("parent", required=False, max_length=_length(Customer, "parent_id"))
         if parent is not None and parent == cid:
             e.fail("a customer cannot be its own parent (cycle)", "parent")
         row = {
@@ -306,7 +425,9 @@ def parse(data: dict) -> Catalog:
             "name": e.text("name"),
             "currency": e.currency(),
             "timezone": timezone,
-            "jurisdiction": e.text("jurisdiction", required=False),
+            "jurisdiction": e.text(
+                "jurisdiction", required=False, max_length=_length(Customer, "jurisdiction")
+            ),
             "parent_id": parent,
             "bill_to": e.choice("bill_to", ("parent", "self"), "parent" if parent else "self"),
             "billing_day": e.integer("billing_day", 1, 31, None),
@@ -316,16 +437,11 @@ def parse(data: dict) -> Catalog:
         if cid:
             catalog.customers[cid] = row
 
-    metrics = _list(data, "metrics", problems)
-    _duplicates(
-        "metrics", [m.get("code") if isinstance(m, dict) else None for m in metrics], problems
-    )
-    for i, raw in enumerate(metrics):
-        e = _Entry("metrics", i, raw, problems, id_key="code")
+    for e in entries("metrics"):
         e.known("code", "name", "aggregation", "field")
-        code = e.text("code")
+        code = e.text("code", max_length=_length(Metric, "code"))
         aggregation = e.choice("aggregation", AGGREGATIONS, None)
-        metric_field = e.text("field", required=False)
+        metric_field = e.text("field", required=False, max_length=_length(Metric, "field"))
         if aggregation == "count":
             metric_field = None
         elif metric_field is None:
@@ -338,18 +454,13 @@ def parse(data: dict) -> Catalog:
                 "field": metric_field,
             }
 
-    prices = _list(data, "prices", problems)
-    _duplicates(
-        "prices", [p.get("code") if isinstance(p, dict) else None for p in prices], problems
-    )
-    for i, raw in enumerate(prices):
-        e = _Entry("prices", i, raw, problems, id_key="code")
-        code = e.text("code")
+    for e in entries("prices"):
+        code = e.text("code", max_length=_length(Price, "code"))
         model_name = e.text("model")
         try:
             price_model = pricing.model(model_name) if model_name else None
         except pricing.UnknownModel as err:
-            e.fail(str(err), "model")
+            e.fail(_one_line(str(err)) if len(str(err)) < 200 else "unknown price model", "model")
             price_model = None
         base = ("code", "product", "bundle", "currency", "model", "metric")
         e.known(
@@ -357,17 +468,29 @@ def parse(data: dict) -> Catalog:
             *(price_model.fields if price_model else ()),
             *(("tiers",) if model_name in ("graduated", "volume") else ()),
         )
-        metric = e.text("metric", required=False)
+        metric = e.text("metric", required=False, max_length=_length(Price, "metric_code"))
         terms: dict[str, Any] = {}
         if price_model is not None:
             if price_model.usage and metric is None:
                 e.fail(f"a {model_name} price rates usage: it needs a metric", "metric")
             if not price_model.usage and metric is not None:
                 e.fail("a flat price rates no usage: remove the metric", "metric")
-            for problem in price_model.validate(e.raw):
-                e.fail(problem, "tiers" if problem.startswith("tier") else None)
-            if not price_model.validate(e.raw):
+            term_problems = price_model.validate(e.raw)
+            for problem in term_problems:
+                named = next((f for f in price_model.fields if problem.startswith(f + " ")), None)
+                if named is not None:
+                    e.fail(problem.removeprefix(named + " "), named)
+                else:
+                    e.fail(problem, "tiers" if problem.startswith("tier") else None)
+            if not term_problems:
                 terms = price_model.normalize(e.raw)
+        size = _opt_dec(terms.get("package_size"))
+        if size is not None and size != size.to_integral_value():
+            e.fail("must be a whole number of units", "package_size")
+            size = None
+        elif size is not None and size > MAX_INT:
+            e.fail(f"must be at most {MAX_INT}", "package_size")
+            size = None
         if code:
             catalog.prices[code] = {
                 "code": code,
@@ -378,25 +501,12 @@ def parse(data: dict) -> Catalog:
                 "metric_code": metric,
                 "amount": _opt_dec(terms.get("amount")),
                 "unit_price": _opt_dec(terms.get("unit_price")),
-                "package_size": int(Decimal(terms["package_size"]))
-                if terms.get("package_size") is not None
-                else None,
+                "package_size": int(size) if size is not None else None,
                 "package_price": _opt_dec(terms.get("package_price")),
                 "tiers": terms.get("tiers"),
             }
-            if terms.get("package_size") is not None and Decimal(terms["package_size"]) != int(
-                Decimal(terms["package_size"])
-            ):
-                e.fail("must be a whole number of units", "package_size")
 
-    subscriptions = _list(data, "subscriptions", problems)
-    _duplicates(
-        "subscriptions",
-        [s.get("id") if isinstance(s, dict) else None for s in subscriptions],
-        problems,
-    )
-    for i, raw in enumerate(subscriptions):
-        e = _Entry("subscriptions", i, raw, problems)
+    for e in entries("subscriptions"):
         e.known(
             "id",
             "customer",
@@ -412,7 +522,7 @@ def parse(data: dict) -> Catalog:
             "align_to_parent",
             "status",
         )
-        sid = e.text("id")
+        sid = e.text("id", max_length=_length(Subscription, "id"))
         start = e.day("start")
         end = e.day("end", required=False)
         if start and end and end < start:
@@ -428,11 +538,10 @@ def parse(data: dict) -> Catalog:
             if not isinstance(phase, dict):
                 e.fail("must be a mapping with start and items", where)
                 continue
-            for key in sorted(set(phase) - {"start", "items"}):
-                e.fail("unknown key (known: start, items)", f"{where}.{key}")
-            pstart = _Entry("x", None, phase, []).day("start")
+            for key in _sorted_keys(set(phase) - {"start", "items"}):
+                e.fail("unknown key (known: start, items)", f"{where}.{_shown_key(key)}")
+            pstart = e.day_of(phase.get("start"), f"{where}.start")
             if pstart is None:
-                e.fail("must be a date (YYYY-MM-DD)", f"{where}.start")
                 continue
             previous = phase_starts[-1]
             if previous is not None and pstart <= previous:
@@ -445,10 +554,11 @@ def parse(data: dict) -> Catalog:
             phase_starts.append(pstart)
             items += _items(e, phase.get("items"), f"{where}.items", p, pstart, required=True)
         discounts = _discounts(e, e.raw.get("discounts"))
+        customer = e.text("customer", max_length=_length(Subscription, "customer_id"))
         if sid:
             catalog.subscriptions[sid] = {
                 "id": sid,
-                "customer_id": e.text("customer"),
+                "customer_id": customer,
                 "start": start,
                 "end": end,
                 "cadence": e.choice("cadence", tuple(CADENCE_MONTHS), "monthly"),
@@ -461,12 +571,7 @@ def parse(data: dict) -> Catalog:
             }
             catalog.items[sid] = items
 
-    credits = _list(data, "credits", problems)
-    _duplicates(
-        "credits", [c.get("id") if isinstance(c, dict) else None for c in credits], problems
-    )
-    for i, raw in enumerate(credits):
-        e = _Entry("credits", i, raw, problems)
+    for e in entries("credits"):
         e.known(
             "id",
             "customer",
@@ -477,30 +582,31 @@ def parse(data: dict) -> Catalog:
             "expires",
             "priority",
         )
-        gid = e.text("id")
+        gid = e.text("id", max_length=_length(CreditGrant, "id"))
         effective = e.day("effective")
         expires = e.day("expires", required=False)
         if effective and expires and expires < effective:
             e.fail(f"expires ({expires}) before it is effective ({effective})", "expires")
+        row = {
+            "id": gid,
+            "customer_id": e.text("customer", max_length=_length(CreditGrant, "customer_id")),
+            "subscription_id": e.text(
+                "subscription", required=False, max_length=_length(CreditGrant, "subscription_id")
+            ),
+            "amount": e.decimal("amount", positive=True),
+            "currency": e.currency(),
+            "effective": effective,
+            "expires": expires,
+            "priority": e.integer("priority", 0, MAX_INT, 100),
+        }
         if gid:
-            catalog.credits[gid] = {
-                "id": gid,
-                "customer_id": e.text("customer"),
-                "subscription_id": e.text("subscription", required=False),
-                "amount": e.decimal("amount", positive=True),
-                "currency": e.currency(),
-                "effective": effective,
-                "expires": expires,
-                "priority": e.integer("priority", 0, None, 100),
-            }
+            catalog.credits[gid] = row
 
-    if problems:
-        raise CatalogError(problems)
     return catalog
 
 
 def _opt_dec(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+    return None if value is None else parse_decimal(value, "value")
 
 
 def _items(
@@ -524,26 +630,27 @@ def _items(
         if not isinstance(item, dict):
             e.fail("must be a mapping with price and timing", at)
             continue
-        for key in sorted(set(item) - {"price", "timing", "pool"}):
-            e.fail("unknown key (known: price, timing, pool)", f"{at}.{key}")
-        price = item.get("price")
-        if not price:
-            e.fail("is required", f"{at}.price")
+        for key in _sorted_keys(set(item) - {"price", "timing", "pool"}):
+            e.fail("unknown key (known: price, timing, pool)", f"{at}.{_shown_key(key)}")
+        price = e.text_of(
+            item.get("price"), f"{at}.price", max_length=_length(SubscriptionItem, "price_code")
+        )
+        if price is None:
             continue
         if price in seen:
             e.fail(f"price {price} is listed twice in the same phase", f"{at}.price")
         seen.add(price)
         timing = item.get("timing", "in_arrears")
         if timing not in TIMINGS:
-            e.fail(f"must be one of {', '.join(TIMINGS)}, got {timing!r}", f"{at}.timing")
+            e.fail(f"must be one of {', '.join(TIMINGS)}, got {shown(timing)}", f"{at}.timing")
         pool = item.get("pool")
         if pool is not None and pool not in POOL_MODES:
-            e.fail(f"must be one of {', '.join(POOL_MODES)}, got {pool!r}", f"{at}.pool")
+            e.fail(f"must be one of {', '.join(POOL_MODES)}, got {shown(pool)}", f"{at}.pool")
         out.append(
             {
                 "phase": phase,
                 "phase_start": phase_start,
-                "price_code": str(price),
+                "price_code": price,
                 "timing": timing,
                 "pool": pool,
                 "_where": at,
@@ -560,7 +667,7 @@ def _discounts(e: _Entry, raw: Any) -> list[dict]:
         return []
     out = []
     for j, item in enumerate(raw):
-        sub = _Entry(f"{e.label}.discounts", j, item, e.problems, id_key="type")
+        sub = _Entry("discounts", j, item, e.problems, label=f"{e.label}.discounts[{j}]")
         sub.known("type", "value", "amount", "price")
         kind = sub.choice("type", ("percentage", "fixed"), None)
         discount: dict[str, Any] = {"type": kind, "price": sub.text("price", required=False)}
@@ -601,7 +708,10 @@ def _items_by_subscription(session: Session) -> dict[str, list[dict]]:
 
 
 def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
-    """Validate the catalog merged with the store, then upsert it (the caller commits)."""
+    """Validate the catalog merged with the store, then upsert it (the caller commits).
+
+    Every problem is reported at once: those of single entries (`parse`) and those
+    against the other entries and the store. Nothing is written if there is any."""
     old = {
         "customers": _rows(session, Customer),
         "metrics": _rows(session, Metric),
@@ -616,14 +726,17 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
     prices = {**old["prices"], **catalog.prices}
     subscriptions = {**old["subscriptions"], **catalog.subscriptions}
     items = {**old_items, **catalog.items}
+    at = catalog.label
 
-    problems: list[str] = []
+    problems: list[str] = list(catalog.problems)
     warnings: list[str] = []
 
     # Customers: parents exist, no cycles.
     for cid, row in catalog.customers.items():
         if row["parent_id"] is not None and row["parent_id"] not in customers:
-            problems.append(f"customers ({cid}).parent: unknown customer {row['parent_id']!r}")
+            problems.append(
+                f"{at('customers', cid)}.parent: unknown customer {shown(row['parent_id'])}"
+            )
     hierarchy = Hierarchy(
         Node(
             c["id"],
@@ -634,16 +747,19 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
         )
         for c in customers.values()
     )
-    cycle = hierarchy.find_cycle()
-    if cycle:
-        problems.append(f"customers: parent cycle {' -> '.join(cycle)}")
-        raise CatalogError(problems)
+    cycles = hierarchy.find_cycles()
+    for cycle in cycles:
+        # A cycle always takes in a customer of the file (the store holds none): name it.
+        blamed = next((c for c in cycle if c in catalog.customers), cycle[0])
+        path = cycle if len(cycle) <= 12 else [*cycle[:10], f"… ({len(cycle) - 1} customers)"]
+        problems.append(f"{at('customers', blamed)}.parent: parent cycle {' -> '.join(path)}")
 
     # Metrics already measured keep their meaning.
     changed_metrics = [
         code
         for code, row in catalog.metrics.items()
         if code in old["metrics"]
+        and row["aggregation"] is not None
         and (old["metrics"][code]["aggregation"], old["metrics"][code]["field"])
         != (row["aggregation"], row["field"])
     ]
@@ -653,96 +769,126 @@ def import_catalog(session: Session, catalog: Catalog) -> ImportResult:
         ).first()
         if has_events:
             problems.append(
-                f"metrics ({code}): aggregation or field cannot change once usage is recorded "
-                "(define a new metric instead)"
+                f"{at('metrics', code)}.aggregation: aggregation or field cannot change once "
+                "usage is recorded (define a new metric instead)"
             )
 
     for code, row in catalog.prices.items():
         if row["metric_code"] is not None and row["metric_code"] not in metrics:
-            problems.append(f"prices ({code}).metric: unknown metric {row['metric_code']!r}")
+            problems.append(
+                f"{at('prices', code)}.metric: unknown metric {shown(row['metric_code'])}"
+            )
 
     # Subscriptions: references, currency, timing and pool rules.
     for sid, row in catalog.subscriptions.items():
+        if row["customer_id"] is None:
+            continue  # reported with the entry
         customer = customers.get(row["customer_id"])
         if customer is None:
             problems.append(
-                f"subscriptions ({sid}).customer: unknown customer {row['customer_id']!r}"
+                f"{at('subscriptions', sid)}.customer: unknown customer {shown(row['customer_id'])}"
             )
             continue
         codes = {i["price_code"] for i in items[sid]}
         for item in items[sid]:
-            where = f"subscriptions ({sid}).{item['_where']}"
+            where = f"{at('subscriptions', sid)}.{item['_where']}"
             price = prices.get(item["price_code"])
             if price is None:
-                problems.append(f"{where}.price: unknown price {item['price_code']!r}")
+                problems.append(f"{where}.price: unknown price {shown(item['price_code'])}")
                 continue
-            if price["currency"] != customer["currency"]:
+            if None not in (price["currency"], customer["currency"]) and (
+                price["currency"] != customer["currency"]
+            ):
                 problems.append(
                     f"{where}.price: {item['price_code']} is in {price['currency']} but "
                     f"customer {customer['id']} pays in {customer['currency']} "
                     "(currency must match)"
                 )
-            usage = pricing.model(price["model"]).usage
-            if item["timing"] == "in_advance" and usage:
+            model = pricing.MODELS.get(price["model"])
+            if model is None:
+                continue  # reported with the price
+            if item["timing"] == "in_advance" and model.usage:
                 problems.append(
                     f"{where}.timing: usage cannot be billed in advance "
                     f"({item['price_code']} is {price['model']} on a metric)"
                 )
-            if item["pool"] is not None and not usage:
+            if item["pool"] is not None and not model.usage:
                 problems.append(f"{where}.pool: only usage prices can be pooled")
-        for d in row["discounts"] or []:
+        for j, d in enumerate(row["discounts"] or []):
             if d.get("price") is not None and d["price"] not in codes:
                 problems.append(
-                    f"subscriptions ({sid}).discounts: price {d['price']!r} is not "
-                    "an item of the subscription"
+                    f"{at('subscriptions', sid)}.discounts[{j}].price: price "
+                    f"{shown(d['price'])} is not an item of the subscription"
                 )
 
-    # No currency conversion: every roll-up and pool stays in one currency.
-    for sid, row in subscriptions.items():
-        if row["customer_id"] not in customers or sid not in items:
-            continue
-        rollup = (
-            row["rollup"]
-            if row["rollup"] is not None
-            else hierarchy.default_rollup(row["customer_id"])
+    # No currency conversion: every roll-up and pool stays in one currency. These need
+    # a tree: with a parent cycle they wait until it is fixed.
+    if not cycles:
+        currencies_below = (
+            hierarchy.below_in_pools(lambda cid: [customers[cid]["currency"]], keep=3)
+            if any(i["pool"] is not None for sub_items in items.values() for i in sub_items)
+            else {}
         )
-        billed = hierarchy.billed_customer(row["customer_id"], rollup)
-        serviced = customers[row["customer_id"]]
-        if customers[billed]["currency"] != serviced["currency"]:
-            problems.append(
-                f"subscriptions ({sid}): rolls up from {serviced['id']} "
-                f"({serviced['currency']}) to {billed} ({customers[billed]['currency']}); "
-                "there is no currency conversion, so a roll-up must stay in one currency"
-            )
-        for item in items[sid]:
-            if item["pool"] is None or item["price_code"] not in prices:
+        for sid, row in subscriptions.items():
+            if row["customer_id"] not in customers or sid not in items:
                 continue
-            for member in hierarchy.bills_through(row["customer_id"])[1:]:
-                if customers[member]["currency"] != serviced["currency"]:
+            rollup = (
+                row["rollup"]
+                if row["rollup"] is not None
+                else hierarchy.default_rollup(row["customer_id"])
+            )
+            billed = hierarchy.billed_customer(row["customer_id"], rollup)
+            serviced = customers[row["customer_id"]]
+            currency = serviced["currency"]
+            if currency is not None and customers[billed]["currency"] not in (None, currency):
+                problems.append(
+                    f"{at('subscriptions', sid)}.rollup: rolls up from {serviced['id']} "
+                    f"({currency}) to {billed} ({customers[billed]['currency']}); "
+                    "there is no currency conversion, so a roll-up must stay in one currency"
+                )
+            for item in items[sid]:
+                if item["pool"] is None or item["price_code"] not in prices:
+                    continue
+                others = [
+                    (members, count, other)
+                    for other, (members, count) in currencies_below[row["customer_id"]].items()
+                    if other not in (None, currency)
+                ]
+                for members, count, other in others:
+                    more = f" and {count - len(members)} more" if count > len(members) else ""
+                    where = item.get("_where", f"items ({item['price_code']})")
                     problems.append(
-                        f"subscriptions ({sid}): pool on {item['price_code']} takes in "
-                        f"{member} ({customers[member]['currency']}) but is billed in "
-                        f"{serviced['currency']}; there is no currency conversion"
+                        f"{at('subscriptions', sid)}.{where}.pool: pool on "
+                        f"{item['price_code']} takes in {', '.join(members)}{more} ({other}) "
+                        f"but is billed in {currency}; there is no currency conversion"
                     )
 
     for gid, row in catalog.credits.items():
+        if row["customer_id"] is None:
+            continue  # reported with the entry
         customer = customers.get(row["customer_id"])
         if customer is None:
-            problems.append(f"credits ({gid}).customer: unknown customer {row['customer_id']!r}")
-            continue
-        if row["currency"] != customer["currency"]:
             problems.append(
-                f"credits ({gid}).currency: {row['currency']} is not the currency "
+                f"{at('credits', gid)}.customer: unknown customer {shown(row['customer_id'])}"
+            )
+            continue
+        if None not in (row["currency"], customer["currency"]) and (
+            row["currency"] != customer["currency"]
+        ):
+            problems.append(
+                f"{at('credits', gid)}.currency: {row['currency']} is not the currency "
                 f"of {customer['id']} ({customer['currency']})"
             )
         scope = row["subscription_id"]
         if scope is not None:
             sub = subscriptions.get(scope)
             if sub is None:
-                problems.append(f"credits ({gid}).subscription: unknown subscription {scope!r}")
+                problems.append(
+                    f"{at('credits', gid)}.subscription: unknown subscription {shown(scope)}"
+                )
             elif sub["customer_id"] != row["customer_id"]:
                 problems.append(
-                    f"credits ({gid}).subscription: {scope} belongs to "
+                    f"{at('credits', gid)}.subscription: {scope} belongs to "
                     f"{sub['customer_id']}, not to {row['customer_id']}"
                 )
 
@@ -848,8 +994,7 @@ def _item_key(item: dict) -> tuple:
 
 def _topological(hierarchy: Hierarchy, ids: dict[str, dict]) -> list[str]:
     """Customers in an order where parents come before their children."""
-    depth = {cid: len(hierarchy.ancestors(cid)) for cid in ids}
-    return sorted(ids, key=lambda cid: (depth[cid], cid))
+    return sorted(ids, key=lambda cid: (hierarchy.depth(cid), cid))
 
 
 def pool_warnings(
@@ -858,8 +1003,10 @@ def pool_warnings(
     items: dict[str, list[dict]],
     prices: dict[str, dict],
 ) -> list[str]:
-    """Descendants left out of a pool because they have their own price on its metric."""
+    """Descendants left out of a pool because they have their own price on its metric
+    (ten named per pool, then how many more)."""
     own_metrics: dict[str, set[str]] = defaultdict(set)
+    pooled = False
     for sid, sub in subscriptions.items():
         if sub["status"] == "draft":
             continue
@@ -867,6 +1014,10 @@ def pool_warnings(
             price = prices.get(item["price_code"])
             if price and price["metric_code"]:
                 own_metrics[sub["customer_id"]].add(price["metric_code"])
+            pooled = pooled or item["pool"] is not None
+    if not pooled:
+        return []
+    below = hierarchy.below_in_pools(lambda cid: own_metrics.get(cid, ()), keep=10)
     out = []
     for sid, sub in sorted(subscriptions.items()):
         if sub["status"] == "draft" or sub["customer_id"] not in hierarchy.nodes:
@@ -875,11 +1026,17 @@ def pool_warnings(
             price = prices.get(item["price_code"])
             if item["pool"] is None or price is None:
                 continue
-            for member in hierarchy.bills_through(sub["customer_id"])[1:]:
-                if price["metric_code"] in own_metrics[member]:
-                    out.append(
-                        f"pool {sid}/{item['price_code']}: {member} has its own price on "
-                        f"metric {price['metric_code']}, so it is rated on its own and left "
-                        "out of the pool (billing it in both would double-bill)"
-                    )
+            members, count = below[sub["customer_id"]].get(price["metric_code"], ([], 0))
+            for member in members:
+                out.append(
+                    f"pool {sid}/{item['price_code']}: {member} has its own price on "
+                    f"metric {price['metric_code']}, so it is rated on its own and left "
+                    "out of the pool (billing it in both would double-bill)"
+                )
+            if count > len(members):
+                out.append(
+                    f"pool {sid}/{item['price_code']}: and {count - len(members)} more "
+                    f"customers with their own price on metric {price['metric_code']}, "
+                    "left out of the pool likewise"
+                )
     return out

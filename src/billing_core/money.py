@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from datetime import date
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
 # ISO 4217 minor units for active currency codes whose exponent is not 2.
 _MINOR_UNITS_NOT_2 = {
@@ -189,16 +190,55 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(exponent(currency), rounding=ROUND_HALF_UP)
 
 
+# What the store and the rating hold exactly: amounts, rates and quantities of a catalog
+# are at most 10^15 in size with at most 12 decimal places (SPEC §10).
+DECIMAL_LIMIT = Decimal(10) ** 15
+DECIMAL_PLACES = 12
+_PLACES = Decimal(1).scaleb(-DECIMAL_PLACES)
+_WIDE = Context(prec=60)
+
+
+def shown(value: object, width: int = 60) -> str:
+    """A value as a message quotes it: text in quotes, numbers as written, long ones cut."""
+    if isinstance(value, str):
+        text = repr(value[: width + 1])
+    elif isinstance(value, bool | Decimal | date):
+        text = str(value)
+    elif isinstance(value, int):
+        text = str(Decimal(value))  # an int of thousands of digits has no str(); a Decimal has
+    else:
+        text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def parse_decimal(value: object, what: str) -> Decimal:
-    """A Decimal from a catalog or usage value; floats are refused (they are inexact)."""
-    if isinstance(value, (bool, float)):
-        raise MoneyError(f"{what} must be a decimal string or integer, got {value!r}")
-    try:
-        result = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise MoneyError(f"{what} is not a number: {value!r}") from None
+    """A Decimal from a catalog value: exact, finite, at most 10^15 in size and with at
+    most 12 decimal places (trailing zeros beyond them are dropped). Floats are refused
+    (they are inexact), and so are booleans."""
+    if isinstance(value, bool | float):
+        raise MoneyError(f"{what} must be a decimal string or integer, got {shown(value)}")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    else:
+        try:
+            result = Decimal(value.strip() if isinstance(value, str) else str(value))
+        except (InvalidOperation, ValueError, TypeError):
+            raise MoneyError(f"{what} is not a number: {shown(value)}") from None
     if not result.is_finite():
-        raise MoneyError(f"{what} is not a finite number: {value!r}")
+        raise MoneyError(f"{what} is not a finite number: {shown(value)}")
+    if result.copy_abs() > DECIMAL_LIMIT:
+        side = "at least -10^15" if result < 0 else "at most 10^15"
+        raise MoneyError(f"{what} must be {side}, got {shown(value)}")
+    sign, digits, exponent = result.as_tuple()
+    if isinstance(exponent, int) and exponent < -DECIMAL_PLACES:
+        zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+        if exponent + zeros < -DECIMAL_PLACES and any(digits):
+            raise MoneyError(
+                f"{what} must have at most {DECIMAL_PLACES} decimal places, got {shown(value)}"
+            )
+        result = result.quantize(_PLACES, context=_WIDE)
     return result
 
 

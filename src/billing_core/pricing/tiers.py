@@ -29,7 +29,7 @@ def validate_tiers(terms: Terms) -> list[str]:
             continue
         unknown = set(tier) - {"up_to", "unit_price", "flat_fee"}
         if unknown:
-            problems.append(f"tier {i} has unknown keys {sorted(unknown)}")
+            problems.append(f"tier {i} has unknown keys {sorted(unknown, key=str)}")
         last = i == len(tiers)
         up_to = tier.get("up_to")
         if up_to is None:
@@ -37,15 +37,15 @@ def validate_tiers(terms: Terms) -> list[str]:
                 problems.append(f"tier {i}: only the last tier may have up_to null")
         else:
             try:
-                bound = parse_decimal(up_to, f"tier {i} up_to")
+                bound: Decimal | None = parse_decimal(up_to, f"tier {i} up_to")
             except MoneyError as err:
                 problems.append(str(err))
-                continue
+                bound = None  # the tier's prices are still checked below
             if last:
                 problems.append(f"tier {i}: the last tier must have up_to null (open-ended)")
-            if bound <= 0:
+            if bound is not None and bound <= 0:
                 problems.append(f"tier {i}: up_to must be positive")
-            elif previous is not None and bound <= previous:
+            elif bound is not None and previous is not None and bound <= previous:
                 problems.append(
                     f"tier {i}: up_to {bound} is not above the previous tier's {previous} "
                     "(tiers must ascend)"

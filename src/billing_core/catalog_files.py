@@ -1,0 +1,252 @@
+"""Reading a catalog file without trusting it: UTF-8, YAML without aliases, bounded
+nesting, exact numbers.
+
+What cannot be read at all (a YAML alias, nesting deeper than 32 levels, a syntax error,
+a UTF-16 file) is refused here in one line that names the line of the file and, where
+known, the entry and field. Everything that can be read comes back as plain data, with
+bytes that are not UTF-8 kept as lone surrogates so that the entry and field holding
+them can be named by the validation (`catalog.text_problem`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
+from yaml.reader import ReaderError
+
+MAX_DEPTH = 32  # containers inside containers, the catalog's own mapping being the first
+_BIG_INT_BITS = 13_000  # about 4,000 decimal digits: Python's int <-> str limit is 4,300
+
+
+class FileRefused(ValueError):
+    """A catalog file that cannot be read: one line, without the file name."""
+
+
+def _where(path: list[str], line: int | None) -> str:
+    """`customers[1].id (line 3)`: a path, its first eight steps if it is longer."""
+    steps = [s for s in path if s]
+    text = "".join(steps[:8]).lstrip(".") + ("…" if len(steps) > 8 else "")
+    at = f" (line {line})" if line is not None else ""
+    return f"{text or 'the catalog'}{at}"
+
+
+# --- YAML -------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses aliases, anchors and deep nesting while composing (before
+    anything is built), keeps decimals exact, and leaves dates it cannot make as text."""
+
+    # PyYAML's printable set plus U+DC80..U+DCFF: bytes that were not UTF-8, decoded with
+    # `surrogateescape`, pass through to the field that holds them.
+    NON_PRINTABLE = re.compile(
+        "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\udc80-\udcff\ue000-\ufffd\U00010000-\U0010ffff]"
+    )
+
+    def __init__(self, stream: str):
+        self._path: list[str] = []
+        self._depth = 0
+        self.first_anchor: tuple[str, int, str] | None = None
+        super().__init__(stream)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(index, int):
+            step = f"[{index}]"
+        elif isinstance(index, yaml.ScalarNode):
+            step = f".{index.value}"
+        elif index is not None:
+            step = ".?"
+        else:
+            step = ""  # the document, or a mapping key
+        self._path.append(step)
+        try:
+            line = event.start_mark.line + 1 if event.start_mark else None
+            if isinstance(event, AliasEvent):
+                raise FileRefused(
+                    f"{_where(self._path, line)}: a YAML alias (*{event.anchor}) is not "
+                    "accepted; write the value out"
+                )
+            if event.anchor is not None and self.first_anchor is None:
+                self.first_anchor = (_where(self._path, line), line or 0, event.anchor)
+            container = isinstance(event, SequenceStartEvent | MappingStartEvent)
+            if container and self._depth >= MAX_DEPTH:
+                raise FileRefused(
+                    f"{_where(self._path, line)}: nested deeper than {MAX_DEPTH} levels"
+                )
+            self._depth += container
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= container
+        finally:
+            self._path.pop()
+
+
+def _yaml_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    text = loader.construct_scalar(node).replace("_", "")  # type: ignore[arg-type]
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text  # .nan, .inf, 1:30.5: refused where a number is expected
+
+
+def _yaml_int(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        value = yaml.SafeLoader.construct_yaml_int(loader, node)  # type: ignore[arg-type]
+    except ValueError:  # more decimal digits than Python converts
+        text = loader.construct_scalar(node).replace("_", "")  # type: ignore[arg-type]
+        try:
+            return Decimal(text)
+        except InvalidOperation:
+            return text
+    if abs(value).bit_length() > _BIG_INT_BITS:
+        return Decimal(value)  # an int that large cannot even be printed
+    return value
+
+
+def _yaml_timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+    except ValueError:  # 2026-01-34, 0000-01-01: refused as dates by the validation
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _yaml_decimal)
+_Loader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _yaml_timestamp)
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    if isinstance(err, ReaderError):
+        line = text.count("\n", 0, err.position) + 1
+        return f"line {line}: not valid YAML: character #x{err.character:04x} is not allowed"
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        return f"{where}not valid YAML: {err.problem}{context}"
+    return f"not valid YAML: {err}"
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+        if loader.first_anchor is not None:
+            where, _, anchor = loader.first_anchor
+            raise FileRefused(
+                f"{where}: a YAML anchor (&{anchor}) is not accepted; write the value out"
+            )
+        return data
+    finally:
+        loader.dispose()
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[\[\]{},]', re.DOTALL)
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
+def _check_json_nesting(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the decoder (which recurses) sees it."""
+    # Quick: the brackets outside strings, innermost pairs taken away MAX_DEPTH times.
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return
+        brackets = _INNERMOST.sub("", brackets)
+    if not brackets:
+        return
+    # Something is left: too deep, or unbalanced (then the decoder says where). Find the
+    # first container too deep, and its path, token by token.
+    stack: list[list[Any]] = []  # [is a list, index or key]
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first == '"':
+            if match.group(1) and stack and not stack[-1][0]:
+                try:
+                    stack[-1][1] = json.loads(token[: token.rindex('"') + 1])
+                except ValueError:
+                    stack[-1][1] = "?"
+        elif first in "[{":
+            if len(stack) >= MAX_DEPTH:
+                path = [f"[{key}]" if is_list else f".{key}" for is_list, key in stack]
+                line = text.count("\n", 0, match.start()) + 1
+                raise FileRefused(f"{_where(path, line)}: nested deeper than {MAX_DEPTH} levels")
+            stack.append([first == "[", 0 if first == "[" else None])
+        elif first in "]}":
+            if stack:
+                stack.pop()
+        elif stack and stack[-1][0]:  # a comma in a list
+            stack[-1][1] += 1
+
+
+def _json_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= 4000 else Decimal(text)
+
+
+def _load_json(text: str) -> Any:
+    _check_json_nesting(text)
+    try:
+        return json.loads(
+            text, parse_float=Decimal, parse_int=_json_int, parse_constant=lambda name: name
+        )
+    except json.JSONDecodeError as err:
+        raise FileRefused(
+            f"line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}"
+        ) from None
+    except RecursionError:  # not reached after the check above; never a traceback
+        raise FileRefused(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+# --- the file -----------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a byte order mark is dropped), undecodable bytes kept as
+    lone surrogates for the validation to name; UTF-16 and UTF-32 refused."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise FileRefused(f"cannot be read: {err.strerror or err}") from None
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
+        if raw.startswith(bom):
+            raise FileRefused(
+                f"is not UTF-8 text (it starts with a {name} byte order mark); save it as UTF-8"
+            )
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def load_data(path: Path) -> Any:
+    """The content of a catalog file: JSON by extension, YAML otherwise."""
+    text = read_text(path)
+    if path.suffix.lower() == ".json":
+        return _load_json(text)
+    try:
+        return _load_yaml(text)
+    except yaml.YAMLError as err:
+        raise FileRefused(_yaml_problem(err, text)) from None
+
+
+__all__ = ["MAX_DEPTH", "FileRefused", "load_data"]
