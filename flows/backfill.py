@@ -5,22 +5,34 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
-from billing_core.close import billing_dates_between
+from billing_core.close import DocumentsNotWritten, billing_dates_between
 from flows.period_close import configured_close
 
 
 @flow(name="backfill")
-def backfill(start: date, end: date, issue: bool = False) -> dict:
+def backfill(start: date, end: date, issue: bool = False) -> dict | State:
     """Close each billing date from `start` to `end` as a child flow run, in order; the
     result is the same as one close through `end`, and running it again changes nothing."""
     logger = get_run_logger()
     dates = billing_dates_between(start, end)
     logger.info(f"backfilling {len(dates)} billing date(s) from {start} to {end}")
     close = configured_close()
-    closes = [close(through=day, issue=issue) for day in dates]
-    return {
+    closes, missing = [], None
+    for day in dates:
+        try:
+            closes.append(close(through=day, issue=issue))
+            missing = None
+        except DocumentsNotWritten as error:
+            # Recorded: the next date's close writes what it can and reports what is left.
+            closes.append(error.result)
+            missing = error
+    result = {
         "start": start.isoformat(),
         "end": end.isoformat(),
         "closes": [c["through"] for c in closes],
     }
+    if missing is not None:
+        return Failed(message=str(missing), data=DocumentsNotWritten(str(missing), result))
+    return result

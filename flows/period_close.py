@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from billing_core import close as steps
 from billing_core.config import get_settings
@@ -62,6 +63,10 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
     return log_report(steps.render(through, families))
 
 
+# Run again when a failed run is retried: documents it could not write may be writable now.
+render_invoices = render_invoices.with_options(refresh_cache=True)
+
+
 def _fan_out(task, through: date, shards: list) -> dict:
     """Run a step over every shard and report it as one; show progress while it runs."""
     futures = task.map(unmapped(through), shards)
@@ -73,7 +78,7 @@ def _fan_out(task, through: date, shards: list) -> dict:
 
 
 @flow(name="period-close", task_runner=task_runner())
-def period_close(through: date | None = None, issue: bool = False) -> dict:
+def period_close(through: date | None = None, issue: bool = False) -> dict | State:
     """Close every billing date up to and including `through` (default: today)."""
     settings = get_settings()
     run = str(flow_run.get_id() or "")
@@ -103,12 +108,18 @@ def period_close(through: date | None = None, issue: bool = False) -> dict:
         steps.finish_run(run_id, "completed")
     publish_step_summaries(reports, through)
     publish_invoices(steps.summary_rows(through=through), steps.documents(through=through), through)
-    return {
+    result = {
         "close_run_id": run_id,
         "through": through.isoformat(),
         "issue": issue,
         "steps": reports,
     }
+    # Documents that could not be written: the close is recorded, and ends failed.
+    problem = steps.documents_problem(reports)
+    if problem:
+        steps.finish_run(run_id, "failed")
+        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, result))
+    return result
 
 
 def configured_close():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow
+from prefect.states import Failed, State
 
 from billing_core import close as steps
 from flows.runtime import log_report, publish_invoices, step, today
@@ -17,12 +18,21 @@ def render(through: date, invoice_ids: list[int] | None) -> dict:
     return log_report(steps.render(through, invoice_ids=invoice_ids))
 
 
+# Run again when a failed run is retried: documents it could not write may be writable now.
+render = render.with_options(refresh_cache=True)
+
+
 @flow(name="render-documents")
-def render_documents(through: date | None = None, invoice_ids: list[int] | None = None) -> dict:
+def render_documents(
+    through: date | None = None, invoice_ids: list[int] | None = None
+) -> dict | State:
     """Write the documents that are missing or out of date through `through`."""
     through = through or today()
     report = render(through, invoice_ids)
     publish_invoices(
         steps.summary_rows(invoice_ids, through), steps.documents(through=through), through
     )
+    problem = steps.documents_problem([report])
+    if problem:  # what could be written is recorded; the run ends failed
+        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, report))
     return report

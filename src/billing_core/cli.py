@@ -130,6 +130,7 @@ def _rebuild_after_import(families: set[str]) -> str | None:
         reports = close_locally(through, families=families)
     except CloseLocked as locked:
         return f"drafts not recalculated now ({locked}); the next close rebuilds them"
+    _warn_missing_previews(reports)
     consolidated = next(r for r in reports if r.step == "consolidate roll-ups")
     built = consolidated.details.get("drafts_built", 0)
     dropped = consolidated.details.get("drafts_discarded", 0)
@@ -139,6 +140,20 @@ def _rebuild_after_import(families: set[str]) -> str | None:
         f"recalculated drafts through {through} for {len(families)} famil"
         f"{'y' if len(families) == 1 else 'ies'}: {dropped} discarded, {built} rebuilt"
     )
+
+
+def _warn_missing_previews(reports: list) -> None:
+    """The import stands when draft previews cannot be written: one warning line."""
+    from .close import documents_missing
+
+    missing = documents_missing(reports)
+    if missing:
+        drafts = all(isinstance(m["invoice"], int) for m in missing)  # drafts have no number
+        err.print(
+            f"warning: {'draft previews' if drafts else 'documents'} could not be written "
+            f"({len(missing)} missing; {missing[0]['reason']}); the next close writes them",
+            markup=False,
+        )
 
 
 # --- usage ---------------------------------------------------------------------------------
@@ -190,12 +205,17 @@ def close(
     day = _date(through, "--through") or date.today()
     from flows.period_close import configured_close
 
+    from .close import DocumentsNotWritten
     from .locks import CloseLocked
 
     try:
         result = configured_close()(through=day, issue=issue)
     except CloseLocked as locked:
         _fail(str(locked))
+    except DocumentsNotWritten as missing:
+        if missing.result is not None:
+            _print_close(missing.result)
+        _fail(str(missing))
     _print_close(result)
 
 
@@ -213,7 +233,13 @@ def backfill(
         _fail(f"--to {end} is before --from {start}", code=2)
     from flows.backfill import backfill as backfill_flow
 
-    result = backfill_flow(start=start, end=end, issue=issue)
+    from .close import DocumentsNotWritten
+
+    try:
+        result = backfill_flow(start=start, end=end, issue=issue)
+    except DocumentsNotWritten as missing:
+        _print_invoices(None, through=end)
+        _fail(str(missing))
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
     _print_invoices(None, through=end)
 
@@ -320,6 +346,10 @@ def invoices_show(
                 write_document(session, invoice_id, output, store_name())
         except InvoiceError as error:
             _fail(str(error))
+        except OSError as error:
+            from .outputs import os_reason
+
+            _fail(f"{output}: not written ({os_reason(error)})")
     if output is not None:
         out.print(f"wrote {output}")
 
@@ -392,9 +422,11 @@ def invoices_issue(
     except InvoiceError as error:
         _fail(str(error))
     issued = report.details["invoice_ids"]
-    if issued:
-        steps.render(None, invoice_ids=issued)
+    rendered = steps.render(None, invoice_ids=issued) if issued else None
     out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
+    problem = steps.documents_problem([report, rendered] if rendered else [report])
+    if problem:
+        _fail(problem)
 
 
 @invoices_app.command("void")
@@ -424,6 +456,7 @@ def invoices_export(
     """Every invoice with its lines, as the export contract describes."""
     from .db import unit_of_work
     from .invoices import export
+    from .outputs import SafeCsvWriter
 
     _store()
     if format_ not in ("json", "csv"):
@@ -459,7 +492,7 @@ def invoices_export(
             "unit_price",
             "amount",
         ]
-        writer = csv.writer(buffer)
+        writer = SafeCsvWriter(csv.writer(buffer))
         writer.writerow(
             ["invoice_" + f if f == "id" else f for f in invoice_fields]
             + ["line_" + f if f in ("amount",) else f for f in line_fields]
@@ -473,7 +506,12 @@ def invoices_export(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            from .outputs import os_reason
+
+            _fail(f"{output}: not written ({os_reason(error)})")
         out.print(f"wrote {len(data)} invoice(s) to {output}")
 
 

@@ -21,6 +21,16 @@ from .report import StepReport
 STEPS = ("recalculate", "collect", "rate", "consolidate", "credits", "render")
 
 
+class DocumentsNotWritten(RuntimeError):
+    """A close whose database work is done and recorded, but some of whose documents could
+    not be written (a full or read-only disk): the operator must act. `result` is what the
+    close returned otherwise."""
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result
+
+
 def _scope(families: Iterable[str] | None) -> Scope:
     return Scope.of(families)
 
@@ -31,6 +41,7 @@ def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepRepo
     with collector.paused(), unit_of_work() as session:
         report = step(session, *args, **kwargs)
         session.commit()
+        report.warnings += invoices.unlink_failures(session)
     report.details["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -76,6 +87,7 @@ def issue(through: date | None = None, ids: list[int] | None = None) -> StepRepo
     with unit_of_work() as session:
         issued = invoices.issue(session, through=through, ids=ids, store_name=store_name())
         session.commit()
+        report.warnings += invoices.unlink_failures(session)
     report.written = len(issued)
     report.details["issued"] = [i.number for i in issued]
     report.details["invoice_ids"] = [i.id for i in issued]
@@ -291,3 +303,61 @@ def documents(through: date | None = None) -> dict[int, dict[str, str]]:
         for invoice_id, fmt, path in session.execute(stmt):
             out.setdefault(invoice_id, {})[fmt] = path
         return out
+
+
+# How many invoices a one-line message names before it counts the rest.
+NAMED = 10
+
+
+def _named(items: list[str]) -> str:
+    shown = ", ".join(items[:NAMED])
+    return shown + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
+
+
+def documents_missing(reports: Iterable[StepReport | dict]) -> list[dict]:
+    """The documents the render step(s) among `reports` could not write."""
+    found = []
+    for report in reports:
+        data = report if isinstance(report, dict) else report.as_dict()
+        if data["step"] == "render invoices":
+            found += data["details"].get("documents_missing", [])
+    return found
+
+
+def documents_problem(reports: Iterable[StepReport | dict]) -> str | None:
+    """One line for an operator when a close could not write some documents: what it
+    issued, which documents are missing (invoice and format), why (each reason once) and
+    what to do; None when every document was written."""
+    reports = list(reports)
+    missing = documents_missing(reports)
+    if not missing:
+        return None
+    issued = []
+    for report in reports:
+        data = report if isinstance(report, dict) else report.as_dict()
+        if data["step"] == "issue invoices":
+            issued += data["details"].get("issued", [])
+    return missing_documents_message(missing, issued)
+
+
+def missing_documents_message(missing: list[dict], issued: list[str]) -> str:
+    from .config import get_settings
+
+    formats: dict[str, list[str]] = {}
+    reasons: dict[str, str] = {}  # the first full reason of each kind ("Permission denied")
+    for entry in missing:
+        invoice = entry["invoice"]
+        label = invoice if isinstance(invoice, str) else f"draft {invoice}"
+        formats.setdefault(label, []).append(entry["format"])
+        reasons.setdefault(entry["reason"].split(": ", 1)[0], entry["reason"])
+    items = [f"{label} ({', '.join(fmts)})" for label, fmts in formats.items()]
+    line = (
+        f"documents not written: {len(missing)} document(s) of {len(items)} invoice(s) are "
+        f"missing: {_named(items)} ({'; '.join(reasons.values())})"
+    )
+    if issued:
+        line += f"; the close issued {len(issued)} invoice(s): {_named(issued)}"
+    return (
+        line + "; the next close writes them once the output folder "
+        f"{get_settings().output_dir} can be written"
+    )
