@@ -91,10 +91,22 @@ def name_part(text: str, limit: int = NAME_PART_LIMIT) -> str:
 # --- writing files ---------------------------------------------------------------------
 
 
-def write_file(path: Path, content: bytes) -> None:
-    """Write a file whole or not at all: into a hidden file beside it, then renamed over
-    it. A full disk never leaves a truncated document, nor a half-written one in place of
-    the last good one; the OSError reaches the caller."""
+def write_file(path: Path, content: bytes, replace: bool = True) -> None:
+    """Write a file whole or not at all; the OSError reaches the caller.
+
+    With `replace`, into a hidden file beside it, then renamed over it: a full disk never
+    leaves a half-written file in place of the last good one. Without (a file nothing
+    points to yet, the common case, which then costs no rename), straight to its place,
+    and a part written before a failure is removed.
+    """
+    if not replace:
+        try:
+            path.write_bytes(content)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            raise
+        return
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         temporary.write_bytes(content)

@@ -621,7 +621,7 @@ def render(
         elif fmt == "html":
             content = render_html(data[invoice.id], env).encode("utf-8")
             try:
-                outputs.write_file(path, content)
+                outputs.write_file(path, content, replace=doc is not None)
             except OSError as error:
                 failures.append((invoice, fmt, doc, error))
             else:

@@ -56,6 +56,13 @@ def assert_consistent(store) -> None:
         assert Path(path).is_file(), f"{number or invoice_id} {fmt}: {path} is on record"
 
 
+def assert_no_stray_files(store, folder: Path) -> None:
+    """The files in the documents folder are the documents on record: nothing cut short
+    is left behind."""
+    on_disk = {str(p.resolve()) for p in folder.rglob("*") if p.is_file()}
+    assert on_disk == {path for *_, path, _ in documents_on_record(store)}
+
+
 def issued_numbers(store) -> list[str]:
     return [
         r[0]
@@ -90,7 +97,7 @@ class Disk:
         """A read-only file system: no file written, none removed."""
         folder = str(self.folder)
 
-        def refuse(path, content):
+        def refuse(path, content, replace=True):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
         unlink = pathlib.Path.unlink
@@ -105,17 +112,21 @@ class Disk:
         return os.strerror(errno.EROFS)
 
     def full_after(self, count: int, failures: int = 1) -> str:
-        """The disk fills after `count` documents and `failures` documents fail (ENOSPC);
-        the ones after them are written again (space freed by someone else)."""
-        write = outputs.write_file
+        """The disk fills after `count` documents: the next `failures` documents are cut
+        short (ENOSPC, part of the file written) and the ones after them are written
+        again (space freed by someone else)."""
+        folder = str(self.folder)
+        write_bytes = pathlib.Path.write_bytes
 
         def writer(path, content):
-            self.writes += 1
-            if count < self.writes <= count + failures:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-            return write(path, content)
+            if str(path).startswith(folder):
+                self.writes += 1
+                if count < self.writes <= count + failures:
+                    write_bytes(path, content[:10])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            return write_bytes(path, content)
 
-        self.monkeypatch.setattr(outputs, "write_file", writer)
+        self.monkeypatch.setattr(pathlib.Path, "write_bytes", writer)
         return os.strerror(errno.ENOSPC)
 
     def writable(self) -> None:
@@ -167,6 +178,7 @@ def test_a_close_that_cannot_write_documents_issues_names_them_and_the_next_writ
     expected = {(n, f) for n in numbers for f in ("html", "pdf")}
     if refusal == "full_midway":  # the first written, the next two refused, the others written
         assert len(written) == 6
+        assert_no_stray_files(store, disk.folder)
     else:
         assert written == set()
     assert {(n, f) for n, fmts in missing for f in fmts.split(", ")} == expected - written
@@ -198,6 +210,7 @@ def test_the_render_step_reports_each_missing_document_and_writes_the_others(sto
     assert render.written == 7
     assert len(render.warnings) == 1 and missing[0]["invoice"] in render.warnings[0]
     assert_consistent(store)
+    assert_no_stray_files(store, disk.folder)
     disk.writable()
     assert close("2026-02-01")[-1].details.get("documents_missing", []) == []
     assert len(final_documents(store)) == 8
@@ -253,6 +266,44 @@ def test_issuing_from_the_invoices_command_names_the_missing_documents(store, di
     assert "INV-2026-000001 (html, pdf)" in last and "INV-2026-000002 (html, pdf)" in last
     assert reasons(last, reason) == 1
     assert_consistent(store)
+
+
+def test_a_backfill_and_the_render_flow_end_failed_naming_the_missing_documents(
+    store, prefect_server, disk
+):
+    from flows.render_documents import render_documents
+
+    import_yaml(TWO_CUSTOMERS)
+    reason = disk.not_a_directory()
+    done = run("backfill", "--from", "2026-01-01", "--to", "2026-02-01", "--issue")
+    assert done.exit_code == 1, done.output
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("documents not written:") and reasons(last, reason) == 1
+    numbers = issued_numbers(store)
+    assert len(numbers) == 4 and all(f"{n} (html, pdf)" in last for n in numbers)
+    assert store.scalar("SELECT count(*) FROM invoice_documents") == 0
+    state = render_documents(through=date(2026, 2, 1), return_state=True)
+    assert state.is_failed() and state.message.startswith("documents not written:")
+    disk.writable()
+    state = render_documents(through=date(2026, 2, 1), return_state=True)
+    assert state.is_completed()
+    assert len(final_documents(store)) == 8
+    assert_consistent(store)
+
+
+def test_a_copy_or_an_export_that_cannot_be_written_is_one_line(store, disk):
+    import_yaml(TWO_CUSTOMERS)
+    close("2026-02-01")
+    disk.not_a_directory()
+    target = Path(os.environ["BILLING_OUTPUT_DIR"])
+    for args in (
+        ("invoices", "show", "1", "--output", str(target / "copy.pdf")),
+        ("invoices", "export", "--format", "csv", "--output", str(target / "out.csv")),
+    ):
+        done = run(*args)
+        assert done.exit_code == 1, done.output
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"{args[-1]}: not written (Not a directory: {target}")
 
 
 # --- spreadsheet formulas in CSV cells ------------------------------------------------------
