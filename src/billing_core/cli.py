@@ -692,9 +692,13 @@ def demo(
 ) -> None:
     """The main job on a fresh SQLite store: sample catalog and usage, months closed and
     issued, documents written, a summary printed."""
+    from .close import DocumentsNotWritten
     from .demo import run_demo
 
-    run_demo(folder, out)
+    try:
+        run_demo(folder, out)
+    except DocumentsNotWritten as missing:
+        _fail(str(missing))
 
 
 def main() -> None:
