@@ -6,8 +6,9 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
-from billing_core.close import billing_dates_between
+from billing_core.close import CloseFailed, DocumentsNotWritten, billing_dates_between
 from billing_core.config import get_settings
 from billing_core.locks import close_lock
 from flows.period_close import configured_close
@@ -15,7 +16,7 @@ from flows.runtime import close_slot
 
 
 @flow(name="backfill")
-def backfill(start: date, end: date, issue: bool = False) -> dict:
+def backfill(start: date, end: date, issue: bool = False) -> dict | State:
     """Close each billing date from `start` to `end` as a child flow run, in order; the
     result is the same as one close through `end`, and running it again changes nothing."""
     logger = get_run_logger()
@@ -25,9 +26,29 @@ def backfill(start: date, end: date, issue: bool = False) -> dict:
         dates = billing_dates_between(start, end)
     logger.info(f"backfilling {len(dates)} billing date(s) from {start} to {end}")
     close = configured_close()
-    closes = [close(through=day, issue=issue) for day in dates]
-    return {
+    closes, missing = [], None
+    failed: dict[str, dict[str, str]] = {}
+    for day in dates:
+        try:
+            closes.append(close(through=day, issue=issue))
+            missing = None
+        except DocumentsNotWritten as error:
+            # Recorded: the next date's close writes what it can and reports what is left.
+            closes.append(error.result)
+            missing = error
+        except CloseFailed as error:
+            # The other families go on to the next dates; the failed ones stay as they were.
+            closes.append({"through": day.isoformat()})
+            for family, failure in error.failures.items():
+                failed.setdefault(family, failure)
+            missing = DocumentsNotWritten(error.documents) if error.documents else None
+    if failed:
+        raise CloseFailed(failed, end, documents=str(missing) if missing else None)
+    result = {
         "start": start.isoformat(),
         "end": end.isoformat(),
         "closes": [c["through"] for c in closes],
     }
+    if missing is not None:
+        return Failed(message=str(missing), data=DocumentsNotWritten(str(missing), result))
+    return result

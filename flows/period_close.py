@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from billing_core import close as steps
 from billing_core.config import get_settings
@@ -65,6 +66,10 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
     return log_report(steps.render(through, families))
 
 
+# Run again when a failed run is retried: documents it could not write may be writable now.
+render_invoices = render_invoices.with_options(refresh_cache=True)
+
+
 class _Failures(dict):
     """Families the close could not finish: family -> {"step", "reason"} (first failure)."""
 
@@ -90,7 +95,7 @@ def _fan_out(task, through: date, shards: list, failed: _Failures) -> dict | Non
 
 
 @flow(name="period-close", task_runner=task_runner())
-def period_close(through: date | None = None, issue: bool = False) -> dict:
+def period_close(through: date | None = None, issue: bool = False) -> dict | State:
     """Close every billing date up to and including `through` (default: today).
 
     A family whose rating, consolidation, credits or documents fail is left as it was;
@@ -128,18 +133,24 @@ def period_close(through: date | None = None, issue: bool = False) -> dict:
         except BaseException:
             steps.finish_run(run_id, "failed", dict(failed))
             raise
-        steps.finish_run(run_id, "failed" if failed else "completed", dict(failed))
+        # Documents that could not be written: the close is recorded, and ends failed.
+        problem = steps.documents_problem(reports)
+        ended = "failed" if failed or problem else "completed"
+        steps.finish_run(run_id, ended, dict(failed))
     publish_step_summaries(reports, through)
     publish_invoices(steps.summary_rows(through=through), steps.documents(through=through), through)
     if failed:
         publish_failures(failed, through)
-        raise steps.CloseFailed(dict(failed), through)
-    return {
+        raise steps.CloseFailed(dict(failed), through, documents=problem)
+    result = {
         "close_run_id": run_id,
         "through": through.isoformat(),
         "issue": issue,
         "steps": reports,
     }
+    if problem:
+        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, result))
+    return result
 
 
 def configured_close():

@@ -8,6 +8,7 @@ from datetime import date
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from billing_core import close as steps
 from billing_core.config import get_settings
@@ -20,8 +21,14 @@ def render(through: date, invoice_ids: list[int] | None) -> dict:
     return log_report(steps.render(through, invoice_ids=invoice_ids))
 
 
+# Run again when a failed run is retried: documents it could not write may be writable now.
+render = render.with_options(refresh_cache=True)
+
+
 @flow(name="render-documents")
-def render_documents(through: date | None = None, invoice_ids: list[int] | None = None) -> dict:
+def render_documents(
+    through: date | None = None, invoice_ids: list[int] | None = None
+) -> dict | State:
     """Write the documents that are missing or out of date through `through`."""
     through = through or today()
     run = str(flow_run.get_id() or "")
@@ -40,4 +47,7 @@ def render_documents(through: date | None = None, invoice_ids: list[int] | None 
     )
     if report.get("failures"):
         raise steps.FamilyFailures(report)
+    problem = steps.documents_problem([report])
+    if problem:  # what could be written is recorded; the run ends failed
+        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, report))
     return report

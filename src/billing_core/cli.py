@@ -138,6 +138,7 @@ def _rebuild_after_import(families: set[str]) -> str | None:
             + "; ".join(failed.lines())
             + " (those families keep their drafts; the next close retries them)"
         )
+    _warn_missing_previews(reports)
     consolidated = next(r for r in reports if r.step == "consolidate roll-ups")
     built = consolidated.details.get("drafts_built", 0)
     dropped = consolidated.details.get("drafts_discarded", 0)
@@ -147,6 +148,20 @@ def _rebuild_after_import(families: set[str]) -> str | None:
         f"recalculated drafts through {through} for {len(families)} famil"
         f"{'y' if len(families) == 1 else 'ies'}: {dropped} discarded, {built} rebuilt"
     )
+
+
+def _warn_missing_previews(reports: list) -> None:
+    """The import stands when draft previews cannot be written: one warning line."""
+    from .close import documents_missing
+
+    missing = documents_missing(reports)
+    if missing:
+        drafts = all(isinstance(m["invoice"], int) for m in missing)  # drafts have no number
+        err.print(
+            f"warning: {'draft previews' if drafts else 'documents'} could not be written "
+            f"({len(missing)} missing; {missing[0]['reason']}); the next close writes them",
+            markup=False,
+        )
 
 
 # --- usage ---------------------------------------------------------------------------------
@@ -200,7 +215,7 @@ def close(
 
     _quiet_tracebacks()
 
-    from .close import CloseFailed
+    from .close import CloseFailed, DocumentsNotWritten
     from .locks import CloseLocked, LockLost
 
     try:
@@ -215,6 +230,10 @@ def close(
             "closed); fix the cause and close again:",
             *(f"  {line}" for line in failed.lines()),
         )
+    except DocumentsNotWritten as missing:
+        if missing.result is not None:
+            _print_close(missing.result)
+        _fail(str(missing))
     _print_close(result)
 
 
@@ -234,7 +253,21 @@ def backfill(
 
     _quiet_tracebacks()
 
-    result = backfill_flow(start=start, end=end, issue=issue)
+    from .close import CloseFailed, DocumentsNotWritten
+
+    try:
+        result = backfill_flow(start=start, end=end, issue=issue)
+    except DocumentsNotWritten as missing:
+        _print_invoices(None, through=end)
+        _fail(str(missing))
+    except CloseFailed as failed:
+        _print_invoices(None, through=end)
+        _fail(
+            f"backfill to {end} failed for {len(failed.failures)} customer "
+            f"famil{'y' if len(failed.failures) == 1 else 'ies'} (every other family was "
+            "closed); fix the cause and run it again:",
+            *(f"  {line}" for line in failed.lines()),
+        )
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
     _print_invoices(None, through=end)
 
@@ -341,6 +374,10 @@ def invoices_show(
                 write_document(session, invoice_id, output, store_name())
         except InvoiceError as error:
             _fail(str(error))
+        except OSError as error:
+            from .outputs import os_reason
+
+            _fail(f"{output}: not written ({os_reason(error)})")
     if output is not None:
         out.print(f"wrote {output}")
 
@@ -413,9 +450,11 @@ def invoices_issue(
     except InvoiceError as error:
         _fail(str(error))
     issued = report.details["invoice_ids"]
-    if issued:
-        steps.render(None, invoice_ids=issued)
+    rendered = steps.render(None, invoice_ids=issued) if issued else None
     out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
+    problem = steps.documents_problem([report, rendered] if rendered else [report])
+    if problem:
+        _fail(problem)
 
 
 @invoices_app.command("void")
@@ -445,6 +484,7 @@ def invoices_export(
     """Every invoice with its lines, as the export contract describes."""
     from .db import unit_of_work
     from .invoices import export
+    from .outputs import SafeCsvWriter
 
     _store()
     if format_ not in ("json", "csv"):
@@ -480,7 +520,7 @@ def invoices_export(
             "unit_price",
             "amount",
         ]
-        writer = csv.writer(buffer)
+        writer = SafeCsvWriter(csv.writer(buffer))
         writer.writerow(
             ["invoice_" + f if f == "id" else f for f in invoice_fields]
             + ["line_" + f if f in ("amount",) else f for f in line_fields]
@@ -494,7 +534,12 @@ def invoices_export(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            from .outputs import os_reason
+
+            _fail(f"{output}: not written ({os_reason(error)})")
         out.print(f"wrote {len(data)} invoice(s) to {output}")
 
 
@@ -675,9 +720,13 @@ def demo(
 ) -> None:
     """The main job on a fresh SQLite store: sample catalog and usage, months closed and
     issued, documents written, a summary printed."""
+    from .close import DocumentsNotWritten
     from .demo import run_demo
 
-    run_demo(folder, out)
+    try:
+        run_demo(folder, out)
+    except DocumentsNotWritten as missing:
+        _fail(str(missing))
 
 
 # Prefect starts a temporary API server for a flow run when PREFECT_API_URL is unset; its

@@ -48,10 +48,17 @@ class FamilyFailures(RuntimeError):
 class CloseFailed(RuntimeError):
     """A close finished every family it could and failed the others."""
 
-    def __init__(self, failures: dict[str, dict[str, str]], through: date | str):
-        super().__init__(failures, str(through))
+    def __init__(
+        self,
+        failures: dict[str, dict[str, str]],
+        through: date | str,
+        documents: str | None = None,
+    ):
+        super().__init__(failures, str(through), documents)
         self.failures = failures
         self.through = str(through)
+        # One line on documents that could not be written, if any were not.
+        self.documents = documents
 
     def __str__(self) -> str:
         return (
@@ -70,7 +77,7 @@ class CloseFailed(RuntimeError):
         return [
             f"family {family}: {r['step']} failed: {r['reason']}"
             for family, r in sorted(self.failures.items())
-        ]
+        ] + ([self.documents] if self.documents else [])
 
 
 def describe_failures(by_step: dict[str, dict[str, str]]) -> str:
@@ -79,6 +86,16 @@ def describe_failures(by_step: dict[str, dict[str, str]]) -> str:
         for step, failures in by_step.items()
         for family, reason in sorted(failures.items())
     )
+
+
+class DocumentsNotWritten(RuntimeError):
+    """A close whose database work is done and recorded, but some of whose documents could
+    not be written (a full or read-only disk): the operator must act. `result` is what the
+    close returned otherwise."""
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 def _scope(families: Iterable[str] | None) -> Scope:
@@ -113,6 +130,7 @@ def _attempt(step: Callable[..., StepReport], scope: Scope, args, kwargs) -> Ste
     with collector.paused(), unit_of_work() as session:
         report = step(session, args[0], scope, *args[1:], **kwargs)
         session.commit()
+        report.warnings += invoices.unlink_failures(session)
     return report
 
 
@@ -240,6 +258,7 @@ def issue(
             exclude_families=sorted(exclude_families or ()),
         )
         session.commit()
+        report.warnings += invoices.unlink_failures(session)
     report.written = len(issued)
     report.details["issued"] = [i.number for i in issued]
     report.details["invoice_ids"] = [i.id for i in issued]
@@ -486,3 +505,61 @@ def documents(through: date | None = None) -> dict[int, dict[str, str]]:
         for invoice_id, fmt, path in session.execute(stmt):
             out.setdefault(invoice_id, {})[fmt] = path
         return out
+
+
+# How many invoices a one-line message names before it counts the rest.
+NAMED = 10
+
+
+def _named(items: list[str]) -> str:
+    shown = ", ".join(items[:NAMED])
+    return shown + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
+
+
+def documents_missing(reports: Iterable[StepReport | dict]) -> list[dict]:
+    """The documents the render step(s) among `reports` could not write."""
+    found = []
+    for report in reports:
+        data = report if isinstance(report, dict) else report.as_dict()
+        if data["step"] == "render invoices":
+            found += data["details"].get("documents_missing", [])
+    return found
+
+
+def documents_problem(reports: Iterable[StepReport | dict]) -> str | None:
+    """One line for an operator when a close could not write some documents: what it
+    issued, which documents are missing (invoice and format), why (each reason once) and
+    what to do; None when every document was written."""
+    reports = list(reports)
+    missing = documents_missing(reports)
+    if not missing:
+        return None
+    issued = []
+    for report in reports:
+        data = report if isinstance(report, dict) else report.as_dict()
+        if data["step"] == "issue invoices":
+            issued += data["details"].get("issued", [])
+    return missing_documents_message(missing, issued)
+
+
+def missing_documents_message(missing: list[dict], issued: list[str]) -> str:
+    from .config import get_settings
+
+    formats: dict[str, list[str]] = {}
+    reasons: dict[str, str] = {}  # the first full reason of each kind ("Permission denied")
+    for entry in missing:
+        invoice = entry["invoice"]
+        label = invoice if isinstance(invoice, str) else f"draft {invoice}"
+        formats.setdefault(label, []).append(entry["format"])
+        reasons.setdefault(entry["reason"].split(": ", 1)[0], entry["reason"])
+    items = [f"{label} ({', '.join(fmts)})" for label, fmts in formats.items()]
+    line = (
+        f"documents not written: {len(missing)} document(s) of {len(items)} invoice(s) are "
+        f"missing: {_named(items)} ({'; '.join(reasons.values())})"
+    )
+    if issued:
+        line += f"; the close issued {len(issued)} invoice(s): {_named(issued)}"
+    return (
+        line + "; the next close writes them once the output folder "
+        f"{get_settings().output_dir} can be written"
+    )

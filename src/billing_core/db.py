@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,8 +144,12 @@ def require_current(url: str | None = None) -> None:
 
 
 def safe_url(url: str) -> str:
-    """A URL for messages, without its password."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    """A URL for messages, without its password (masked too in a URL that does not
+    parse)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return re.sub(r"(//[^:/@]*:).*@", r"\1***@", url)
 
 
 def store_name(url: str | None = None) -> str:

@@ -43,8 +43,27 @@ def unlink_after_commit(session: Session, paths: list[str]) -> None:
 
 
 def _unlink_pending(session: Session) -> None:
+    # The transaction has committed: a file that cannot be removed (a read-only disk) is
+    # left where it is, with no row pointing at it, and noted for the step's report.
     for path in session.info.pop("unlink_after_commit", []):
-        Path(path).unlink(missing_ok=True)
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError as error:
+            session.info.setdefault("unlink_failed", []).append(error)
+
+
+def unlink_failures(session: Session) -> list[str]:
+    """A warning for the files the committed transactions of `session` could not remove
+    (none when every file went); the list is emptied."""
+    failed = session.info.pop("unlink_failed", [])
+    if not failed:
+        return []
+    from .outputs import os_reason
+
+    return [
+        f"{len(failed)} replaced document file(s) could not be removed ({os_reason(failed[0])});"
+        " they stay on disk and no invoice points at them"
+    ]
 
 
 def discard_draft(session: Session, invoice: Any, reason: str, now: datetime) -> None:

@@ -11,7 +11,7 @@ import gc
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -25,8 +25,9 @@ from babel import Locale
 from babel.numbers import get_currency_symbol
 from sqlmodel import Session
 
+from . import outputs
 from .config import get_settings
-from .invoices import InvoiceError, lines_of
+from .invoices import InvoiceError, lines_of, unlink_after_commit
 from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceDocument, Metric
 from .money import ZERO, minor_units
 from .reference import ALL, Scope
@@ -471,12 +472,20 @@ def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
     The same HTML gives the same pages, but not always the same bytes: a font subset made
     by fontTools (without HarfBuzz's subsetter) carries the second it was made."""
     content = pdf_document(html, folder).write_pdf()
-    path.write_bytes(content)
+    outputs.write_file(path, content)
     return hashlib.sha256(content).hexdigest()
 
 
-def render_pdfs(jobs: list[tuple[str, Path]], folder: str) -> list[str]:
+def render_pdfs(
+    jobs: list[tuple[str, Path]],
+    folder: str,
+    failed: Callable[[int, OSError], None] | None = None,
+) -> list[str | None]:
     """Write PDFs (HTML, path) in order; returns their SHA-256.
+
+    With `failed`, a PDF that cannot be written (an OSError: a full or read-only disk) is
+    handed to it with its index, its SHA-256 is None, and the next PDFs are still written;
+    without, the OSError is raised.
 
     One process renders its shard's PDFs one after the other: to use every core, run the
     close on the Dask task runner with several shards (BILLING_TASK_RUNNER=dask), which
@@ -487,20 +496,26 @@ def render_pdfs(jobs: list[tuple[str, Path]], folder: str) -> list[str]:
     (`collector.paused`): each PDF's are collected before the next is laid out, or a
     shard of 6,000 invoices would hold some 6 MB of dead boxes for each.
     """
-    shas = []
-    for html, path in jobs:
-        shas.append(render_pdf(html, path, folder))
+    shas: list[str | None] = []
+    for index, (html, path) in enumerate(jobs):
+        try:
+            shas.append(render_pdf(html, path, folder))
+        except OSError as error:
+            if failed is None:
+                raise
+            failed(index, error)
+            shas.append(None)
         gc.collect(0)
     return shas
 
 
 def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
-    name = invoice.number or f"draft-{invoice.id}"
-    return (
-        output_dir
-        / invoice.billing_date.isoformat()
-        / (f"{invoice.billed_customer_id}-{name}.{fmt}")
-    )
+    """Where an invoice's document goes: a folder per billing date, a file named after the
+    billed customer and the number (or the draft's id). Ids are made safe as name parts
+    (`outputs.name_part`), so the file is always inside `output_dir`."""
+    name = outputs.name_part(invoice.number) if invoice.number else f"draft-{invoice.id}"
+    customer = outputs.name_part(invoice.billed_customer_id)
+    return output_dir / invoice.billing_date.isoformat() / f"{customer}-{name}.{fmt}"
 
 
 def write_document(
@@ -518,7 +533,7 @@ def write_document(
     if path.suffix.lower() == ".pdf":
         render_pdf(render_html(data, inline_css=False), path)
     else:
-        path.write_text(render_html(data), encoding="utf-8")
+        outputs.write_file(path, render_html(data).encode("utf-8"))
     return path
 
 
@@ -582,24 +597,51 @@ def render(
     digests = {i: source_hash(d) for i, d in data.items()}
     written: list[tuple[Any, str, Any, Path, str]] = []  # invoice, format, doc, path, sha
     pdfs: list[tuple[Any, Any, Path, str]] = []  # invoice, doc, path, html
+    failures: list[tuple[Any, str, Any, OSError]] = []  # invoice, format, doc, error
+    folders: dict[Path, OSError | None] = {}  # each folder made (or refused) once
+
+    def ready(path: Path) -> OSError | None:
+        if path.parent not in folders:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders[path.parent] = None
+            except OSError as error:
+                folders[path.parent] = error
+        return folders[path.parent]
+
+    # A document that cannot be written (a full or read-only disk) is reported and left
+    # unrecorded, and the others are still written: the next render writes it.
     for invoice, fmt, doc in wanted:
         path = document_path(output_dir, invoice, fmt)
         if doc is not None and doc.source_hash == digests[invoice.id] and Path(doc.path).exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "html":
+        refused = ready(path)
+        if refused is not None:
+            failures.append((invoice, fmt, doc, refused))
+        elif fmt == "html":
             content = render_html(data[invoice.id], env).encode("utf-8")
-            path.write_bytes(content)
-            written.append((invoice, fmt, doc, path, hashlib.sha256(content).hexdigest()))
+            try:
+                outputs.write_file(path, content, replace=doc is not None)
+            except OSError as error:
+                failures.append((invoice, fmt, doc, error))
+            else:
+                written.append((invoice, fmt, doc, path, hashlib.sha256(content).hexdigest()))
         else:
             pdfs.append((invoice, doc, path, render_html(data[invoice.id], env, inline_css=False)))
-    shas = render_pdfs([(html, path) for _, _, path, html in pdfs], folder)
+
+    def pdf_failed(index: int, error: OSError) -> None:
+        invoice, doc, _, _ = pdfs[index]
+        failures.append((invoice, "pdf", doc, error))
+
+    shas = render_pdfs([(html, path) for _, _, path, html in pdfs], folder, pdf_failed)
     written += [
         (invoice, "pdf", doc, path, sha)
         for (invoice, doc, path, _), sha in zip(pdfs, shas, strict=True)
+        if sha is not None
     ]
+    _report_missing(session, report, failures)
     # Recorded in bulk: new documents in one insert, replaced ones in one executemany.
-    inserts, updates = [], []
+    inserts, updates, moved = [], [], []
     for invoice, fmt, doc, path, sha in written:
         row = {
             "invoice_id": invoice.id,
@@ -614,11 +656,57 @@ def render(
             inserts.append(row)
         else:
             updates.append({"_id": doc.id, **row})
+            if doc.path != row["path"]:
+                moved.append(doc.path)  # a preview now written under a new name
         report.written += 1
     insert_rows(session, InvoiceDocument, inserts)
     if updates:
         session.execute(
             sa.update(InvoiceDocument.__table__).where(d.id == sa.bindparam("_id")), updates
         )
+    unlink_after_commit(session, moved)
     report.details["documents"] = report.written
     return report
+
+
+def _report_missing(
+    session: Session, report: StepReport, failures: list[tuple[Any, str, Any, OSError]]
+) -> None:
+    """The documents that could not be written, in the step's report: each in
+    `details["documents_missing"]` ({invoice, format, reason}), and a warning per invoice.
+
+    Nothing is recorded for them. A draft's preview that was on record stays so while its
+    last good file is still there (the file is replaced whole or not at all), and the
+    next render, seeing it out of date, writes it again; a record whose file is gone too
+    is dropped, so no document row ever points at a missing file.
+    """
+    if not failures:
+        return
+    by_invoice: dict[int, list[tuple[Any, str, OSError]]] = defaultdict(list)
+    gone = []
+    for invoice, fmt, doc, error in failures:
+        by_invoice[invoice.id].append((invoice, fmt, error))
+        if doc is not None and not doc.final and not Path(doc.path).exists():
+            gone.append(doc.id)
+    missing = report.details.setdefault("documents_missing", [])
+    for entries in by_invoice.values():
+        invoice = entries[0][0]
+        label = invoice.number or invoice.id
+        for _, fmt, error in entries:
+            missing.append({"invoice": label, "format": fmt, "reason": outputs.os_reason(error)})
+        formats = ", ".join(fmt for _, fmt, _ in entries)
+        reason = outputs.os_reason(entries[0][2])
+        them = "them" if len(entries) > 1 else "it"
+        report.warnings.append(
+            f"{invoice_label(invoice)}: {formats} not written ({reason}); "
+            f"the next close writes {them}"
+        )
+    if gone:
+        d = InvoiceDocument.__table__.c
+        for part in chunks(gone):
+            session.execute(sa.delete(InvoiceDocument.__table__).where(d.id.in_(part)))
+
+
+def invoice_label(invoice: Any) -> str:
+    """An invoice as messages name it: its number, or "draft ID"."""
+    return f"invoice {invoice.number}" if invoice.number else f"draft {invoice.id}"

@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 from .db import is_postgres
 from .models import Customer, Metric, UsageEvent, UsageLoad, UsageTouch
+from .outputs import SafeCsvWriter
 
 # Metric values are stored as integers of 10^-6 units: exact sums on both stores.
 SCALE = 10**6
@@ -600,7 +601,7 @@ def ingest_files(
     try:
         if rejects_path is not None:
             handle = rejects_path.open("w", newline="", encoding="utf-8")
-            rejects = csv.writer(handle)
+            rejects = SafeCsvWriter(csv.writer(handle))  # it echoes the files' own text
             rejects.writerow(["file", "row", "field", "reason", "record"])
         result = ingest_records(
             session,
