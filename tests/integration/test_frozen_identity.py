@@ -116,6 +116,7 @@ def test_documents_written_after_a_rename_show_the_identity_at_issue(store, monk
         store.scalar("SELECT count(*) FROM invoice_documents WHERE invoice_id = :i", i=issued["id"])
         == 0
     )
+    assert not [p for p in folder.rglob("*") if p.is_file()]
     import_yaml(renamed_catalog(), name="renamed.yaml")
     writable(folder, monkeypatch)
     close("2026-03-01")
