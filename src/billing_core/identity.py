@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from .models import Charge, Customer, InvoiceCharge, InvoiceLine, Issuer, Metric, TaxRate
-from .store import select_in
+from .store import chunks, select_in
 
 # What of the billed customer an invoice shows or is sent with (those the table has).
 BILLED_FIELDS = ("name", "address", "tax_id", "email", "locale", "payment_terms_days")
@@ -41,6 +41,9 @@ class Mentions:
     customers: set[str] = field(default_factory=set)
     metrics: set[str] = field(default_factory=set)
     jurisdictions: set[str] = field(default_factory=set)
+
+
+NOTHING = Mentions()
 
 
 def mentions_of(lines: Iterable[Any], charges: Iterable[Any]) -> Mentions:
@@ -61,27 +64,26 @@ def mentions(session: Session, invoice_ids: list[int]) -> dict[int, Mentions]:
     """What each invoice names, read set-based from its lines and charges."""
     out: dict[int, Mentions] = defaultdict(Mentions)
     ln = InvoiceLine.__table__.c
-    for invoice_id, customer, jurisdiction in select_in(
-        session,
-        sa.select(ln.invoice_id, ln.serviced_customer_id, ln.jurisdiction).distinct(),
-        ln.invoice_id,
-        invoice_ids,
-    ):
-        out[invoice_id].customers.add(customer)
-        if jurisdiction:
-            out[invoice_id].jurisdictions.add(jurisdiction)
     ch, link = Charge.__table__.c, InvoiceCharge.__table__.c
-    for invoice_id, customer, metric in select_in(
-        session,
+    lines = sa.select(ln.invoice_id, ln.serviced_customer_id, ln.jurisdiction).distinct()
+    charges = (
         sa.select(link.invoice_id, ch.serviced_customer_id, ch.metric_code)
         .distinct()
-        .join_from(InvoiceCharge.__table__, Charge.__table__, ch.id == link.charge_id),
-        link.invoice_id,
-        invoice_ids,
-    ):
-        out[invoice_id].customers.add(customer)
-        if metric:
-            out[invoice_id].metrics.add(metric)
+        .join_from(InvoiceCharge.__table__, Charge.__table__, ch.id == link.charge_id)
+    )
+    for part in chunks(sorted(invoice_ids)):
+        for invoice_id, customer, jurisdiction in session.execute(
+            lines.where(ln.invoice_id.in_(part))
+        ).all():
+            out[invoice_id].customers.add(customer)
+            if jurisdiction:
+                out[invoice_id].jurisdictions.add(jurisdiction)
+        for invoice_id, customer, metric in session.execute(
+            charges.where(link.invoice_id.in_(part))
+        ).all():
+            out[invoice_id].customers.add(customer)
+            if metric:
+                out[invoice_id].metrics.add(metric)
     return out
 
 
@@ -133,7 +135,7 @@ def live(
     fields = [name for name in BILLED_FIELDS if name in c]
     wanted = {i.billed_customer_id for i in invoices}
     for i in invoices:
-        wanted |= mentioned.get(i.id, Mentions()).customers
+        wanted |= mentioned.get(i.id, NOTHING).customers
     customers = {
         row.id: row._mapping
         for row in select_in(session, sa.select(c.id, *(c[f] for f in fields)), c.id, wanted)
@@ -146,7 +148,7 @@ def live(
     }
     out = {}
     for invoice in invoices:
-        found = mentioned.get(invoice.id, Mentions())
+        found = mentioned.get(invoice.id, NOTHING)
         billed = invoice.billed_customer_id
         row = customers.get(billed)
         billed_entry: dict[str, Any] = {"id": billed, "name": billed}
