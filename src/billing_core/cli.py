@@ -83,6 +83,35 @@ def db_upgrade() -> None:
     out.print(f"store {safe_url(settings.database_url)} is at revision {revision}")
 
 
+@db_app.command("grant")
+def db_grant(
+    role: Annotated[str, typer.Argument(help="the application role (PostgreSQL)")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="run the statements (connected as the store's owner)")
+    ] = False,
+) -> None:
+    """Print (or apply) the grants of the application role: read and write rows, nothing
+    else. On SQLite there are no roles: it says so and exits 0."""
+    from .db import safe_url
+    from .roles import RoleError, grants
+
+    _store()
+    url = get_settings().database_url
+    try:
+        result = grants(url, role, apply=apply)
+    except RoleError as error:
+        _fail(str(error))
+    if not result.applies:
+        out.print(*result.warnings, markup=False, soft_wrap=True)
+        return
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    for statement in result.statements:
+        out.print(statement, markup=False, soft_wrap=True)
+    if apply:
+        out.print(f"-- applied to {safe_url(url)}", markup=False)
+
+
 # --- catalog -------------------------------------------------------------------------------
 
 

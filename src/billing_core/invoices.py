@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from .credits import rollback
 from .db import is_postgres
+from .identity import live as live_identity
 from .models import Customer, Invoice, InvoiceDocument, InvoiceLine, InvoiceSequence
 from .money import money_str, plain
 from .reference import issuer as load_issuer
@@ -123,8 +124,9 @@ def issue(
     exclude_families: list[str] | None = None,
 ) -> list[Any]:
     """Number and freeze drafts (given ids, or all billed on or before `through`), in
-    order of billing date then billed customer id; drafts of `exclude_families` (families
-    a close could not finish) stay drafts. The caller commits."""
+    order of billing date then billed customer id, each with a snapshot of who it is from
+    and to (billing_core.identity); drafts of `exclude_families` (families a close could
+    not finish) stay drafts. The caller commits."""
     now = now or datetime.now(UTC)
     v = Invoice.__table__.c
     stmt = sa.select(Invoice.__table__).where(v.status == "draft")
@@ -156,6 +158,8 @@ def issue(
             )
     issuer = load_issuer(session, store_name)
     drop_draft_documents(session, [d.id for d in drafts])
+    # Who each invoice is from and to, as the catalog has it now: frozen with it.
+    identities = live_identity(session, drafts, store_name, issuer_id=issuer["id"])
     issued = []
     for draft in drafts:
         number = next_number(
@@ -164,7 +168,13 @@ def issue(
         session.execute(
             sa.update(Invoice.__table__)
             .where(v.id == draft.id)
-            .values(status="issued", number=number, issued_at=now, issuer_id=issuer["id"])
+            .values(
+                status="issued",
+                number=number,
+                issued_at=now,
+                issuer_id=issuer["id"],
+                identity=identities[draft.id],
+            )
         )
         issued.append(_get(session, draft.id))
     return issued

@@ -313,6 +313,9 @@ class Invoice(SQLModel, table=True):
     paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     voided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     canceled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Who it is from and to, as its documents show them, taken when it is issued and
+    # frozen with it (billing_core.identity); NULL on a draft.
+    identity: dict | None = _json()
 
 
 class InvoiceLine(SQLModel, table=True):

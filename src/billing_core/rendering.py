@@ -27,11 +27,12 @@ from sqlmodel import Session
 
 from . import outputs
 from .config import get_settings
+from .identity import mentions_of
+from .identity import of as identity_of
 from .invoices import InvoiceError, lines_of, unlink_after_commit
-from .models import Charge, Customer, Invoice, InvoiceCharge, InvoiceDocument, Metric
+from .models import Charge, Invoice, InvoiceCharge, InvoiceDocument
 from .money import ZERO, minor_units
 from .reference import ALL, Scope
-from .reference import issuer as load_issuer
 from .report import StepReport
 from .store import chunks, insert_rows
 
@@ -212,17 +213,15 @@ def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, st
     return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
-def context(
-    invoice: Any,
-    lines: list[Any],
-    charges: list[Any],
-    names: dict[str, str],
-    metric_names: dict[str, str],
-    issuer: dict,
-) -> dict:
+def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) -> dict:
     """Everything a document or the terminal shows, grouped and formatted the way finance
-    reads it. Only what is frozen with an issued invoice goes in, so a final document
-    reads the same whenever it is rendered."""
+    reads it. Only what is frozen with an issued invoice goes in (its lines, charges and
+    the identity snapshot taken at issue), so a final document reads the same whenever it
+    is rendered."""
+    names: dict[str, str] = identity["customers"]
+    metric_names: dict[str, str] = identity["metrics"]
+    issuer = {k: v for k, v in identity["issuer"].items() if k not in ("id", "invoice_prefix")}
+    billed_entry = identity["billed"]
     currency = invoice.currency
     billed = invoice.billed_customer_id
     by_position = {line.position: line for line in lines}
@@ -292,8 +291,8 @@ def context(
             "billing_date": day(invoice.billing_date),
             "currency": currency,
         },
-        "issuer": {"name": issuer["name"], "address": list(issuer.get("address") or [])},
-        "billed": {"id": billed, "name": names.get(billed, billed)},
+        "issuer": {**issuer, "address": list(issuer.get("address") or [])},
+        "billed": {**billed_entry, "id": billed},
         "sections": sections,
         "multiple_sections": len(sections) > 1,
         "totals": _totals(invoice, currency),
@@ -402,16 +401,14 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
             .where(link.invoice_id.in_(part))
         ):
             charges[charge.invoice_id].append(charge)
-    c = Customer.__table__.c
-    names: dict[str, str] = {}
-    for part in chunks(sorted({i.family_id for i in invoices})):
-        names.update(session.execute(sa.select(c.id, c.name).where(c.family_id.in_(part))).all())
-    m = Metric.__table__.c
-    metric_names = dict(session.execute(sa.select(m.code, m.name)).all())
-    issuer = load_issuer(session, store_name)
-    return {
-        i.id: context(i, lines[i.id], charges[i.id], names, metric_names, issuer) for i in invoices
-    }
+    # An issued invoice shows the identity frozen with it; a draft, the catalog's now.
+    identities = identity_of(
+        session,
+        invoices,
+        store_name,
+        {i.id: mentions_of(lines[i.id], charges[i.id]) for i in invoices},
+    )
+    return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id]) for i in invoices}
 
 
 def source_hash(data: dict) -> str:

@@ -26,7 +26,11 @@ def store_url(empty_url):  # noqa: F811
     and a line and a link on the draft."""
     upgrade(empty_url)
     with get_engine(empty_url).begin() as connection:
-        connection.execute(sa.text(INVOICES))
+        # Invoices are born drafts: invoice 1 is issued once inserted.
+        connection.execute(sa.text(INVOICES.replace("'INV-1', 'issued'", "NULL, 'draft'")))
+        connection.execute(
+            sa.text("UPDATE invoices SET status = 'issued', number = 'INV-1' WHERE id = 1")
+        )
         connection.execute(sa.text(_charge("on-draft", "2026-03-01")))
         connection.execute(sa.text(_charge("free", "2026-03-01")))
         connection.execute(sa.text(LINE), {"invoice": 2})
