@@ -674,6 +674,8 @@ def parse_quantity(value: Any) -> tuple[Decimal | None, str | None]:
         return None, f"not a finite number: {_shown(value)!r}"
     if number < 0:
         return None, f"negative ({_shown(value)}); quantities must be zero or more"
+    if number.is_signed():
+        number = number.copy_abs()  # -0 is 0
     if number > MAX_QUANTITY:
         return None, f"too large: {_shown(value)} {TOO_LARGE}"
     if -number.as_tuple().exponent > MAX_DECIMALS and number != number.quantize(
@@ -1024,11 +1026,20 @@ def ingest_files(
     for path in paths:
         if not path.is_file():
             raise UsageRefused(f"{path}: no such file", [])
+        try:
+            path.open("rb").close()
+        except OSError as error:
+            raise UsageRefused(f"{path}: cannot be read ({error.strerror})", []) from None
     handle = None
     rejects = None
     try:
         if rejects_path is not None:
-            handle = rejects_path.open("w", newline="", encoding="utf-8")
+            try:
+                handle = rejects_path.open("w", newline="", encoding="utf-8")
+            except OSError as error:
+                raise UsageRefused(
+                    f"{rejects_path}: the rejects file cannot be written ({error.strerror})", []
+                ) from None
             rejects = csv.writer(handle)
             rejects.writerow(["file", "row", "field", "reason", "record"])
         result = ingest_records(

@@ -532,3 +532,60 @@ def test_an_unreachable_postgresql_server_is_one_line(monkeypatch, tmp_path):
         "or cannot be reached"
     ), line
     assert "hunter2" not in result.stderr
+
+
+def test_a_rejects_file_that_cannot_be_written_is_one_line(catalog, tmp_path):
+    path = write_csv(tmp_path / "ok.csv", HEADER, OK_ROW.format(n=1))
+    code, err = ingest(path, "--skip-invalid", tmp_path / "missing" / "rejects.csv")
+    assert code == 1
+    assert err == [
+        f"{tmp_path / 'missing' / 'rejects.csv'}: the rejects file cannot be written "
+        "(No such file or directory)"
+    ]
+    unchanged(catalog)
+
+
+# --- the SQL source shares the door ----------------------------------------------------------
+
+
+def test_sql_source_rows_the_store_cannot_hold_are_skipped_and_named(
+    catalog, tmp_path, monkeypatch
+):
+    import sqlite3
+
+    from billing_core.collection import collect
+
+    path = tmp_path / "source.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE events (id TEXT, cust TEXT, metric TEXT, ts TEXT, qty TEXT, props TEXT)"
+        )
+        connection.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                ("s\x001", "solo", "units", "2026-01-05T10:00:00Z", "1", None),
+                ("s2", "solo", "units", "2026-01-05T11:00:00Z", "1", '{"a": ' + "[" * 5000),
+                ("s3", "solo", "units", "2026-01-05T12:00:00Z", "1", '{"r": NaN}'),
+                ("s4", "solo", "units", "2026-01-05T13:00:00Z", "1", '{"r": "x\\u0000"}'),
+                ("s5", "solo", "units", "2026-01-05T14:00:00Z", "1e13", None),
+                ("s6", "solo", "units", "9999-12-31T23:59:59-01:00", "1", None),
+                ("s7", "solo", "units", "2026-01-05T15:00:00Z", "2", '{"r": "eu"}'),
+            ],
+        )
+    monkeypatch.setenv("BILLING_USAGE_SQL_URL", f"sqlite:///{path}")
+    monkeypatch.setenv(
+        "BILLING_USAGE_SQL_QUERY",
+        "SELECT id AS event_id, cust AS customer, metric, ts AS timestamp, qty AS quantity, "
+        "props AS properties FROM events WHERE ts >= :watermark",
+    )
+    report = collect()
+    assert (report.read, report.written, report.details["sql_rejected"]) == (7, 1, 6)
+    assert [w.split(": ")[:3] for w in report.warnings[:6]] == [
+        ["sql", "row 1", "event_id"],
+        ["sql", "row 2", "properties.a"],
+        ["sql", "row 3", "properties.r"],
+        ["sql", "row 4", "properties.r"],
+        ["sql", "row 5", "quantity"],
+        ["sql", "row 6", "timestamp"],
+    ]
+    assert [r[0] for r in catalog.rows("SELECT event_id FROM usage_events")] == ["s7"]
