@@ -148,7 +148,16 @@ def reachable(url: str | None = None) -> None:
     """Connect to the store once; StoreError in one line if it is missing or unreachable."""
     url = database_url(url)
     try:
-        with get_engine(url).connect():
+        engine = get_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as error:
+        # Not a URL this product can open (the URL itself is not repeated: it may hold a
+        # password in a form that cannot be parsed to hide it).
+        raise StoreError(
+            f"BILLING_DATABASE_URL is not a store URL this product can open ({error}): use "
+            "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    try:
+        with engine.connect():
             pass
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
         raise StoreError(

@@ -589,3 +589,18 @@ def test_sql_source_rows_the_store_cannot_hold_are_skipped_and_named(
         ["sql", "row 6", "timestamp"],
     ]
     assert [r[0] for r in catalog.rows("SELECT event_id FROM usage_events")] == ["s7"]
+
+
+@pytest.mark.parametrize("url", ["nonsense", "mysql://billing:hunter2@db/billing"])
+@pytest.mark.parametrize("command", [["invoices", "list"], ["db", "upgrade"]])
+def test_a_url_that_names_no_store_this_product_opens_is_one_line(
+    url, command, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BILLING_DATABASE_URL", url)
+    result = CliRunner().invoke(app, command)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("BILLING_DATABASE_URL is not a store URL this product can open ("), line
+    assert "hunter2" not in line
