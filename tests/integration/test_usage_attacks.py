@@ -604,3 +604,57 @@ def test_a_url_that_names_no_store_this_product_opens_is_one_line(
     [line] = result.stderr.splitlines()
     assert line.startswith("BILLING_DATABASE_URL is not a store URL this product can open ("), line
     assert "hunter2" not in line
+
+
+# --- what held before the door holds still --------------------------------------------------
+
+
+def test_an_ingest_killed_mid_load_leaves_nothing_and_a_rerun_counts_each_event_once(
+    catalog, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    count = 100_000
+    path = tmp_path / "many.csv"
+    with path.open("w") as handle:
+        handle.write(HEADER + ",region\n")
+        for i in range(count):
+            handle.write(f"k{i:07d},solo,units,2026-01-{1 + i % 28:02d}T10:00:00Z,{i % 7},eu\n")
+    billing = str(Path(sys.executable).parent / "billing")
+    env = {**os.environ, "BILLING_DATABASE_URL": catalog.url}
+    process = subprocess.Popen(
+        [billing, "usage", "ingest", str(path)], env=env, stderr=subprocess.PIPE
+    )
+    wal = Path(catalog.url.removeprefix("sqlite:///") + "-wal")
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        # Mid-load: events already sent to the store, not yet committed.
+        if catalog.backend == "postgres":
+            writing = catalog.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COPY usage_%'"
+            )
+        else:
+            writing = wal.exists() and wal.stat().st_size > 4 * 2**20
+        if writing:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the load ended before it could be killed"
+    unchanged(catalog)
+
+    code, err = ingest(path)
+    assert code == 0, err
+    code, err = ingest(path)
+    assert code == 0, err
+    assert catalog.scalar("SELECT count(*) FROM usage_events") == count
+    assert catalog.scalar("SELECT count(DISTINCT event_id) FROM usage_events") == count
+    assert catalog.rows("SELECT events_loaded, duplicates FROM usage_loads ORDER BY loaded_at") == [
+        (count, 0),
+        (0, count),
+    ]
