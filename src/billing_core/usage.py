@@ -45,6 +45,9 @@ FIRST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
 END_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
 OUTSIDE_CALENDAR = "outside 1900-01-01..2199-12-31 UTC"
 FIELD_LIMIT = 64 * 1024  # bytes of UTF-8 in one field
+# The careful CSV reading still stops somewhere: a field this long (an unclosed quote,
+# most likely) makes the rest of the file unreadable, in bounded memory.
+CAREFUL_FIELD_LIMIT = 64 * 2**20
 MAX_DEPTH = 32  # containers nested in one JSON line, the line itself included
 EVENT_ID_LIMIT = 256  # the length of usage_events.event_id
 
@@ -79,8 +82,8 @@ class IngestResult:
     duplicates: int = 0
     rejected: int = 0
     problems: list[Problem] = field(default_factory=list)
-    # A file whose header is refused cannot be read at all: the load is refused even
-    # when invalid rows may be skipped.
+    # Files that cannot be read (a refused header, an unclosed quote): the load is refused
+    # even when invalid rows may be skipped.
     unreadable: int = 0
 
 
@@ -95,7 +98,7 @@ class MetricDef:
 #
 # Readers yield (row number, record). A record the reader already refuses carries the
 # reason under "__invalid__" and the field under "__field__" (default "row"); one with
-# "__header__" refuses its whole file. The usual row costs no more than it did before the
+# "__unreadable__" refuses its whole file. The usual row costs no more than it did before the
 # door's checks: a file's bytes are scanned once up front (ASCII, UTF-8, NUL), and only a
 # file or line that could hold a problem goes through the slower, careful reading.
 
@@ -212,7 +215,8 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     (64 KiB, which is then 64 KiB of bytes) stops at an oversized field. The file is then
     read again, carefully, from the row after the last one read: each cell checked (NUL,
     UTF-8, size in bytes), the oversized field named, and no row inside a long quoted field
-    taken for an event. Any other file is read carefully from the start.
+    taken for an event. Any other file is read carefully from the start. A field over
+    CAREFUL_FIELD_LIMIT even there ends the reading: the file is refused whole.
     """
     scan = _scan(path)
     careful = not scan.ascii or scan.nul
@@ -221,7 +225,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     previous_limit = csv.field_size_limit()
     try:
         while True:  # at most twice: fast, then careful
-            csv.field_size_limit(sys.maxsize if careful else FIELD_LIMIT)
+            csv.field_size_limit(CAREFUL_FIELD_LIMIT if careful else FIELD_LIMIT)
             with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
                 reader = csv.reader(handle)
                 if header is None:
@@ -237,7 +241,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                             return
                         header, problems = _csv_header(cells)
                     for where, reason in problems:
-                        yield 1, {"__invalid__": reason, "__field__": where, "__header__": True}
+                        yield 1, {"__invalid__": reason, "__field__": where, "__unreadable__": True}
                     if problems:
                         return
                     done = reader.line_num
@@ -265,29 +269,36 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     except csv.Error:
                         careful = True  # a field over the limit: read again, carefully
                         continue
-                while True:
-                    try:
-                        for values in reader:
-                            if reader.line_num <= done:
-                                continue  # read before, on the fast path
-                            done = reader.line_num
-                            if not values or (len(values) == 1 and not values[0].strip()):
-                                continue
-                            refused = _cells_problem(values, names)
-                            if refused is not None:
-                                yield done, refused
-                            elif len(values) == width:
-                                record = {h: values[i] for h, i in known}
-                                record["properties"] = {
-                                    h: values[i] for h, i in others if values[i] != ""
-                                }
-                                yield done, record
-                            else:
-                                yield done, _odd_row(values, names, extra)
-                        return
-                    except csv.Error as error:
+                try:
+                    for values in reader:
+                        if reader.line_num <= done:
+                            continue  # read before, on the fast path
                         done = reader.line_num
-                        yield done, {"__invalid__": f"not readable as CSV ({error})"}
+                        if not values or (len(values) == 1 and not values[0].strip()):
+                            continue
+                        refused = _cells_problem(values, names)
+                        if refused is not None:
+                            yield done, refused
+                        elif len(values) == width:
+                            record = {h: values[i] for h, i in known}
+                            record["properties"] = {
+                                h: values[i] for h, i in others if values[i] != ""
+                            }
+                            yield done, record
+                        else:
+                            yield done, _odd_row(values, names, extra)
+                except csv.Error as error:
+                    # Where the record ends cannot be told: nothing after it is read, and
+                    # the file is refused even with --skip-invalid.
+                    yield (
+                        reader.line_num,
+                        {
+                            "__invalid__": f"not readable as CSV ({error}); the rest of the "
+                            "file is not read (an unclosed quote?)",
+                            "__unreadable__": True,
+                        },
+                    )
+                return
     finally:
         csv.field_size_limit(previous_limit)
 
@@ -981,7 +992,7 @@ def ingest_records(
                 row, problem = validator.event(record)
                 if problem is not None:
                     result.rejected += 1
-                    if "__header__" in record:
+                    if "__unreadable__" in record:
                         result.unreadable += 1
                     issue = Problem(name, number, problem[0], problem[1])
                     result.problems.append(issue)
@@ -1005,7 +1016,7 @@ def ingest_records(
     if result.problems and (not skip_invalid or result.unreadable):
         writer.close()
         advice = (
-            "fix them; a file whose header is refused cannot be read, even with --skip-invalid"
+            "fix them; a file that cannot be read is refused even with --skip-invalid"
             if result.unreadable
             else "fix them, or pass --skip-invalid REJECTS_FILE"
         )

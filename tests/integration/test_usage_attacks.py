@@ -658,3 +658,24 @@ def test_an_ingest_killed_mid_load_leaves_nothing_and_a_rerun_counts_each_event_
         (count, 0),
         (0, count),
     ]
+
+
+def test_an_unclosed_quote_refuses_its_file_even_with_skip_invalid(catalog, tmp_path, monkeypatch):
+    """Past the careful reading's own limit (lowered here) the rest of the file cannot be
+    told apart from the quoted field: none of it is loaded, whatever it looks like."""
+    import billing_core.usage
+
+    monkeypatch.setattr(billing_core.usage, "CAREFUL_FIELD_LIMIT", 200 * 1024)
+    path = write_csv(
+        tmp_path / "unclosed.csv",
+        HEADER + ",note",
+        OK_ROW.format(n=1) + ",fine",
+        OK_ROW.format(n=2) + ',"never closed',
+        *(OK_ROW.format(n=100 + i) + "," + "z" * 1000 for i in range(300)),
+    )
+    code, err = ingest(path, "--skip-invalid", tmp_path / "rejects.csv")
+    assert code == 1
+    assert "cannot be read is refused even with --skip-invalid" in err[0]
+    [line] = err[1:]
+    assert line.startswith(f"{path}: row ") and ": row: not readable as CSV (field larger" in line
+    unchanged(catalog)
