@@ -76,10 +76,13 @@ def _date(value: str | None, name: str) -> date | None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create the store or migrate it to the code's schema (Alembic)."""
-    from .db import safe_url, upgrade
+    from .db import StoreError, safe_url, upgrade
 
     settings = get_settings()
-    revision = upgrade(settings.database_url)
+    try:
+        revision = upgrade(settings.database_url)
+    except StoreError as error:
+        _fail(str(error))
     out.print(f"store {safe_url(settings.database_url)} is at revision {revision}")
 
 

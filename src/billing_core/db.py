@@ -112,6 +112,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> str:
 
     url = database_url(url)
     _ensure_sqlite_folder(url)
+    reachable(url)
     command.upgrade(alembic_config(url), revision)
     return current_revision(url) or ""
 
@@ -135,12 +136,50 @@ def require_current(url: str | None = None) -> None:
     url = database_url(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise StoreError(f"no store at {url}: run `billing db upgrade` first")
+    reachable(url)
     revision = current_revision(url)
     if revision != head_revision():
         raise StoreError(
             f"store at {safe_url(url)} is at revision {revision or 'none'}, "
             f"the code needs {head_revision()}: run `billing db upgrade`"
         )
+
+
+def reachable(url: str | None = None) -> None:
+    """Connect to the store once; StoreError in one line if it is missing or unreachable."""
+    url = database_url(url)
+    try:
+        engine = get_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as error:
+        # Not a URL this product can open (the URL itself is not repeated: it may hold a
+        # password in a form that cannot be parsed to hide it).
+        raise StoreError(
+            f"BILLING_DATABASE_URL is not a store URL this product can open ({error}): use "
+            "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        raise StoreError(
+            f"the store at {safe_url(url)} does not exist or cannot be reached "
+            f"({_connect_reason(url, error)}): check BILLING_DATABASE_URL and that the server "
+            "is running; a new store's database must be created first, then "
+            "`billing db upgrade` creates its tables"
+        ) from None
+
+
+def _connect_reason(url: str, error: Exception) -> str:
+    """The driver's reason for a failed connection, on one line and without the password."""
+    text = str(getattr(error, "orig", None) or error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    reason = reason.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    reason = " ".join(reason.split())
+    password = sa.engine.make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason
 
 
 def safe_url(url: str) -> str:

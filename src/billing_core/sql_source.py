@@ -29,7 +29,7 @@ from .config import normalize_database_url
 from .db import safe_url, unit_of_work
 from .models import UsageLoad, UsageSource
 from .report import StepReport
-from .usage import CSV_COLUMNS, ingest_records, parse_timestamp
+from .usage import CSV_COLUMNS, ingest_records, parse_timestamp, read_properties, stored_problem
 
 SOURCE = "sql"
 KIND = "sql"
@@ -125,13 +125,12 @@ def _records(result: Result, span: _Span) -> Iterator[tuple[int, dict[str, Any]]
         record: dict[str, Any] = {c: values[c] for c in CSV_COLUMNS if c in values}
         properties: Any = values.get("properties") or {}
         if isinstance(properties, str):
-            try:
-                properties = json.loads(properties)
-            except json.JSONDecodeError as err:
-                properties = f"not valid JSON ({err.msg})"
+            properties, problem = read_properties(properties)
+            if problem is not None:
+                yield number, _refused(problem, timestamp)
+                continue
         if not isinstance(properties, dict):
-            reason = properties if isinstance(properties, str) else "not a JSON object"
-            yield number, {"__invalid__": f"properties: {reason}", "timestamp": timestamp}
+            yield number, _refused(("properties", "not a JSON object"), timestamp)
             continue
         properties = dict(properties)
         for column in extra:
@@ -139,7 +138,16 @@ def _records(result: Result, span: _Span) -> Iterator[tuple[int, dict[str, Any]]
             if value is not None and value != "":
                 properties[column] = _json_value(value)
         record["properties"] = properties
+        problem = stored_problem(record)
+        if problem is not None:
+            yield number, _refused(problem, timestamp)
+            continue
         yield number, record
+
+
+def _refused(problem: tuple[str, str], timestamp: Any) -> dict[str, Any]:
+    """A row refused before validation; its timestamp places it for the watermark."""
+    return {"__invalid__": problem[1], "__field__": problem[0], "timestamp": timestamp}
 
 
 def collect_sql(url: str, query: str, close_run_id: int | None, report: StepReport) -> None:

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from billing_core.db import unit_of_work
+from billing_core.models import UsageEvent
 from billing_core.usage import Window, aggregate
 from tests.helpers import import_yaml, ingest_csv, recorded_statements
 
@@ -279,13 +281,28 @@ g5,beta,seats,2026-01-02T00:00:00Z,5,,
 
 def test_latest_before_the_year_1000_is_joined_and_still_the_last_by_instant(store, monkeypatch):
     import_yaml(CATALOG)
-    usage(
-        """
-o1,acme,seats,0999-06-01T00:00:00Z,3,,
-o2,acme,seats,0999-12-31T23:59:59Z,8,,
-o3,acme,seats,1000-01-01T00:00:00Z,6,,
-"""
-    )
+    # Ingestion refuses such instants (SPEC §10): these are written straight to the store.
+    with unit_of_work() as session:
+        session.execute(
+            sa.insert(UsageEvent.__table__),
+            [
+                {
+                    "event_id": event_id,
+                    "customer_id": "acme",
+                    "metric_code": "seats",
+                    "timestamp": at,
+                    "quantity": Decimal(quantity),
+                    "value": quantity * 10**6,
+                    "ingested_at": datetime.now(UTC),
+                }
+                for event_id, at, quantity in (
+                    ("o1", datetime(999, 6, 1, tzinfo=UTC), 3),
+                    ("o2", datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC), 8),
+                    ("o3", datetime(1000, 1, 1, tzinfo=UTC), 6),
+                )
+            ],
+        )
+        session.commit()
     early = (datetime(999, 1, 1, tzinfo=UTC), datetime(1001, 1, 1, tzinfo=UTC))
     monkeypatch.setitem(MODE, "every_customer", True)
     with recorded_statements("FROM usage_events", "JOIN usage_events") as scans:
