@@ -256,12 +256,7 @@ def close(
         _fail(str(locked))
     except CloseFailed as failed:
         _print_invoices(None, through=day)
-        _fail(
-            f"close through {day} failed for {len(failed.failures)} customer "
-            f"famil{'y' if len(failed.failures) == 1 else 'ies'} (every other family was "
-            "closed); fix the cause and close again:",
-            *(f"  {line}" for line in failed.lines()),
-        )
+        _fail_families(f"close through {day}", "close again", failed)
     except DocumentsNotWritten as missing:
         if missing.result is not None:
             _print_close(missing.result)
@@ -294,14 +289,19 @@ def backfill(
         _fail(str(missing))
     except CloseFailed as failed:
         _print_invoices(None, through=end)
-        _fail(
-            f"backfill to {end} failed for {len(failed.failures)} customer "
-            f"famil{'y' if len(failed.failures) == 1 else 'ies'} (every other family was "
-            "closed); fix the cause and run it again:",
-            *(f"  {line}" for line in failed.lines()),
-        )
+        _fail_families(f"backfill to {end}", "run it again", failed)
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
     _print_invoices(None, through=end)
+
+
+def _fail_families(what: str, then: str, failed) -> None:
+    """A close that finished every family but some: one line, then a line per family."""
+    n = len(failed.failures)
+    _fail(
+        f"{what} failed for {n} customer famil{'y' if n == 1 else 'ies'} (every other "
+        f"family was closed); fix the cause and {then}:",
+        *(f"  {line}" for line in failed.lines()),
+    )
 
 
 def _print_close(result: dict) -> None:

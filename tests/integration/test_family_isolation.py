@@ -8,6 +8,7 @@ import os
 from datetime import date
 
 import pytest
+import yaml
 
 from billing_core import close as steps
 from billing_core.close import CloseFailed
@@ -15,42 +16,45 @@ from billing_core.db import dispose_engines
 from tests.helpers import close, import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE
 
-FAMILIES = """
-customers:
-  - {id: hq, name: HQ Holdings, currency: USD}
-  - {id: account-a, name: Account A, currency: USD, parent: hq}
-  - {id: account-b, name: Account B, currency: USD, parent: hq}
-  - {id: solo-a, name: Solo A, currency: USD}
-  - {id: solo-b, name: Solo B, currency: EUR}
-metrics:
-  - {code: units, name: Units, aggregation: sum, field: quantity}
-prices:
-  - code: units-tiered
-    product: Units
-    currency: USD
-    model: graduated
-    metric: units
-    tiers: [{up_to: 1000, unit_price: "1.00"}, {up_to: null, unit_price: "0.90"}]
-  - {code: platform, product: Platform, currency: USD, model: flat, amount: "100.00"}
-  - {code: fee-a, product: Fee A, currency: USD, model: flat, amount: "10.00"}
-  - {code: fee-b, product: Fee B, currency: EUR, model: flat, amount: "20.00"}
-subscriptions:
-  - id: sub-hq
-    customer: hq
-    start: 2026-01-01
-    cadence: monthly
-    billing_day: 1
-    items:
-      - {price: units-tiered, timing: in_arrears, pool: breakdown}
-      - {price: platform, timing: in_advance}
-  - {id: sub-a, customer: solo-a, start: 2026-01-01, cadence: monthly, billing_day: 1,
-     items: [{price: fee-a, timing: in_advance}]}
-  - {id: sub-b, customer: solo-b, start: 2026-01-01, cadence: monthly, billing_day: 1,
-     items: [{price: fee-b, timing: in_advance}]}
-credits:
-  - {id: promo, customer: hq, amount: "150.00", currency: USD, effective: 2026-01-01}
-"""
-assert POOLED.split("subscriptions:")[0].split("customers:")[1].strip().splitlines()[0] in FAMILIES
+
+def _with_two_solo_families(catalog: str) -> str:
+    """The pooled family of test_close, and two single-customer families (USD and EUR)."""
+    data = yaml.safe_load(catalog)
+    data["customers"] += [
+        {"id": "solo-a", "name": "Solo A", "currency": "USD"},
+        {"id": "solo-b", "name": "Solo B", "currency": "EUR"},
+    ]
+    data["prices"] += [
+        {
+            "code": "fee-a",
+            "product": "Fee A",
+            "currency": "USD",
+            "model": "flat",
+            "amount": "10.00",
+        },
+        {
+            "code": "fee-b",
+            "product": "Fee B",
+            "currency": "EUR",
+            "model": "flat",
+            "amount": "20.00",
+        },
+    ]
+    for solo, fee in (("a", "fee-a"), ("b", "fee-b")):
+        data["subscriptions"].append(
+            {
+                "id": f"sub-{solo}",
+                "customer": f"solo-{solo}",
+                "start": "2026-01-01",
+                "cadence": "monthly",
+                "billing_day": 1,
+                "items": [{"price": fee, "timing": "in_advance"}],
+            }
+        )
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+FAMILIES = _with_two_solo_families(POOLED)
 
 
 def execute(store, sql: str) -> None:
