@@ -346,3 +346,227 @@ def test_a_close_process_killed_mid_step_commits_nothing_and_the_next_close_is_c
     before = {table: sorted(tuple(row) for row in rows) for table, rows in inside["before"].items()}
     assert _settled(store) == before  # none of it was committed
     _the_next_close_is_a_clean_close(store, another_store, monkeypatch)
+
+
+# --- template and SQL syntax in names, ids and codes is inert -------------------------------
+
+PAYLOADS = [
+    "{{ 7*7 }}",
+    "{% for x in range(10**9) %}x{% endfor %}",
+    "{{ ''.__class__.__mro__ }}",
+    "'); DROP TABLE invoices; --",
+    "<script>alert(1)</script>",
+    '=HYPERLINK("http://evil.example","{{ 7*7 }}")',
+    "-{{ 7*7 }}; DELETE FROM usage_events; --",
+    "@{% raw %}{{ 7*7 }}",
+    '{# a comment #}"><img src=x onerror=alert(1)>',
+]
+
+
+def _hostile_catalog() -> dict:
+    catalog: dict = {
+        "issuer": {
+            "name": "{{ ''.__class__.__mro__ }} <script>alert(1)</script>",
+            "address": PAYLOADS,
+        },
+        "tax_rates": [],
+        "customers": [],
+        "metrics": [],
+        "prices": [],
+        "subscriptions": [],
+        "credits": [],
+    }
+    for text in PAYLOADS:
+        catalog["tax_rates"].append({"jurisdiction": text[:64], "rate": "0.10"})
+        catalog["customers"].append(
+            {"id": text, "name": text, "currency": "USD", "jurisdiction": text[:64]}
+        )
+        catalog["metrics"].append({"code": text, "name": text, "aggregation": "sum"})
+        catalog["prices"].append(
+            {
+                "code": text,
+                "product": text,
+                "bundle": text,
+                "currency": "USD",
+                "model": "per_unit",
+                "metric": text,
+                "unit_price": "3.00",
+            }
+        )
+        catalog["subscriptions"].append(
+            {
+                "id": text,
+                "customer": text,
+                "start": "2026-01-01",
+                "cadence": "monthly",
+                "billing_day": 1,
+                "items": [{"price": text, "timing": "in_arrears"}],
+            }
+        )
+        catalog["credits"].append(
+            {
+                "id": text,
+                "customer": text,
+                "amount": "1.00",
+                "currency": "USD",
+                "effective": "2026-01-01",
+            }
+        )
+    return catalog
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from billing_core.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
+    return result
+
+
+def test_template_and_sql_syntax_is_inert_from_import_to_documents_and_exports(
+    store, tmp_path, monkeypatch
+):
+    import csv
+    import io
+
+    from markupsafe import escape
+
+    from billing_core.outputs import csv_cell
+
+    tables = set(sa.inspect(sa.create_engine(store.url)).get_table_names())
+    catalog = tmp_path / "hostile.json"
+    catalog.write_text(json.dumps(_hostile_catalog()), encoding="utf-8")
+    usage = tmp_path / "hostile.csv"
+    with usage.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "customer", "metric", "timestamp", "quantity", "note"])
+        for text in PAYLOADS:
+            writer.writerow([text, text, text, "2026-01-10T10:00:00Z", "7", text])
+
+    _cli("import", str(catalog))
+    _cli("usage", "ingest", str(usage))
+    _cli("close", "--through", "2026-02-01", "--issue")
+
+    # Every table is still there, with its rows.
+    assert set(sa.inspect(sa.create_engine(store.url)).get_table_names()) == tables
+    assert store.scalar("SELECT count(*) FROM usage_events") == len(PAYLOADS)
+    assert store.scalar("SELECT count(*) FROM invoices WHERE status = 'issued'") == len(PAYLOADS)
+
+    # The export carries every text verbatim.
+    data = json.loads(_cli("invoices", "export", "--format", "json").stdout)
+    assert sorted(i["billed_customer"] for i in data) == sorted(PAYLOADS)
+    for invoice in data:
+        text = invoice["billed_customer"]
+        assert invoice["number"].startswith("INV-2026-")
+        assert (invoice["subtotal"], invoice["tax_total"], invoice["credit_total"]) == (
+            "21.00",
+            "2.10",
+            "-1.00",
+        )
+        (usage_line,) = lines(invoice, kind="usage")
+        assert (
+            usage_line["serviced_customer"],
+            usage_line["subscription"],
+            usage_line["price"],
+            usage_line["product"],
+            usage_line["quantity"],
+        ) == (text, text, text, text, "7")
+    output = tmp_path / "export.csv"
+    _cli("invoices", "export", "--format", "csv", "--output", str(output))
+    rows = list(csv.DictReader(io.StringIO(output.read_text(encoding="utf-8"))))
+    usage_rows = [r for r in rows if r["kind"] == "usage"]
+    assert sorted(r["billed_customer"] for r in usage_rows) == sorted(
+        csv_cell(text) for text in PAYLOADS
+    )
+    for row in usage_rows:
+        assert row["serviced_customer"] == row["subscription"] == row["price"] == row["product"]
+        assert row["product"] == row["billed_customer"]
+    # Formula starts get their `'`; everything else, a `'` of its own included, is verbatim.
+    assert {r["product"] for r in usage_rows} == {
+        PAYLOADS[0],
+        PAYLOADS[1],
+        PAYLOADS[2],
+        PAYLOADS[3],
+        PAYLOADS[4],
+        "'" + PAYLOADS[5],
+        "'" + PAYLOADS[6],
+        "'" + PAYLOADS[7],
+        PAYLOADS[8],
+    }
+
+    # The documents show every text escaped and literally: nothing evaluated.
+    documents = {
+        Path(path): billed
+        for path, billed in store.rows(
+            "SELECT d.path, v.billed_customer_id FROM invoice_documents d "
+            "JOIN invoices v ON v.id = d.invoice_id"
+        )
+    }
+    html_files = [p for p in documents if p.suffix == ".html"]
+    assert len(html_files) == len(PAYLOADS)
+    assert all(p.exists() and p.parent == tmp_path / "documents" / p.parent.name for p in documents)
+    for path in html_files:
+        page = path.read_text(encoding="utf-8")
+        body = page[page.index("<body") :]
+        assert "<script>" not in page and "<img" not in page
+        assert "49" not in body  # {{ 7*7 }} never evaluated
+        assert "xxxxxxxxxx" not in page  # the loop never ran
+        assert "&lt;class" not in page and "<class" not in page  # no __mro__
+        assert str(escape(documents[path])) in body
+        assert str(escape("{{ ''.__class__.__mro__ }} <script>alert(1)</script>")) in body
+        assert all(str(escape(line)) in body for line in PAYLOADS)  # the issuer's address
+
+
+# --- terminal markup in names and ids is shown as written ------------------------------------
+
+MARKUP = """
+customers:
+  - {id: "[/x]", name: "[bold]Bold[/bold] :thumbs_up:", currency: USD}
+metrics:
+  - {code: "[/m]", name: "[link=http://evil.example]Units[/link]", aggregation: sum}
+prices:
+  - {code: "[/p]", product: "[/]Prod [red]P[/red]", currency: USD, model: per_unit,
+     metric: "[/m]", unit_price: "3.00"}
+  - {code: "[fee]", product: "Fee :smile:", currency: USD, model: flat, amount: "5.00"}
+subscriptions:
+  - {id: "[/s]", customer: "[/x]", start: 2026-01-01, billing_day: 1,
+     items: [{price: "[/p]", timing: in_arrears}, {price: "[fee]", timing: in_advance}]}
+credits:
+  - {id: "[/g]", customer: "[/x]", amount: "1.00", currency: USD, effective: 2026-01-01}
+"""
+
+
+def test_terminal_markup_in_names_and_ids_is_printed_as_written(store, tmp_path):
+    """Rich reads `[bold]` and `:smile:` in what it prints: a customer id `[/x]` (an
+    unbalanced closing tag) made every command that prints it fail."""
+    catalog = tmp_path / "markup.yaml"
+    catalog.write_text(MARKUP, encoding="utf-8")
+    usage = tmp_path / "markup.csv"
+    usage.write_text(
+        "event_id,customer,metric,timestamp,quantity\n[/e],[/x],[/m],2026-01-10T10:00:00Z,7\n",
+        encoding="utf-8",
+    )
+    _cli("import", str(catalog))
+    _cli("usage", "ingest", str(usage))
+    printed = {
+        "close": _cli("close", "--through", "2026-02-01").stdout,
+        "list": _cli("invoices", "list").stdout,
+        "show": _cli("invoices", "show", str(one(billing_date="2026-02-01")["id"])).stdout,
+        "preview": _cli("invoices", "preview", "[/x]", "--through", "2026-03-01").stdout,
+        "subscriptions": _cli("subscriptions", "list", "--on", "2026-02-01").stdout,
+        "schedule": _cli("subscriptions", "preview", "[/s]", "--through", "2026-02-01").stdout,
+        "credits": _cli("credits", "list", "--ledger").stdout,
+    }
+    for command in ("close", "list", "show", "preview", "subscriptions", "schedule", "credits"):
+        assert "[/x]" in printed[command], (command, printed[command])
+    for command in ("show", "preview"):
+        assert "[bold]Bold[/bold] :thumbs_up:" in printed[command], printed[command]
+        assert "[/]Prod [red]P[/red]" in printed[command], printed[command]
+        assert "Fee :smile:" in printed[command], printed[command]
+        assert "[link=http://evil.example]Units[/link]" in printed[command], printed[command]
+    assert "[/s]" in printed["subscriptions"] and "[/p]" in printed["subscriptions"]
+    assert "[/s]" in printed["schedule"] and "[bold]Bold[/bold] :thumbs_up:" in printed["schedule"]
+    assert "[/g]" in printed["credits"]
+    assert all("👍" not in text and "😄" not in text for text in printed.values())
