@@ -2,10 +2,12 @@
 
 - Late usage after a price change is billed at the price that billed its period (SPEC §4,
   §9), and the issued invoice does not move.
-- A close step whose own database connection is killed mid-transaction fails with a
-  database error, commits nothing, and the next close gives what a clean close gives.
-- Template and SQL syntax in names, ids and metric codes is inert all the way from import
-  to the HTML documents and the exports.
+- A close step whose own database connection is killed mid-transaction (PostgreSQL) fails
+  with a database error, commits nothing, and the next close gives what a clean close
+  gives; so does a close whose process is killed mid-step (both stores).
+- Template, SQL and spreadsheet-formula syntax in names, ids and codes is inert all the
+  way from import to the HTML documents and the exports; Rich markup and emoji codes are
+  printed as written on the terminal.
 """
 
 from __future__ import annotations
