@@ -109,7 +109,7 @@ def load_file(path: Path) -> dict:
     try:
         data = load_data(path)
     except FileRefused as refused:
-        raise CatalogError([str(refused)]) from None
+        raise CatalogError(refused.problems) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,9 +1,11 @@
 """Reading a catalog file without trusting it: UTF-8, YAML without aliases, bounded
-nesting, exact numbers.
+nesting, exact numbers, no key given twice in a mapping.
 
 What cannot be read at all (a YAML alias, nesting deeper than 32 levels, a syntax error,
 a UTF-16 file) is refused here in one line that names the line of the file and, where
-known, the entry and field. Everything that can be read comes back as plain data, with
+known, the entry and field. A key given twice in one mapping (YAML or JSON, where the
+last would silently win) is refused too, one line per duplicate, naming the mapping, the
+line and the key. Everything that can be read comes back as plain data, with
 bytes that are not UTF-8 kept as lone surrogates so that the entry and field holding
 them can be named by the validation (`catalog.text_problem`).
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 import yaml
 from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
+from yaml.nodes import ScalarNode
 from yaml.reader import ReaderError
 
 MAX_DEPTH = 32  # containers inside containers, the catalog's own mapping being the first
@@ -26,7 +29,11 @@ _BIG_INT_BITS = 13_000  # about 4,000 decimal digits: Python's int <-> str limit
 
 
 class FileRefused(ValueError):
-    """A catalog file that cannot be read: one line, without the file name."""
+    """A catalog file that cannot be read: one line per problem, without the file name."""
+
+    def __init__(self, *problems: str):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 def _where(path: list[str], line: int | None) -> str:
@@ -54,7 +61,21 @@ class _Loader(yaml.SafeLoader):
         self._path: list[str] = []
         self._depth = 0
         self.first_anchor: tuple[str, int, str] | None = None
+        self.duplicates: list[tuple[int, str]] = []  # (line, problem) per key given twice
         super().__init__(stream)
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        if len(node.value) > 1:
+            seen: set[tuple[str, str]] = set()
+            for key, _ in node.value:
+                if isinstance(key, ScalarNode):
+                    marker = (key.tag, key.value)
+                    if marker in seen:
+                        line = key.start_mark.line + 1
+                        self.duplicates.append((line, _twice(self._path, line, key.value)))
+                    seen.add(marker)
+        return node
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
@@ -136,16 +157,24 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
     return f"not valid YAML: {err}"
 
 
+def _twice(path: list[str], line: int | None, key: str) -> str:
+    shown = key if len(key) <= 80 else key[:80] + "…"
+    return f"{_where(path, line)}: the key {shown} is given twice"
+
+
 def _load_yaml(text: str) -> Any:
     loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if loader.duplicates:
+            # Inner mappings are composed first: in the order of the file.
+            raise FileRefused(*(p for _, p in sorted(loader.duplicates, key=lambda d: d[0])))
         if loader.first_anchor is not None:
             where, _, anchor = loader.first_anchor
             raise FileRefused(
                 f"{where}: a YAML anchor (&{anchor}) is not accepted; write the value out"
             )
-        return data
+        return loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
 
@@ -195,6 +224,46 @@ def _check_json_nesting(text: str) -> None:
             stack[-1][1] += 1
 
 
+def _json_duplicates(text: str) -> list[str]:
+    """Each key given twice in an object, with the object's path and the key's line (only
+    called once the decoder has seen a duplicate, so it may take its time)."""
+    found: list[str] = []
+    stack: list[list[Any]] = []  # [is a list, index or key, the object's keys so far]
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first == '"':
+            if match.group(1) and stack and not stack[-1][0]:
+                try:
+                    key = json.loads(token[: token.rindex('"') + 1])
+                except ValueError:
+                    key = "?"
+                if key in stack[-1][2]:
+                    path = [f"[{k}]" if is_list else f".{k}" for is_list, k, _ in stack[:-1]]
+                    found.append(_twice(path, text.count("\n", 0, match.start()) + 1, key))
+                stack[-1][2].add(key)
+                stack[-1][1] = key
+        elif first in "[{":
+            stack.append([first == "[", 0 if first == "[" else None, set()])
+        elif first in "]}":
+            if stack:
+                stack.pop()
+        elif stack and stack[-1][0]:  # a comma in a list
+            stack[-1][1] += 1
+    return found
+
+
+class _Twice(Exception):
+    """An object of the JSON file gives a key twice."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        raise _Twice
+    return made
+
+
 def _json_int(text: str) -> int | Decimal:
     return int(text) if len(text) <= 4000 else Decimal(text)
 
@@ -203,11 +272,19 @@ def _load_json(text: str) -> Any:
     _check_json_nesting(text)
     try:
         return json.loads(
-            text, parse_float=Decimal, parse_int=_json_int, parse_constant=lambda name: name
+            text,
+            parse_float=Decimal,
+            parse_int=_json_int,
+            parse_constant=lambda name: name,
+            object_pairs_hook=_json_object,
         )
     except json.JSONDecodeError as err:
         raise FileRefused(
             f"line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}"
+        ) from None
+    except _Twice:
+        raise FileRefused(
+            *(_json_duplicates(text) or ["an object gives the same key twice"])
         ) from None
     except RecursionError:  # not reached after the check above; never a traceback
         raise FileRefused(f"nested deeper than {MAX_DEPTH} levels") from None

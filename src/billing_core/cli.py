@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .config import get_settings
 
@@ -38,9 +39,14 @@ app.add_typer(invoices_app, name="invoices")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(credits_app, name="credits")
 
-# Wide when piped (tables stay readable in logs); the terminal's width otherwise.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Wide when piped (tables stay readable in logs); the terminal's width otherwise. What is
+# printed holds names and ids as the catalog wrote them: no Rich markup (`[bold]`, an
+# unbalanced `[/x]` that would fail the command) and no emoji codes are read in it; styles
+# are given as `Text`.
+out = Console(
+    highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 160
+)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def _fail(*lines: str, code: int = 1) -> None:
@@ -434,7 +440,9 @@ def invoices_preview(
         except PreviewError as error:
             _fail(str(error))
         # Printed before the unit of work rolls everything back.
-        out.print(f"[bold]Preview[/bold] for {result.customer_name} ({customer}) through {day}")
+        out.print(
+            Text("Preview", "bold") + f" for {result.customer_name} ({customer}) through {day}"
+        )
         for warning in result.warnings:
             err.print(f"warning: {warning}")
         if result.billed_elsewhere:
@@ -686,7 +694,7 @@ def subscriptions_preview(
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     out.print(
-        f"[bold]{sub.id}[/bold]  {preview.customer_name} ({sub.customer_id}), billed to "
+        Text(sub.id, "bold") + f"  {preview.customer_name} ({sub.customer_id}), billed to "
         f"{preview.billed_customer_id}  {sub.cadence} on day {preview.anchor_day}  from "
         f"{sub.start}" + (f" to {sub.end}" if sub.end else "") + f"  {preview.status}  "
         f"{currency}  {preview.timezone}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 DEMO_CLOSES = (date(2026, 2, 1), date(2026, 3, 1), date(2026, 4, 1))
 DEMO_DRAFT_CLOSE = date(2026, 5, 1)
@@ -96,7 +97,7 @@ def run_demo(folder: Path, console: Console) -> None:
     from .usage import ingest_files
 
     upgrade()
-    console.print(f"[bold]Demo store[/bold] {folder / 'billing.db'}")
+    console.print(Text("Demo store", "bold") + f" {folder / 'billing.db'}")
     with unit_of_work() as session:
         import_catalog(session, parse(load_file(sample_catalog())))
         session.commit()

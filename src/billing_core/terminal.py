@@ -68,9 +68,9 @@ def print_invoice(console: Console, invoice: Any, data: dict, title: str | None 
         table.add_column("unit price", justify="right")
         table.add_column("amount", justify="right", no_wrap=True)
         for row in section["rows"]:
-            item = (f"{row['bundle']} · " if row["bundle"] else "") + row["product"]
+            item = Text((f"{row['bundle']} · " if row["bundle"] else "") + row["product"])
             if row["note"]:
-                item += f"\n[dim]{row['note']}[/dim]"
+                item += Text("\n" + row["note"], "dim")
             style = "green" if row["kind"] == "discount" else None
             table.add_row(
                 item, row["period"], row["quantity"], row["unit_price"], row["amount"], style=style
@@ -82,14 +82,14 @@ def print_invoice(console: Console, invoice: Any, data: dict, title: str | None 
         for credit in section["credits"]:
             table.add_row(credit["label"], "", "", "", credit["amount"], style="green")
         table.add_section()
-        table.add_row("[bold]total[/bold]", "", "", "", f"[bold]{section['total']}[/bold]")
+        table.add_row(Text("total", "bold"), "", "", "", Text(section["total"], "bold"))
         console.print(table)
     totals = Table(show_header=False, box=None)
     totals.add_column(justify="left")
     totals.add_column(justify="right")
     for row in data["totals"]:
         if row["grand"]:
-            totals.add_row(f"[bold]{row['label']}[/bold]", f"[bold]{row['amount']}[/bold]")
+            totals.add_row(Text(row["label"], "bold"), Text(row["amount"], "bold"))
         else:
             totals.add_row(row["label"], row["amount"])
     console.print(totals)
