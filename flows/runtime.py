@@ -170,6 +170,15 @@ def log_report(report: StepReport) -> dict:
     return report.as_dict()
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()<>#+!|~"})
+
+
+def md(text: object) -> str:
+    """Text from the store (ids, names, reasons) as literal markdown: no link, no markup,
+    no table cell break, one line."""
+    return " ".join(str(text).split()).translate(_MARKDOWN)
+
+
 def publish_failures(failures: dict[str, dict[str, str]], through: date) -> None:
     """The families the close could not finish, with the step and the reason."""
     lines = [
@@ -181,8 +190,7 @@ def publish_failures(failures: dict[str, dict[str, str]], through: date) -> None
         "|---|---|---|",
     ]
     for family, failure in sorted(failures.items()):
-        why = failure["reason"].replace("|", "\\|")
-        lines.append(f"| {family} | {failure['step']} | {why} |")
+        lines.append(f"| {md(family)} | {md(failure['step'])} | {md(failure['reason'])} |")
     create_markdown_artifact(
         key="close-failures",
         markdown="\n".join(lines),
@@ -214,7 +222,7 @@ def publish_step_summaries(reports: list[dict], through: date) -> None:
         if details:
             lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(details.items())]
         if report["warnings"]:
-            lines += ["", "**Warnings**", ""] + [f"- {w}" for w in report["warnings"]]
+            lines += ["", "**Warnings**", ""] + [f"- {md(w)}" for w in report["warnings"]]
         key = "step-" + report["step"].replace(" ", "-")
         create_markdown_artifact(
             key=key, markdown="\n".join(lines), description=f"{report['step']}: what the step did"
@@ -241,7 +249,7 @@ def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: 
         description=f"Invoices billed through {through}",
     )
     links = [
-        f"- **{r.number or 'draft ' + str(r.id)}** {r.billed_customer_id} "
+        f"- **{md(r.number or 'draft ' + str(r.id))}** {md(r.billed_customer_id)} "
         f"{r.billing_date}: "
         + ", ".join(
             f"[{fmt}](file://{path})" for fmt, path in sorted(documents.get(r.id, {}).items())
