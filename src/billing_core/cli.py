@@ -218,14 +218,13 @@ def usage_ingest(
     ] = None,
 ) -> None:
     """Load usage events; the same event_id is counted once, whatever the file."""
-    from .db import unit_of_work
-    from .usage import UsageRefused, ingest_files, refresh_statistics
+    from .usage import UsageRefused, ingest_files, refresh_statistics, retrying_deadlocks
 
     _store()
     try:
-        with unit_of_work() as session:
-            result = ingest_files(session, files, rejects_path=skip_invalid)
-            session.commit()
+        result = retrying_deadlocks(
+            lambda session: ingest_files(session, files, rejects_path=skip_invalid)
+        )
     except UsageRefused as refused:
         _fail(refused.summary, *map(str, refused.problems))
     refresh_statistics(result.loaded)

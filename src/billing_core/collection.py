@@ -17,10 +17,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .config import get_settings
-from .db import unit_of_work
 from .models import UsageLoad
 from .report import StepReport
-from .usage import UsageRefused, ingest_files, refresh_statistics
+from .usage import UsageRefused, ingest_files, refresh_statistics, retrying_deadlocks
 
 INBOX_PATTERNS = ("*.csv", "*.jsonl", "*.ndjson")
 
@@ -37,46 +36,48 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
     """Load each new inbox file once, archive it; reject a bad file whole."""
     archive, rejected = inbox / "archive", inbox / "rejected"
     files = sorted({p for pattern in INBOX_PATTERNS for p in inbox.glob(pattern)})
+    u = UsageLoad.__table__.c
     for path in files:
         key = f"{path.name}:{_digest(path)}"
-        with unit_of_work() as session:
-            u = UsageLoad.__table__.c
+
+        def load(session, path=path, key=key):
             seen = session.execute(sa.select(u.id).where(u.source == "inbox", u.key == key)).first()
-            if seen is None:
-                try:
-                    result = ingest_files(session, [path], source="inbox")
-                except UsageRefused as refused:
-                    session.rollback()
-                    rejected.mkdir(parents=True, exist_ok=True)
-                    target = rejected / path.name
-                    shutil.move(str(path), target)
-                    reasons = [refused.summary, *map(str, refused.problems)]
-                    target.with_name(target.name + ".errors.txt").write_text(
-                        "\n".join(reasons) + "\n", encoding="utf-8"
-                    )
-                    report.warnings.append(
-                        f"inbox file {path.name} refused ({len(refused.problems)} bad row(s)); "
-                        f"moved to {target}; reasons in {target.name}.errors.txt"
-                    )
-                    report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
-                    continue
-                # Loaded under its content's key: the same file dropped again is skipped.
-                # (The session does not autoflush: write the load row before renaming it.)
-                session.flush()
-                session.execute(
-                    sa.update(UsageLoad.__table__)
-                    .where(u.source == "inbox", u.key == str(path))
-                    .values(key=key, close_run_id=close_run_id)
-                )
-                session.commit()
-                report.read += result.read
-                report.written += result.loaded
-                report.details["duplicates"] = (
-                    report.details.get("duplicates", 0) + result.duplicates
-                )
-            archive.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), archive / path.name)
-            report.details["files"] = report.details.get("files", 0) + 1
+            if seen is not None:
+                return None
+            result = ingest_files(session, [path], source="inbox")
+            # Loaded under its content's key: the same file dropped again is skipped.
+            # (The session does not autoflush: write the load row before renaming it.)
+            session.flush()
+            session.execute(
+                sa.update(UsageLoad.__table__)
+                .where(u.source == "inbox", u.key == str(path))
+                .values(key=key, close_run_id=close_run_id)
+            )
+            return result
+
+        try:
+            result = retrying_deadlocks(load)
+        except UsageRefused as refused:
+            rejected.mkdir(parents=True, exist_ok=True)
+            target = rejected / path.name
+            shutil.move(str(path), target)
+            reasons = [refused.summary, *map(str, refused.problems)]
+            target.with_name(target.name + ".errors.txt").write_text(
+                "\n".join(reasons) + "\n", encoding="utf-8"
+            )
+            report.warnings.append(
+                f"inbox file {path.name} refused ({len(refused.problems)} bad row(s)); "
+                f"moved to {target}; reasons in {target.name}.errors.txt"
+            )
+            report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
+            continue
+        if result is not None:
+            report.read += result.read
+            report.written += result.loaded
+            report.details["duplicates"] = report.details.get("duplicates", 0) + result.duplicates
+        archive.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), archive / path.name)
+        report.details["files"] = report.details.get("files", 0) + 1
 
 
 def collect(close_run_id: int | None = None) -> StepReport:

@@ -26,10 +26,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Result
 
 from .config import normalize_database_url
-from .db import safe_url, unit_of_work
+from .db import safe_url
 from .models import UsageLoad, UsageSource
 from .report import StepReport
-from .usage import CSV_COLUMNS, ingest_records, parse_timestamp, read_properties, stored_problem
+from .usage import (
+    CSV_COLUMNS,
+    ingest_records,
+    parse_timestamp,
+    read_properties,
+    retrying_deadlocks,
+    stored_problem,
+)
 
 SOURCE = "sql"
 KIND = "sql"
@@ -159,7 +166,8 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
         return
     engine = sa.create_engine(normalize_database_url(url), poolclass=sa.pool.NullPool)
     try:
-        with unit_of_work() as session:
+
+        def load(session):
             state = session.get(UsageSource, SOURCE, with_for_update=True)
             if state is None:
                 state = UsageSource(name=SOURCE, kind=KIND)
@@ -180,7 +188,7 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
                         f"column (it needs {', '.join(REQUIRED)}, quantity optional); "
                         "nothing read from it"
                     )
-                    return
+                    return None
                 loaded = ingest_records(
                     session,
                     [(SOURCE, _records(result, span))],
@@ -214,7 +222,12 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
             state.kind = KIND
             state.watermark = end
             state.updated_at = now
-            session.commit()
+            return loaded, end
+
+        outcome = retrying_deadlocks(load)
+        if outcome is None:
+            return
+        loaded, end = outcome
     finally:
         engine.dispose()
     report.read += loaded.read

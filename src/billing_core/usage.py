@@ -765,6 +765,40 @@ MERGE_STAGING = (
 )
 
 
+# pg_advisory lock key of usage loads: the bytes of "billload" as a signed 64-bit integer.
+LOAD_KEY = int.from_bytes(b"billload", "big", signed=True)
+DEADLOCK_ATTEMPTS = 4
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """PostgreSQL chose this transaction as a deadlock's victim."""
+    from psycopg.errors import DeadlockDetected
+
+    return isinstance(getattr(error, "orig", None) or error, DeadlockDetected)
+
+
+def retrying_deadlocks(load):
+    """Run `load(session)` in a unit of work of its own and commit it. Two loads that
+    share new event ids insert them in different orders and can deadlock on the events'
+    key (each waits for a row the other wrote); PostgreSQL then aborts one. That one is
+    rolled back whole and run again alone (every load holds LOAD_KEY shared; the retry
+    holds it exclusively, after the others), so it cannot deadlock again. Idempotency by
+    event id makes the retry count each event once."""
+    from .db import unit_of_work
+
+    for attempt in range(DEADLOCK_ATTEMPTS):
+        with unit_of_work() as session:
+            session.info["load_alone"] = attempt > 0
+            try:
+                result = load(session)
+                session.commit()
+                return result
+            except Exception as error:
+                if not is_deadlock(error) or attempt == DEADLOCK_ATTEMPTS - 1:
+                    raise
+    raise AssertionError("unreachable")
+
+
 class _Writer:
     """Batches valid events into the store, skipping event ids already present."""
 
@@ -982,6 +1016,18 @@ def ingest_records(
     With `skip_invalid`, bad rows are left out (and written to `rejects`, a CSV writer);
     otherwise any bad row refuses everything. The caller commits.
     """
+    if is_postgres(session):
+        # Loads run side by side (each holds this key shared); one run again after a
+        # deadlock with another holds it alone (see `retrying_deadlocks`).
+        alone = session.info.get("load_alone", False)
+        session.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock(:key)"
+                if alone
+                else "SELECT pg_advisory_xact_lock_shared(:key)"
+            ),
+            {"key": LOAD_KEY},
+        )
     validator = load_reference(session)
     writer = _Writer(session, source)
     result = IngestResult()
