@@ -17,9 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/billing demo
 
+# Two processes, one test file each at a time (a file's tests share a module's server).
 test: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks
