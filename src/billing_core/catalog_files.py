@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -201,21 +202,33 @@ def _check_json_nesting(text: str) -> None:
         return
     # Something is left: too deep, or unbalanced (then the decoder says where). Find the
     # first container too deep, and its path, token by token.
+    for event, path, line, _ in _json_walk(text):
+        if event == "open" and len(path) >= MAX_DEPTH:
+            raise FileRefused(f"{_where(path, line)}: nested deeper than {MAX_DEPTH} levels")
+
+
+def _json_walk(text: str) -> Iterator[tuple[str, list[str], int, Any]]:
+    """The JSON text token by token, with the path to where each token stands: yields
+    ("open", path, line, None) before each list or object is entered, and ("key", path,
+    line, key) for each key of an object (path: the object's)."""
     stack: list[list[Any]] = []  # [is a list, index or key]
+
+    def path() -> list[str]:
+        return [f"[{key}]" if is_list else f".{key}" for is_list, key in stack]
+
     for match in _JSON_TOKEN.finditer(text):
         token = match.group()
         first = token[0]
         if first == '"':
             if match.group(1) and stack and not stack[-1][0]:
                 try:
-                    stack[-1][1] = json.loads(token[: token.rindex('"') + 1])
+                    key = json.loads(token[: token.rindex('"') + 1])
                 except ValueError:
-                    stack[-1][1] = "?"
+                    key = "?"
+                yield "key", path()[:-1], text.count("\n", 0, match.start()) + 1, key
+                stack[-1][1] = key
         elif first in "[{":
-            if len(stack) >= MAX_DEPTH:
-                path = [f"[{key}]" if is_list else f".{key}" for is_list, key in stack]
-                line = text.count("\n", 0, match.start()) + 1
-                raise FileRefused(f"{_where(path, line)}: nested deeper than {MAX_DEPTH} levels")
+            yield "open", path(), text.count("\n", 0, match.start()) + 1, None
             stack.append([first == "[", 0 if first == "[" else None])
         elif first in "]}":
             if stack:
@@ -228,28 +241,15 @@ def _json_duplicates(text: str) -> list[str]:
     """Each key given twice in an object, with the object's path and the key's line (only
     called once the decoder has seen a duplicate, so it may take its time)."""
     found: list[str] = []
-    stack: list[list[Any]] = []  # [is a list, index or key, the object's keys so far]
-    for match in _JSON_TOKEN.finditer(text):
-        token = match.group()
-        first = token[0]
-        if first == '"':
-            if match.group(1) and stack and not stack[-1][0]:
-                try:
-                    key = json.loads(token[: token.rindex('"') + 1])
-                except ValueError:
-                    key = "?"
-                if key in stack[-1][2]:
-                    path = [f"[{k}]" if is_list else f".{k}" for is_list, k, _ in stack[:-1]]
-                    found.append(_twice(path, text.count("\n", 0, match.start()) + 1, key))
-                stack[-1][2].add(key)
-                stack[-1][1] = key
-        elif first in "[{":
-            stack.append([first == "[", 0 if first == "[" else None, set()])
-        elif first in "]}":
-            if stack:
-                stack.pop()
-        elif stack and stack[-1][0]:  # a comma in a list
-            stack[-1][1] += 1
+    seen: dict[int, set[str]] = {}  # depth -> the keys of the object open at that depth
+    for event, path, line, key in _json_walk(text):
+        if event == "open":
+            seen[len(path) + 1] = set()
+        else:
+            keys = seen.setdefault(len(path) + 1, set())
+            if key in keys:
+                found.append(_twice(path, line, key))
+            keys.add(key)
     return found
 
 
