@@ -9,10 +9,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from billing_core.close import CloseFailed, DocumentsNotWritten, billing_dates_between
-from billing_core.config import get_settings
-from billing_core.locks import close_lock
 from flows.period_close import configured_close
-from flows.runtime import close_slot
+from flows.runtime import close_turn
 
 
 @flow(name="backfill")
@@ -22,7 +20,7 @@ def backfill(start: date, end: date, issue: bool = False) -> dict | State:
     logger = get_run_logger()
     run = str(flow_run.get_id() or "")
     # Its schedule recalculation writes: under the close lock like any close.
-    with close_slot(), close_lock(f"backfill {run}", get_settings().close_lock_timeout):
+    with close_turn(f"backfill {run}"):
         dates = billing_dates_between(start, end)
     logger.info(f"backfilling {len(dates)} billing date(s) from {start} to {end}")
     close = configured_close()

@@ -16,9 +16,8 @@ from prefect.states import Failed, State
 
 from billing_core import close as steps
 from billing_core.config import get_settings
-from billing_core.locks import close_lock
 from flows.runtime import (
-    close_slot,
+    close_turn,
     log_report,
     merged,
     outcome,
@@ -70,16 +69,7 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
 render_invoices = render_invoices.with_options(refresh_cache=True)
 
 
-class _Failures(dict):
-    """Families the close could not finish: family -> {"step", "reason"} (first failure)."""
-
-    def note(self, report: dict) -> dict:
-        for family, reason in report.get("failures", {}).items():
-            self.setdefault(family, {"step": report["step"], "reason": reason})
-        return report
-
-
-def _fan_out(task, through: date, shards: list, failed: _Failures) -> dict | None:
+def _fan_out(task, through: date, shards: list, failed: steps.Failures) -> dict | None:
     """Run a step over every shard and report it as one; show progress while it runs. A
     shard that failed some families still reports the others; any other failure stops
     the close."""
@@ -106,12 +96,8 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
     run = str(flow_run.get_id() or "")
     # A retried run closes the date its first attempt chose, whenever it is retried.
     through = through or steps.recorded_through(run) or today()
-    failed = _Failures()
-    with (
-        close_slot(),
-        close_lock(f"flow run {run or 'local'}", settings.close_lock_timeout, run=run or None),
-        steps.one_catalog_read(),
-    ):
+    failed = steps.Failures()
+    with close_turn(f"flow run {run or 'local'}", run), steps.one_catalog_read():
         run_id = steps.start_run(through, issue, run or None)
         try:
             state = recalculate_schedules(through, return_state=True)

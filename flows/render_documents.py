@@ -11,9 +11,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from billing_core import close as steps
-from billing_core.config import get_settings
-from billing_core.locks import close_lock
-from flows.runtime import close_slot, log_report, outcome, publish_invoices, step, today
+from flows.runtime import close_turn, log_report, outcome, publish_invoices, step, today
 
 
 @step("render-invoices")
@@ -33,12 +31,7 @@ def render_documents(
     through = through or today()
     run = str(flow_run.get_id() or "")
     # Never beside a close: the same slot and lock.
-    with (
-        close_slot(),
-        close_lock(
-            f"flow run {run} (documents)", get_settings().close_lock_timeout, run=run or None
-        ),
-    ):
+    with close_turn(f"flow run {run} (documents)", run):
         report = outcome(
             render(through, invoice_ids, return_state=True).result(raise_on_failure=False)
         )

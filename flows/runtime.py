@@ -96,6 +96,7 @@ def close_slot():
     server, queues here instead of being refused by the store lock. The store lock stays
     the guarantee; the slot is the queue."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
 
     name = close_slot_name(get_settings().database_url)
@@ -103,8 +104,10 @@ def close_slot():
         with get_client(sync_client=True) as client:
             try:
                 client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                client.upsert_global_concurrency_limit_by_name(name, 1)
+            except ObjectNotFound:  # created once; an operator's later change is kept
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
     except Exception as error:  # noqa: BLE001 - the store lock still guards the close
         get_run_logger().warning(
             f"no Prefect concurrency limit for the close ({error}); the store lock alone "
@@ -115,6 +118,16 @@ def close_slot():
     with concurrency(
         name, occupy=1, strict=True, lease_duration=60, raise_on_lease_renewal_failure=False
     ):
+        yield
+
+
+@contextmanager
+def close_turn(holder: str, run: str | None = None):
+    """A close's turn at the store: its slot in the queue, then the store's close lock
+    (fenced for the flow run `run`'s tasks)."""
+    from billing_core.locks import close_lock
+
+    with close_slot(), close_lock(holder, get_settings().close_lock_timeout, run=run or None):
         yield
 
 

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from . import pricing
 from .catalog_files import FileRefused, load_data
 from .hierarchy import Hierarchy, Node
+from .limits import FIRST_DAY, LAST_DAY, TEXT_BYTES
 from .models import (
     CreditGrant,
     Customer,
@@ -54,9 +55,6 @@ POOL_MODES = ("breakdown", "summary", "child")
 TIMINGS = ("in_advance", "in_arrears")
 
 # What the calendar and the store hold (SPEC §10).
-FIRST_DAY = date(1900, 1, 1)
-LAST_DAY = date(2199, 12, 31)
-MAX_TEXT_BYTES = 64 * 1024
 MAX_INT = 2_147_483_647  # an INTEGER column on PostgreSQL
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -87,7 +85,7 @@ def _one_line(text: str) -> str:
 
 def text_problem(value: str) -> str | None:
     """Why the store cannot hold a text value, or None."""
-    if len(value) <= MAX_TEXT_BYTES // 4 and value.isprintable():
+    if len(value) <= TEXT_BYTES // 4 and value.isprintable():
         return None  # the common case, quickly: no NUL, no surrogate, short enough
     bad = _NOT_STORABLE.search(value)
     if bad is not None:
@@ -95,7 +93,7 @@ def text_problem(value: str) -> str | None:
         if bad.group() == "\x00":
             return f"holds a NUL character ({at}), which the store cannot hold"
         return f"is not UTF-8 text ({at})"
-    if len(value) * 4 > MAX_TEXT_BYTES and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+    if len(value) * 4 > TEXT_BYTES and len(value.encode("utf-8")) > TEXT_BYTES:
         return f"is longer than 64 KiB ({len(value.encode('utf-8'))} bytes)"
     return None
 
@@ -178,7 +176,7 @@ class _Entry:
         if (
             value.__class__ is str
             and value
-            and len(value) <= (max_length or MAX_TEXT_BYTES // 4)
+            and len(value) <= (max_length or TEXT_BYTES // 4)
             and value.isprintable()
         ):
             return value  # the common case, quickly

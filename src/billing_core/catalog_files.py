@@ -25,7 +25,8 @@ from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
 from yaml.nodes import ScalarNode
 from yaml.reader import ReaderError
 
-MAX_DEPTH = 32  # containers inside containers, the catalog's own mapping being the first
+from .limits import MAX_DEPTH
+
 _BIG_INT_BITS = 13_000  # about 4,000 decimal digits: Python's int <-> str limit is 4,300
 
 

@@ -52,7 +52,7 @@ err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap
 def _fail(*lines: str, code: int = 1) -> None:
     """Refuse: the reason on stderr (one line each, never wrapped) and a non-zero exit."""
     for line in lines:
-        err.print(line, markup=False)
+        err.print(line)
     raise typer.Exit(code)
 
 
@@ -111,14 +111,14 @@ def db_grant(
     except RoleError as error:
         _fail(str(error))
     if not result.applies:
-        out.print(*result.warnings, markup=False, soft_wrap=True)
+        out.print(*result.warnings, soft_wrap=True)
         return
     for warning in result.warnings:
-        err.print(f"warning: {warning}", markup=False)
+        err.print(f"warning: {warning}")
     for statement in result.statements:
-        out.print(statement, markup=False, soft_wrap=True)
+        out.print(statement, soft_wrap=True)
     if apply:
-        out.print(f"-- applied to {safe_url(url)}", markup=False)
+        out.print(f"-- applied to {safe_url(url)}")
 
 
 # --- catalog -------------------------------------------------------------------------------
@@ -197,8 +197,7 @@ def _warn_missing_previews(reports: list) -> None:
         drafts = all(isinstance(m["invoice"], int) for m in missing)  # drafts have no number
         err.print(
             f"warning: {'draft previews' if drafts else 'documents'} could not be written "
-            f"({len(missing)} missing; {missing[0]['reason']}); the next close writes them",
-            markup=False,
+            f"({len(missing)} missing; {missing[0]['reason']}); the next close writes them"
         )
 
 
@@ -829,7 +828,7 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001 - the last guard: one line, not a traceback
         if os.environ.get("BILLING_DEBUG") == "1":
             raise
-        err.print(_one_line(error), markup=False)
+        err.print(_one_line(error))
         sys.exit(1)
 
 

@@ -9,6 +9,7 @@ import decimal
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -80,6 +81,17 @@ class CloseFailed(RuntimeError):
         ] + ([self.documents] if self.documents else [])
 
 
+class Failures(dict):
+    """Families a close could not finish: family -> {"step", "reason"} (the first failure
+    of each)."""
+
+    def note(self, report: StepReport | dict) -> StepReport | dict:
+        data = report if isinstance(report, dict) else report.as_dict()
+        for family, why in data.get("failures", {}).items():
+            self.setdefault(family, {"step": data["step"], "reason": why})
+        return report
+
+
 def describe_failures(by_step: dict[str, dict[str, str]]) -> str:
     return "; ".join(
         f"{family} ({step}: {reason})"
@@ -125,10 +137,12 @@ def isolatable(error: Exception) -> bool:
     return not (isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated)
 
 
-def _attempt(step: Callable[..., StepReport], scope: Scope, args, kwargs) -> StepReport:
+def _attempt(
+    step: Callable[..., StepReport], through: date | None, scope: Scope, rest: tuple, kwargs: dict
+) -> StepReport:
     """One try of a step over a scope, in a unit of work of its own, committed."""
     with collector.paused(), unit_of_work() as session:
-        report = step(session, args[0], scope, *args[1:], **kwargs)
+        report = step(session, through, scope, *rest, **kwargs)
         session.commit()
         report.warnings += invoices.unlink_failures(session)
     return report
@@ -141,7 +155,12 @@ def all_families() -> list[str]:
 
 
 def _isolated(
-    step: Callable[..., StepReport], scope: Scope, args, kwargs, error: Exception
+    step: Callable[..., StepReport],
+    through: date | None,
+    scope: Scope,
+    rest: tuple,
+    kwargs: dict,
+    error: Exception,
 ) -> StepReport:
     """The step failed over its scope: run it again over halves of the families, and
     halves of the halves that fail, until each failing family is alone. The others are
@@ -170,7 +189,7 @@ def _isolated(
                 raise error
             budget -= 1
             try:
-                done.append(_attempt(step, Scope.of(half), args, kwargs))
+                done.append(_attempt(step, through, Scope.of(half), rest, kwargs))
             except Exception as failure:  # noqa: BLE001 - isolated, reported per family
                 if not isolatable(failure):
                     raise
@@ -185,21 +204,21 @@ def _isolated(
     return report
 
 
-def _run(step: Callable[..., StepReport], *args: Any, **kwargs: Any) -> StepReport:
+def _run(
+    step: Callable[..., StepReport], through: date | None, scope: Scope, *rest: Any, **kwargs: Any
+) -> StepReport:
     """Run a step in a unit of work of its own, commit it, and note how long it took.
 
-    The first argument after the step is the close date, the second the scope. When the
-    step fails for reasons that may lie in one family's data, the families that can be
-    finished are, and the report names the others (`failures`)."""
+    When the step fails for reasons that may lie in one family's data, the families that
+    can be finished are, and the report names the others (`failures`)."""
     started = time.perf_counter()
     check_held()
-    through, scope, rest = args[0], args[1], args[2:]
     try:
-        report = _attempt(step, scope, (through, *rest), kwargs)
+        report = _attempt(step, through, scope, rest, kwargs)
     except Exception as error:
         if not isolatable(error):
             raise
-        report = _isolated(step, scope, (through, *rest), kwargs, error)
+        report = _isolated(step, through, scope, rest, kwargs, error)
     report.details["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -400,16 +419,10 @@ def finish_run(run_id: int, status: str, failures: dict[str, dict[str, str]] | N
     values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC)}
     if failures is not None:
         values["failures"] = failures or sa.null()
-    with unfenced() if status != "completed" else _nothing(), unit_of_work() as session:
+    with unfenced() if status != "completed" else nullcontext(), unit_of_work() as session:
         r = CloseRun.__table__.c
         session.execute(sa.update(CloseRun.__table__).where(r.id == run_id).values(**values))
         session.commit()
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def close_locally(
@@ -420,26 +433,19 @@ def close_locally(
     from .config import get_settings
     from .locks import close_lock
 
-    families = None if families is None else sorted(families)
-    failed: dict[str, dict[str, str]] = {}
+    scope = [None if families is None else sorted(families)]
+    failed = Failures()
     with close_lock("a local close", get_settings().close_lock_timeout), one_catalog_read():
         reports = []
-        for step in (recalculate, rate, consolidate, apply_credits, "issue", render):
-            if step == "issue":
-                if issue_invoices:
-                    reports.append(issue(through, exclude_families=failed))
-                continue
-            scope = families
-            if failed:
-                scope = [f for f in (families or all_families()) if f not in failed]
-                if not scope:
-                    continue
-            report = step(through, scope)
-            for family, why in report.failures.items():
-                failed[family] = {"step": report.step, "reason": why}
-            reports.append(report)
+        for step in (recalculate, rate, consolidate, apply_credits):
+            for shard in without(scope, failed):
+                reports.append(failed.note(step(through, shard)))
+        if issue_invoices:
+            reports.append(issue(through, exclude_families=failed))
+        for shard in without(scope, failed):
+            reports.append(failed.note(render(through, shard)))
     if failed:
-        raise CloseFailed(failed, through)
+        raise CloseFailed(dict(failed), through)
     return reports
 
 

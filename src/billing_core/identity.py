@@ -27,7 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from .models import Charge, Customer, InvoiceCharge, InvoiceLine, Issuer, Metric, TaxRate
+from .models import Charge, Customer, InvoiceCharge, InvoiceLine, Metric, TaxRate
+from .reference import issuer as load_issuer
 from .store import chunks, select_in
 
 # What of the billed customer an invoice shows or is sent with (those the table has).
@@ -42,6 +43,16 @@ class Mentions:
     metrics: set[str] = field(default_factory=set)
     jurisdictions: set[str] = field(default_factory=set)
 
+    def line(self, customer: str, jurisdiction: str | None) -> None:
+        self.customers.add(customer)
+        if jurisdiction:
+            self.jurisdictions.add(jurisdiction)
+
+    def charge(self, customer: str, metric: str | None) -> None:
+        self.customers.add(customer)
+        if metric:
+            self.metrics.add(metric)
+
 
 NOTHING = Mentions()
 
@@ -50,13 +61,9 @@ def mentions_of(lines: Iterable[Any], charges: Iterable[Any]) -> Mentions:
     """What one invoice's lines and charges name (rows already read)."""
     found = Mentions()
     for line in lines:
-        found.customers.add(line.serviced_customer_id)
-        if line.jurisdiction:
-            found.jurisdictions.add(line.jurisdiction)
+        found.line(line.serviced_customer_id, line.jurisdiction)
     for charge in charges:
-        found.customers.add(charge.serviced_customer_id)
-        if charge.metric_code:
-            found.metrics.add(charge.metric_code)
+        found.charge(charge.serviced_customer_id, charge.metric_code)
     return found
 
 
@@ -75,15 +82,11 @@ def mentions(session: Session, invoice_ids: list[int]) -> dict[int, Mentions]:
         for invoice_id, customer, jurisdiction in session.execute(
             lines.where(ln.invoice_id.in_(part))
         ).all():
-            out[invoice_id].customers.add(customer)
-            if jurisdiction:
-                out[invoice_id].jurisdictions.add(jurisdiction)
+            out[invoice_id].line(customer, jurisdiction)
         for invoice_id, customer, metric in session.execute(
             charges.where(link.invoice_id.in_(part))
         ).all():
-            out[invoice_id].customers.add(customer)
-            if metric:
-                out[invoice_id].metrics.add(metric)
+            out[invoice_id].charge(customer, metric)
     return out
 
 
@@ -100,20 +103,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def issuer_entry(session: Session, store_name: str, issuer_id: str = "default") -> dict:
-    """The issuer's whole catalog row, or the default issuer named after the store."""
-    found = (
-        session.execute(sa.select(Issuer.__table__).where(Issuer.__table__.c.id == issuer_id))
-        .mappings()
-        .first()
-    )
-    if found is None:
-        return {"id": issuer_id, "name": store_name, "invoice_prefix": "INV", "address": []}
-    entry = json_safe(dict(found))
-    entry["address"] = list(entry.get("address") or [])
-    return entry
-
-
 def live(
     session: Session,
     invoices: list[Any],
@@ -128,7 +117,7 @@ def live(
     if mentioned is None:
         mentioned = mentions(session, [i.id for i in invoices])
     issuers = {
-        issuer: issuer_entry(session, store_name, issuer)
+        issuer: json_safe(load_issuer(session, store_name, issuer))
         for issuer in sorted({issuer_id or i.issuer_id for i in invoices})
     }
     c = Customer.__table__.c

@@ -36,6 +36,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -74,14 +75,17 @@ def describe_holder(holder: dict | None) -> str:
 class Fence:
     """What a close's transactions check before they commit."""
 
-    url: URL
+    text: str  # the store's URL as configured (its engine's key)
     token: str
-    text: str = ""  # the URL as configured (the engine's key)
     # PostgreSQL: the backend holding the advisory lock. SQLite: the lock file and the
     # inode of the file that was locked.
     backend: int | None = None
     path: str | None = None
     inode: int | None = None
+
+    @cached_property
+    def url(self) -> URL:
+        return make_url(self.text)
 
     @property
     def postgres(self) -> bool:
@@ -110,7 +114,7 @@ class Fence:
                 + "; it stopped without writing more"
             )
         if self.postgres:
-            hi, lo = _key_parts(ADVISORY_KEY)
+            hi, lo = advisory_key_parts(ADVISORY_KEY)
             held = connection.execute(
                 sa.text(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
@@ -140,10 +144,6 @@ class Fence:
 _current: ContextVar[Fence | None] = ContextVar("billing_close_fence", default=None)
 
 
-def current_fence() -> Fence | None:
-    return _current.get()
-
-
 @contextmanager
 def fenced(fence: Fence | None) -> Iterator[None]:
     """Check `fence` at every commit of this context's sessions (None: check nothing)."""
@@ -164,7 +164,7 @@ def check_held() -> None:
     fence = _current.get()
     if fence is None:
         return
-    with get_engine(fence.text or None).connect() as connection:
+    with get_engine(fence.text).connect() as connection:
         fence.check(connection)
 
 
@@ -207,7 +207,7 @@ def _parse(value: str | None) -> dict:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _key_parts(key: int) -> tuple[int, int]:
+def advisory_key_parts(key: int) -> tuple[int, int]:
     """An advisory bigint key as pg_locks shows it: (classid, objid), high and low halves."""
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     return unsigned >> 32, unsigned & 0xFFFFFFFF
@@ -256,9 +256,8 @@ def join_close(run: str | None, url: str | None = None) -> AbstractContextManage
         )
     return fenced(
         Fence(
-            make_url(url),
-            holder["token"],
             url,
+            holder["token"],
             backend=holder.get("backend"),
             path=holder.get("path"),
             inode=holder.get("inode"),
@@ -326,7 +325,7 @@ def _file_lock(url: str, me: dict, timeout: float) -> Iterator[Fence]:
         handle.close()
     inode = os.fstat(handle.fileno()).st_ino
     me = {**me, "path": str(path), "inode": inode}
-    fence = Fence(make_url(url), me["token"], url, path=str(path), inode=inode)
+    fence = Fence(url, me["token"], path=str(path), inode=inode)
     engine = get_engine(url)
     try:
         handle.seek(0)
@@ -370,7 +369,7 @@ def _advisory_lock(url: str, me: dict, timeout: float) -> Iterator[Fence]:
             # previous holder fails its check.
             _write_holder(connection, me, postgres=True)
             _barrier(connection, url, timeout)
-            yield Fence(make_url(url), me["token"], url, backend=backend)
+            yield Fence(url, me["token"], backend=backend)
         finally:
             _release_advisory(connection, me["token"])
     finally:

@@ -46,10 +46,6 @@ class SafeCsvWriter:
     def writerow(self, row: Iterable[Any]) -> Any:
         return self._writer.writerow(csv_row(row))
 
-    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
-        for row in rows:
-            self.writerow(row)
-
 
 # --- file names ------------------------------------------------------------------------
 

@@ -283,18 +283,14 @@ def tax_rates(session: Session) -> dict[str, Decimal]:
     return {r.jurisdiction: r.rate for r in session.execute(sa.select(TaxRate.__table__))}
 
 
-def issuer(session: Session, store_name: str) -> dict:
-    """The catalog's issuer, or a default one named after the store with prefix INV."""
-    row = session.execute(sa.select(Issuer.__table__).where(Issuer.__table__.c.id == "default"))
-    found = row.first()
+def issuer(session: Session, store_name: str, issuer_id: str = "default") -> dict:
+    """The catalog's issuer (its whole row), or a default one named after the store with
+    prefix INV."""
+    table = Issuer.__table__
+    found = session.execute(sa.select(table).where(table.c.id == issuer_id)).mappings().first()
     if found is None:
-        return {"id": "default", "name": store_name, "invoice_prefix": "INV", "address": []}
-    return {
-        "id": found.id,
-        "name": found.name,
-        "invoice_prefix": found.invoice_prefix,
-        "address": list(found.address or []),
-    }
+        return {"id": issuer_id, "name": store_name, "invoice_prefix": "INV", "address": []}
+    return {**found, "address": list(found["address"] or [])}
 
 
 def grants(session: Session, scope: Scope = ALL) -> list[Any]:

@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from .db import is_postgres
+from .limits import FIRST_DAY, LAST_DAY, MAX_DEPTH, TEXT_BYTES
 from .models import Customer, Metric, UsageEvent, UsageLoad, UsageTouch
 from .outputs import SafeCsvWriter
 
@@ -42,14 +43,12 @@ CSV_COLUMNS = ("event_id", "customer", "metric", "timestamp", "quantity")
 MAX_VALUE = 2**63 - 1
 MAX_QUANTITY = Decimal(MAX_VALUE).scaleb(-MAX_DECIMALS)
 TOO_LARGE = f"(the store holds quantities up to {MAX_QUANTITY:,})"
-FIRST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
-END_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
-OUTSIDE_CALENDAR = "outside 1900-01-01..2199-12-31 UTC"
-FIELD_LIMIT = 64 * 1024  # bytes of UTF-8 in one field
+FIRST_INSTANT = datetime.combine(FIRST_DAY, time(), UTC)
+END_INSTANT = datetime.combine(LAST_DAY + timedelta(days=1), time(), UTC)
+OUTSIDE_CALENDAR = f"outside {FIRST_DAY}..{LAST_DAY} UTC"
 # The careful CSV reading still stops somewhere: a field this long (an unclosed quote,
 # most likely) makes the rest of the file unreadable, in bounded memory.
 CAREFUL_FIELD_LIMIT = 64 * 2**20
-MAX_DEPTH = 32  # containers nested in one JSON line, the line itself included
 EVENT_ID_LIMIT = 256  # the length of usage_events.event_id
 
 
@@ -156,7 +155,7 @@ def _text_problem(value: str) -> str | None:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:  # a byte that was not UTF-8, kept as a lone surrogate
             return "not UTF-8 text"
-    if size > FIELD_LIMIT:
+    if size > TEXT_BYTES:
         return f"longer than 64 KiB ({size:,} bytes)"
     return None
 
@@ -226,7 +225,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     previous_limit = csv.field_size_limit()
     try:
         while True:  # at most twice: fast, then careful
-            csv.field_size_limit(CAREFUL_FIELD_LIMIT if careful else FIELD_LIMIT)
+            csv.field_size_limit(CAREFUL_FIELD_LIMIT if careful else TEXT_BYTES)
             with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
                 reader = csv.reader(handle)
                 if header is None:
@@ -408,7 +407,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             record: Any = None
             if not (
                 careful_file
-                or len(line) > FIELD_LIMIT
+                or len(line) > TEXT_BYTES
                 or ("\\u" in line and _RISKY_ESCAPE.search(line) is not None)
                 or line.count("{") + line.count("[") > MAX_DEPTH
             ):

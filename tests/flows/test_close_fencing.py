@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from billing_core import rollup
-from billing_core.locks import ADVISORY_KEY, LockLost, close_lock
+from billing_core.locks import ADVISORY_KEY, LockLost, advisory_key_parts, close_lock
 from flows.period_close import period_close
 from tests.helpers import import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE, snapshot
@@ -68,7 +68,7 @@ def _run(name: str, results: dict, **kwargs) -> threading.Thread:
 def _lose_the_lock(store) -> None:
     """What a dropped connection or a removed lock file does to the running close."""
     if store.backend == "postgres":
-        hi, lo = ((ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF) >> 32, ADVISORY_KEY & 0xFFFFFFFF)
+        hi, lo = advisory_key_parts(ADVISORY_KEY)
         killed = store.scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
             "AND classid = :hi AND objid = :lo AND objsubid = 1 AND granted AND database = "
