@@ -289,7 +289,7 @@ def settle(url: str) -> float:
 STEPS_SCRIPT = """
 import json, sys
 from datetime import date
-from billing_core import close
+from billing_core.steps import close
 through = date.fromisoformat(sys.argv[1])
 out = {}
 for name, step in (("recalculate", close.recalculate), ("rate", close.rate)):
@@ -310,7 +310,7 @@ def database(admin_url: str):
     try:
         yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        store = sys.modules.get("billing_core.db")
+        store = sys.modules.get("billing_core.store.engine")
         if store is not None:
             store.dispose_engines()  # this process's connections to it, if any
         with admin.connect() as connection:

@@ -14,8 +14,8 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from billing_core import close as steps
 from billing_core.config import get_settings
+from billing_core.steps import close as steps
 from flows.runtime import (
     close_turn,
     log_report,

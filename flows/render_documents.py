@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from billing_core import close as steps
+from billing_core.steps import close as steps
 from flows.runtime import close_turn, log_report, outcome, publish_invoices, step, today
 
 

@@ -27,8 +27,8 @@ STEP_CACHE = INPUTS + TASK_SOURCE + RUN_ID
 def _worth_retrying(task, task_run, state) -> bool:
     """A step is retried after a hiccup, not after it lost the close lock or finished
     every family but some (their data needs a fix, then a Retry of the flow run)."""
-    from billing_core.close import FamilyFailures
-    from billing_core.locks import CloseLocked, LockLost
+    from billing_core.steps.close import FamilyFailures
+    from billing_core.store.locks import CloseLocked, LockLost
 
     return not isinstance(state.data, FamilyFailures | LockLost | CloseLocked)
 
@@ -45,8 +45,8 @@ def step(name: str):
         def fenced_step(*args, **kwargs):
             from prefect.runtime import flow_run
 
-            from billing_core.close import FamilyFailures
-            from billing_core.locks import join_close
+            from billing_core.steps.close import FamilyFailures
+            from billing_core.store.locks import join_close
 
             with join_close(flow_run.get_id()):
                 report = fn(*args, **kwargs)
@@ -69,7 +69,7 @@ def step(name: str):
 def outcome(value) -> dict:
     """A step's report from its result: a report, or the report a step that failed some
     families carried; any other failure is raised."""
-    from billing_core.close import FamilyFailures
+    from billing_core.steps.close import FamilyFailures
 
     if isinstance(value, FamilyFailures):
         return value.report
@@ -83,7 +83,7 @@ def close_slot_name(url: str) -> str:
     deployment or command started them."""
     import hashlib
 
-    from billing_core.db import store_name
+    from billing_core.store.engine import store_name
 
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
     return f"billing-close-{store_name(url)}-{digest}"
@@ -125,7 +125,7 @@ def close_slot():
 def close_turn(holder: str, run: str | None = None):
     """A close's turn at the store: its slot in the queue, then the store's close lock
     (fenced for the flow run `run`'s tasks)."""
-    from billing_core.locks import close_lock
+    from billing_core.store.locks import close_lock
 
     with close_slot(), close_lock(holder, get_settings().close_lock_timeout, run=run or None):
         yield
@@ -244,7 +244,7 @@ def publish_step_summaries(reports: list[dict], through: date) -> None:
 
 def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: date) -> None:
     """The invoices the close left, as a table, and links to their documents."""
-    from billing_core.money import money_str
+    from billing_core.domain.money import money_str
 
     # By column: the UI shows a dict of lists as the same table, and the server stores
     # each column name once instead of once per invoice (a third of the bytes).

@@ -90,7 +90,7 @@ class PostgresDatabases:
         return postgres_admin_url().rsplit("/", 1)[0] + "/" + name
 
     def drop_all(self) -> None:
-        from billing_core.db import dispose_engines
+        from billing_core.store.engine import dispose_engines
 
         dispose_engines()
         admin = sa.create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
@@ -111,7 +111,7 @@ def pg_databases() -> Iterator[PostgresDatabases]:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """A migrated SQLite store, copied for each test."""
-    from billing_core.db import dispose_engines, upgrade
+    from billing_core.store.engine import dispose_engines, upgrade
 
     path = tmp_path_factory.mktemp("template") / "template.db"
     upgrade(f"sqlite:///{path}")
@@ -124,7 +124,7 @@ def postgres_template(pg_databases) -> str | None:
     """A migrated PostgreSQL database used as the template of each test's database."""
     if postgres_unavailable():
         return None
-    from billing_core.db import dispose_engines, upgrade
+    from billing_core.store.engine import dispose_engines, upgrade
 
     url = pg_databases.create()
     upgrade(url)
@@ -141,18 +141,18 @@ class Store:
     workdir: Path
 
     def session(self):
-        from billing_core.db import unit_of_work
+        from billing_core.store.engine import unit_of_work
 
         return unit_of_work(self.url)
 
     def scalar(self, sql: str, **params):
-        from billing_core.db import get_engine
+        from billing_core.store.engine import get_engine
 
         with get_engine(self.url).connect() as connection:
             return connection.execute(sa.text(sql), params).scalar()
 
     def rows(self, sql: str, **params) -> list:
-        from billing_core.db import get_engine
+        from billing_core.store.engine import get_engine
 
         with get_engine(self.url).connect() as connection:
             return list(connection.execute(sa.text(sql), params))
@@ -183,7 +183,7 @@ def store(request, tmp_path, monkeypatch, sqlite_template) -> Iterator[Store]:
     monkeypatch.setenv("BILLING_OUTPUT_DIR", str(tmp_path / "documents"))
     monkeypatch.chdir(tmp_path)
     yield made
-    from billing_core.db import dispose_engines
+    from billing_core.store.engine import dispose_engines
 
     dispose_engines()
 
@@ -222,7 +222,7 @@ def another_store(request, tmp_path, sqlite_template):
 @contextlib.contextmanager
 def using_store(store: Store):
     """Point BILLING_DATABASE_URL at another store for a block."""
-    from billing_core.db import dispose_engines
+    from billing_core.store.engine import dispose_engines
 
     before = os.environ.get("BILLING_DATABASE_URL")
     os.environ["BILLING_DATABASE_URL"] = store.url

@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
-from billing_core import close as steps
-from billing_core.catalog import import_catalog, load_file, parse
-from billing_core.db import unit_of_work
-from billing_core.invoices import export
-from billing_core.usage import ingest_files
+from billing_core.inputs.catalog import import_catalog, load_file, parse
+from billing_core.inputs.usage import ingest_files
+from billing_core.invoices.lifecycle import export
+from billing_core.steps import close as steps
+from billing_core.store.engine import unit_of_work
 
 
 def import_yaml(text: str, folder: Path | None = None, name: str = "catalog.yaml"):

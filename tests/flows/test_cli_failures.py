@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_core import cli
+from billing_core.cli import app as cli
 
 BIN = Path(sys.executable).parent
 

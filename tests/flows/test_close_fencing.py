@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from billing_core import rollup
-from billing_core.locks import ADVISORY_KEY, LockLost, advisory_key_parts, close_lock
+from billing_core.steps import consolidate as rollup
+from billing_core.store.locks import ADVISORY_KEY, LockLost, advisory_key_parts, close_lock
 from flows.period_close import period_close
 from tests.helpers import import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE, snapshot
@@ -41,7 +41,7 @@ class Blocked:
             return report
 
         monkeypatch.setattr(rollup, "consolidate", consolidate)
-        from billing_core import close as steps
+        from billing_core.steps import close as steps
 
         monkeypatch.setitem(steps.STEP_NAMES, consolidate, "consolidate roll-ups")
         real_recalculate = steps.recalculation.recalculate
@@ -132,7 +132,7 @@ def test_a_close_that_lost_its_lock_stops_and_the_next_never_runs_beside_it(
         expected_documents = len(clean.rows("SELECT invoice_id, format FROM invoice_documents"))
     finally:
         os.environ["BILLING_DATABASE_URL"] = store.url
-        from billing_core.db import dispose_engines
+        from billing_core.store.engine import dispose_engines
 
         dispose_engines()
     assert after == expected and len(after) == 2
@@ -147,7 +147,7 @@ def test_a_commit_after_the_lock_was_lost_is_refused_without_a_second_close(stor
     """Losing the lock is noticed at the next commit even when nobody took it over."""
     import_yaml(POOLED)
     ingest_csv(USAGE)
-    from billing_core import close as steps
+    from billing_core.steps import close as steps
 
     with close_lock("a close"):
         steps.recalculate(date(2026, 2, 1))

@@ -200,7 +200,7 @@ def _deploy_with_worker(prefect_api, store, tmp_path, pool: str, templates=None)
 
 def _clean_export(store, tmp_path, request, catalog: str, usage: str) -> list[dict]:
     """The invoices one close that never failed leaves, on a fresh store."""
-    from billing_core.db import dispose_engines
+    from billing_core.store.engine import dispose_engines
     from tests.helpers import close
 
     (tmp_path / "clean").mkdir()

@@ -11,8 +11,8 @@ import pytest
 from prefect import get_client
 from typer.testing import CliRunner
 
-from billing_core.cli import app
-from billing_core.locks import close_lock
+from billing_core.cli.app import app
+from billing_core.store.locks import close_lock
 from tests.conftest import using_store
 from tests.helpers import close, import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE, snapshot
@@ -189,7 +189,7 @@ def test_a_local_dask_cluster_is_started_without_dasks_profiler(monkeypatch):
 
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_shards_never_split_a_family(store, count):
-    from billing_core.close import shards
+    from billing_core.steps.close import shards
 
     import_yaml(FAMILIES)
     parts = shards(count)
@@ -221,7 +221,7 @@ subscriptions:
 
 
 def test_render_shards_weigh_the_documents_to_write(store):
-    from billing_core.close import render_shards, shards
+    from billing_core.steps.close import render_shards, shards
 
     import_yaml(DOCUMENTS)
     close("2026-02-01")

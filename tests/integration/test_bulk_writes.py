@@ -9,11 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core import usage
-from billing_core.db import unit_of_work
-from billing_core.models import Customer, UsageEvent
-from billing_core.store import COPY_FROM, insert_rows
-from billing_core.usage import ingest_files
+from billing_core.inputs import usage
+from billing_core.inputs.usage import ingest_files
+from billing_core.store.engine import unit_of_work
+from billing_core.store.models import Customer, UsageEvent
+from billing_core.store.rows import COPY_FROM, insert_rows
 from tests.helpers import import_yaml, recorded_statements
 
 CATALOG = """
@@ -220,7 +220,7 @@ def _instant(value):
 
 
 def test_select_in_reads_every_match_of_a_long_list(store):
-    from billing_core.store import CHUNK, select_in
+    from billing_core.store.rows import CHUNK, select_in
 
     import_yaml(CATALOG)
     wanted = ["solo", "odd\tone"] + [f"missing-{i}" for i in range(CHUNK * 2)]
@@ -231,21 +231,21 @@ def test_select_in_reads_every_match_of_a_long_list(store):
 
 
 def test_select_keys_matches_the_few_rows_beyond_or_looks_the_keys_up(store, monkeypatch):
-    import billing_core.store
-    from billing_core.store import select_keys
+    import billing_core.store.rows
+    from billing_core.store.rows import select_keys
 
     import_yaml(CATALOG)
     customers = Customer.__table__
     wanted = ["solo", "odd\tone", "missing"]
     beyond = customers.c.name >= "Odd"  # both customers meet it
-    monkeypatch.setattr(billing_core.store, "CHUNK", 2)  # three keys: more than a chunk
+    monkeypatch.setattr(billing_core.store.rows, "CHUNK", 2)  # three keys: more than a chunk
     with recorded_statements("SELECT") as statements, unit_of_work() as session:
         # Two rows beyond: as many as a chunk, matched here (one statement, no keys).
         found = list(select_keys(session, customers.select(), customers.c.id, wanted, beyond))
         assert sorted(r.id for r in found) == ["odd\tone", "solo"]
         assert len(statements) == 1 and "LIMIT" in statements[0]
         # More rows beyond than a chunk: the keys are looked up.
-        monkeypatch.setattr(billing_core.store, "CHUNK", 1)
+        monkeypatch.setattr(billing_core.store.rows, "CHUNK", 1)
         statements.clear()
         found = list(select_keys(session, customers.select(), customers.c.id, wanted[:2], beyond))
         assert sorted(r.id for r in found) == ["odd\tone", "solo"]
@@ -261,7 +261,7 @@ def test_rows_read_as_records_and_dicts_carry_the_values_a_row_does(store):
     (decimals, instants, JSON), as reading the rows themselves."""
     import sqlalchemy as sa
 
-    from billing_core.store import dicts, records
+    from billing_core.store.rows import dicts, records
 
     import_yaml(CATALOG)
     at = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)

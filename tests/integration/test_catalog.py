@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from billing_core.catalog import CatalogError
+from billing_core.inputs.catalog import CatalogError
 from tests.helpers import import_yaml
 
 BASE = """

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from billing_core.catalog import CatalogError
-from billing_core.cli import app
-from billing_core.money import shown
+from billing_core.cli.app import app
+from billing_core.domain.money import shown
+from billing_core.inputs.catalog import CatalogError
 from tests.helpers import close, import_yaml, invoices
 
 BILLING = Path(sys.executable).with_name("billing")
@@ -716,8 +716,8 @@ def test_any_value_in_any_field_is_refused_in_lines_or_imported(based, tmp_path)
     another exception."""
     import yaml
 
-    from billing_core.catalog import import_catalog, load_file, parse
-    from billing_core.db import unit_of_work
+    from billing_core.inputs.catalog import import_catalog, load_file, parse
+    from billing_core.store.engine import unit_of_work
 
     full = yaml.safe_load(FULL)
     imported(write(tmp_path, "full.yaml", FULL))

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from billing_core import close as steps
-from billing_core.db import get_engine
+from billing_core.steps import close as steps
+from billing_core.store.engine import get_engine
 from tests.helpers import close, import_yaml, ingest_csv, invoices, lines, one
 
 POOLED = """
@@ -98,8 +98,8 @@ def test_closing_twice_leaves_the_same_rows(store):
 
 
 def test_a_close_reads_the_catalog_once_and_the_next_close_reads_it_afresh(store, monkeypatch):
-    from billing_core import reference
-    from billing_core.db import unit_of_work
+    from billing_core.store import reference
+    from billing_core.store.engine import unit_of_work
 
     import_yaml(POOLED)
     ingest_csv(USAGE)
@@ -312,8 +312,8 @@ def test_copy_writes_what_row_inserts_write_through_whole_closes(
     """On PostgreSQL every insert of a close (slots, charges, windows, invoices, lines,
     links) goes through a binary COPY from COPY_FROM rows: with every one copied, the
     store ends as it does with none copied."""
-    import billing_core.store
-    from billing_core.db import dispose_engines
+    import billing_core.store.rows
+    from billing_core.store.engine import dispose_engines
     from tests.conftest import need_postgres
     from tests.scenarios.test_scenarios import HERE
 
@@ -331,7 +331,7 @@ def test_copy_writes_what_row_inserts_write_through_whole_closes(
             url = pg_databases.create(template=postgres_template)
             monkeypatch.setenv("BILLING_DATABASE_URL", url)
             monkeypatch.setenv("BILLING_OUTPUT_DIR", str(tmp_path / f"documents-{i}-{copy_from}"))
-            monkeypatch.setattr(billing_core.store, "COPY_FROM", copy_from)
+            monkeypatch.setattr(billing_core.store.rows, "COPY_FROM", copy_from)
             monkeypatch.chdir(tmp_path)
             import_yaml(catalog, name=f"catalog-{i}.yaml")
             if i == 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from billing_core.collection import collect
+from billing_core.steps.collect import collect
 from tests.helpers import import_yaml
 
 CATALOG = """
@@ -295,7 +295,7 @@ def test_a_source_with_typed_columns(store, source, monkeypatch):
         ("t1", "solo", "units", "2026-01-05T10:00:00+00:00", "1.5"),
         ("t2", "duo", "units", "2026-01-05T12:00:00+02:00", "2"),
     ]
-    from billing_core.db import get_engine
+    from billing_core.store.engine import get_engine
 
     with get_engine(store.url).begin() as connection:
         connection.exec_driver_sql(

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from billing_core import usage
-from billing_core.usage import ingest_files, retrying_deadlocks
+from billing_core.inputs import usage
+from billing_core.inputs.usage import ingest_files, retrying_deadlocks
 from tests.helpers import import_yaml
 
 CATALOG = """

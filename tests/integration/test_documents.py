@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from billing_core import close as steps
-from billing_core.cli import app
-from billing_core.db import unit_of_work
-from billing_core.invoices import transition
-from billing_core.models import Invoice
-from billing_core.rendering import contexts, day, money, pdf_document, period, templates_dir
+from billing_core.cli.app import app
+from billing_core.invoices.lifecycle import transition
+from billing_core.steps import close as steps
+from billing_core.steps.render import contexts, day, money, pdf_document, period, templates_dir
+from billing_core.store.engine import unit_of_work
+from billing_core.store.models import Invoice
 from tests.helpers import close, import_yaml, ingest_csv, one
 
 D = Decimal

@@ -10,9 +10,9 @@ from datetime import date
 import pytest
 import yaml
 
-from billing_core import close as steps
-from billing_core.close import CloseFailed
-from billing_core.db import dispose_engines
+from billing_core.steps import close as steps
+from billing_core.steps.close import CloseFailed
+from billing_core.store.engine import dispose_engines
 from tests.helpers import close, import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE
 
@@ -60,7 +60,7 @@ FAMILIES = _with_two_solo_families(POOLED)
 def execute(store, sql: str) -> None:
     import sqlalchemy as sa
 
-    from billing_core.db import get_engine
+    from billing_core.store.engine import get_engine
 
     with get_engine(store.url).begin() as connection:
         connection.execute(sa.text(sql))
@@ -156,7 +156,7 @@ def test_a_database_hiccup_is_not_taken_for_a_family_fault(store, monkeypatch):
     bisected into family failures."""
     import sqlalchemy as sa
 
-    from billing_core import rating
+    from billing_core.steps import rate as rating
 
     import_yaml(FAMILIES)
     calls = []

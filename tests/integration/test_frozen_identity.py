@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from billing_core.cli import app
-from billing_core.db import get_engine
+from billing_core.cli.app import app
+from billing_core.store.engine import get_engine
 from tests.helpers import close, import_yaml, ingest_csv, one
 from tests.integration.test_documents import FAMILY, USAGE
 

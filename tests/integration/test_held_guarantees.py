@@ -25,8 +25,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from billing_core import close as steps
-from billing_core import credits, invoices, rating, recalculation, rendering, rollup
+from billing_core.invoices import lifecycle as invoices
+from billing_core.steps import close as steps
+from billing_core.steps import consolidate as rollup
+from billing_core.steps import credits
+from billing_core.steps import rate as rating
+from billing_core.steps import recalculate as recalculation
+from billing_core.steps import render as rendering
 from tests.conftest import using_store
 from tests.helpers import close, import_yaml, ingest_csv, lines, one
 from tests.helpers import invoices as exported
@@ -290,7 +295,7 @@ KILLED_CLOSE = """
 import importlib, json, sys, time
 from datetime import date
 from pathlib import Path
-from billing_core import close as steps
+from billing_core.steps import close as steps
 from billing_core.config import get_settings
 from tests.integration.test_close import snapshot
 
@@ -420,7 +425,7 @@ def _hostile_catalog() -> dict:
 def _cli(*args: str):
     from typer.testing import CliRunner
 
-    from billing_core.cli import app
+    from billing_core.cli.app import app
 
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, (args, result.stdout, result.stderr, result.exception)
@@ -435,7 +440,7 @@ def test_template_and_sql_syntax_is_inert_from_import_to_documents_and_exports(
 
     from markupsafe import escape
 
-    from billing_core.outputs import csv_cell
+    from billing_core.store.files import csv_cell
 
     tables = set(sa.inspect(sa.create_engine(store.url)).get_table_names())
     catalog = tmp_path / "hostile.json"

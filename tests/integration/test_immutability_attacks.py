@@ -19,8 +19,14 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from billing_core import close as steps
-from billing_core.db import alembic_config, dispose_engines, get_engine, head_revision, upgrade
+from billing_core.steps import close as steps
+from billing_core.store.engine import (
+    alembic_config,
+    dispose_engines,
+    get_engine,
+    head_revision,
+    upgrade,
+)
 from tests.helpers import close, import_yaml, one
 
 CATALOG = """

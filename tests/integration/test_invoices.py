@@ -10,9 +10,9 @@ from datetime import UTC, date, datetime
 import pytest
 import sqlalchemy as sa
 
-from billing_core import invoices as invoice_ops
-from billing_core.db import get_engine, unit_of_work
-from billing_core.invoices import InvoiceError, discard_draft, issue, transition
+from billing_core.invoices import lifecycle as invoice_ops
+from billing_core.invoices.lifecycle import InvoiceError, discard_draft, issue, transition
+from billing_core.store.engine import get_engine, unit_of_work
 from tests.helpers import close, import_yaml, invoices, one
 
 MONTHLY = """

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from billing_core.db import dispose_engines, get_engine, head_revision, upgrade
-from billing_core.usage import ingest_files
+from billing_core.inputs.usage import ingest_files
+from billing_core.store.engine import dispose_engines, get_engine, head_revision, upgrade
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -68,7 +68,7 @@ def test_usage_recorded_before_0003_survives_it(empty_url, tmp_path):
         "old-1,solo,units,2026-01-05T10:00:00Z,2.5\n"
         "new-1,solo,units,2026-01-06T10:00:00Z,1\n"
     )
-    from billing_core.db import unit_of_work
+    from billing_core.store.engine import unit_of_work
 
     with unit_of_work(empty_url) as session:
         result = ingest_files(session, [path])
@@ -88,7 +88,7 @@ def test_the_frozen_guards_hold_on_either_side_of_0004(empty_url):
     and a downgrade brings the row checks back."""
     from alembic import command
 
-    from billing_core.db import alembic_config, unit_of_work
+    from billing_core.store.engine import alembic_config, unit_of_work
 
     upgrade(empty_url, "0004")
     with get_engine(empty_url).begin() as connection:
@@ -157,7 +157,7 @@ def test_charges_keep_their_invoices_across_0005_and_stay_frozen(empty_url):
     no charge can be put on one."""
     from alembic import command
 
-    from billing_core.db import alembic_config
+    from billing_core.store.engine import alembic_config
 
     upgrade(empty_url, "0004")
     with get_engine(empty_url).begin() as connection:
@@ -220,7 +220,7 @@ def test_references_hold_on_either_side_of_0006(empty_url):
     stay, and a reference to nothing is refused at every revision."""
     from alembic import command
 
-    from billing_core.db import alembic_config
+    from billing_core.store.engine import alembic_config
 
     upgrade(empty_url, "0005")
     with get_engine(empty_url).begin() as connection:

@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 import flows.period_close  # noqa: F401 - Prefect's logging set up before CliRunner swaps streams
-from billing_core import outputs, rendering
-from billing_core.cli import app
+from billing_core.cli.app import app
+from billing_core.steps import render as rendering
+from billing_core.store import files as outputs
 from tests.helpers import close, import_yaml, invoices
 
 # Two billed customers, each with an invoice on 1 January and on 1 February (four
@@ -601,7 +602,7 @@ def billing(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_a_password_in_a_url_is_never_printed_logged_or_published(store, prefect_server):
     from prefect import get_client
 
-    from billing_core.locks import close_lock
+    from billing_core.store.locks import close_lock
     from tests.conftest import postgres_admin_url
 
     env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_LOGGING_LEVEL="INFO")

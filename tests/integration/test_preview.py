@@ -10,8 +10,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from billing_core.cli import app
-from billing_core.db import get_engine
+from billing_core.cli.app import app
+from billing_core.store.engine import get_engine
 from tests.helpers import close, import_yaml, ingest_csv, invoices, one
 
 CATALOG = """

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from typer.testing import CliRunner
 
-from billing_core.cli import app
+from billing_core.cli.app import app
 from tests.helpers import close, import_yaml, invoices, lines, one
 
 FAMILIES = """
@@ -263,9 +263,9 @@ def billed_periods() -> dict[str, list[str]]:
 def chunk(request, monkeypatch):
     """The store's chunk size: the later rows a close finds are matched by reading what is
     beyond its date (few rows) or by looking their keys up (many); both must agree."""
-    import billing_core.store
+    import billing_core.store.rows
 
-    monkeypatch.setattr(billing_core.store, "CHUNK", request.param)
+    monkeypatch.setattr(billing_core.store.rows, "CHUNK", request.param)
 
 
 def test_a_timing_change_moves_already_planned_periods_earlier(store, tmp_path, chunk):

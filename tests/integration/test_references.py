@@ -10,7 +10,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from billing_core.db import get_engine, upgrade
+from billing_core.store.engine import get_engine, upgrade
 from tests.integration.test_migrations import INVOICES, _charge, empty_url  # noqa: F401
 
 LINE = (

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from billing_core.cli import app
-from billing_core.db import dispose_engines, get_engine
+from billing_core.cli.app import app
+from billing_core.store.engine import dispose_engines, get_engine
 from tests.helpers import one
 from tests.integration.test_documents import FAMILY, USAGE
 from tests.integration.test_immutability_attacks import frozen_rows

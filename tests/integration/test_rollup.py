@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from billing_core.catalog import CatalogError
+from billing_core.inputs.catalog import CatalogError
 from tests.helpers import close, import_yaml, invoices, lines, one
 
 # root pays for emea and, through emea, for germany; labs pays for itself and for labs-x;

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core.db import unit_of_work
-from billing_core.usage import UsageRefused, ingest_files
+from billing_core.inputs.usage import UsageRefused, ingest_files
+from billing_core.store.engine import unit_of_work
 from tests.helpers import import_yaml, ingest_csv
 
 CATALOG = """

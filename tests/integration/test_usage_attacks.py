@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from billing_core.cli import app
-from billing_core.db import unit_of_work
-from billing_core.usage import Window, aggregate
+from billing_core.cli.app import app
+from billing_core.inputs.usage import Window, aggregate
+from billing_core.store.engine import unit_of_work
 from tests.helpers import close, import_yaml, lines, one
 
 CATALOG = """
@@ -553,7 +553,7 @@ def test_sql_source_rows_the_store_cannot_hold_are_skipped_and_named(
 ):
     import sqlite3
 
-    from billing_core.collection import collect
+    from billing_core.steps.collect import collect
 
     path = tmp_path / "source.db"
     with sqlite3.connect(path) as connection:
@@ -663,9 +663,9 @@ def test_an_ingest_killed_mid_load_leaves_nothing_and_a_rerun_counts_each_event_
 def test_an_unclosed_quote_refuses_its_file_even_with_skip_invalid(catalog, tmp_path, monkeypatch):
     """Past the careful reading's own limit (lowered here) the rest of the file cannot be
     told apart from the quoted field: none of it is loaded, whatever it looks like."""
-    import billing_core.usage
+    import billing_core.inputs.usage
 
-    monkeypatch.setattr(billing_core.usage, "CAREFUL_FIELD_LIMIT", 200 * 1024)
+    monkeypatch.setattr(billing_core.inputs.usage, "CAREFUL_FIELD_LIMIT", 200 * 1024)
     path = write_csv(
         tmp_path / "unclosed.csv",
         HEADER + ",note",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from billing_core.cli import app
+from billing_core.cli.app import app
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from billing_core.credits import grant_order, plan_credits, usable_on
+from billing_core.steps.credits import grant_order, plan_credits, usable_on
 
 D = Decimal
 

@@ -1,4 +1,4 @@
-from billing_core.hierarchy import Hierarchy, Node
+from billing_core.domain.hierarchy import Hierarchy, Node
 
 
 def tree(*nodes):

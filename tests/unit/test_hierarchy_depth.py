@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from billing_core.hierarchy import Hierarchy, Node
+from billing_core.domain.hierarchy import Hierarchy, Node
 
 
 def chain(levels: int, self_billed: set[int] = frozenset()) -> Hierarchy:

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core.money import (
+from billing_core.domain.money import (
     MoneyError,
     minor_units,
     money_str,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from billing_core.planning import anchor_day, plan
-from billing_core.reference import (
+from billing_core.domain.planning import anchor_day, plan
+from billing_core.store.reference import (
     CustomerInfo,
     ItemInfo,
     PriceInfo,

@@ -9,8 +9,8 @@ from datetime import date, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing_core.planning import plan
-from billing_core.schedules import service_periods
+from billing_core.domain.planning import plan
+from billing_core.domain.schedules import service_periods
 from tests.unit.test_planning import customer, item, reference, sub
 
 DAY = timedelta(days=1)

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core import pricing
+from billing_core.domain import pricing
 
 M3TER_TIERS = {
     "model": "graduated",

@@ -11,9 +11,9 @@ from fractions import Fraction
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from billing_core.money import exponent, split_largest_remainder
-from billing_core.pricing import amount
-from billing_core.pricing.tiers import validate_tiers
+from billing_core.domain.money import exponent, split_largest_remainder
+from billing_core.domain.pricing import amount
+from billing_core.domain.pricing.tiers import validate_tiers
 
 CURRENCIES = st.sampled_from(["USD", "JPY", "KWD", "CLF"])  # 2, 0, 3 and 4 minor units
 CUSTOMER_IDS = st.text(alphabet="abcxyzABC019-_", min_size=1, max_size=6)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from fontTools.ttLib import TTFont
 
-from billing_core.money import MINOR_UNITS
-from billing_core.rendering import day, money, pdf_document, period, templates_dir
+from billing_core.domain.money import MINOR_UNITS
+from billing_core.steps.render import day, money, pdf_document, period, templates_dir
 
 TEMPLATES = Path(templates_dir())
 FACES = ("InvoiceSans-Regular.ttf", "InvoiceSans-Bold.ttf")

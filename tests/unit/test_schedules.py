@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import pytest
 
-from billing_core.money import round_money
-from billing_core.schedules import (
+from billing_core.domain.money import round_money
+from billing_core.domain.schedules import (
     Calendar,
     Period,
     anchored,

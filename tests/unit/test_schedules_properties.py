@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing_core.schedules import (
+from billing_core.domain.schedules import (
     CADENCE_MONTHS,
     anchored,
     first_anchor,

@@ -1,0 +1,1 @@
+"""The `billing` command: its commands, terminal output and the demo."""

@@ -1,0 +1,184 @@
+"""Invoices and credits in the terminal (Rich), grouped the way the document groups them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlmodel import Session
+
+from billing_core.domain.money import money_str
+from billing_core.invoices.lifecycle import InvoiceError
+from billing_core.steps.render import contexts, day
+from billing_core.store.models import Invoice
+
+
+def show_invoice(
+    session: Session,
+    invoice_id: int,
+    console: Console,
+    store_name: str = "billing",
+    title: str | None = None,
+) -> None:
+    """Print one invoice: header, a section per serviced customer, totals, usage."""
+    invoice = session.execute(
+        sa.select(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id)
+    ).first()
+    if invoice is None:
+        raise InvoiceError(f"no invoice {invoice_id}")
+    print_invoice(console, invoice, contexts(session, [invoice], store_name)[invoice.id], title)
+
+
+def print_invoice(console: Console, invoice: Any, data: dict, title: str | None = None) -> None:
+    """Print an invoice from its document context."""
+    head = data["invoice"]
+    if title is None:
+        if head["draft"]:
+            title = f"DRAFT invoice {invoice.id} (not yet issued)"
+        elif head["number"]:
+            title = f"Invoice {head['number']}"
+        else:
+            title = f"Invoice {invoice.id}"
+    status = "" if head["draft"] else f"  [{invoice.status}]"
+    console.print(Text(title, style="bold red" if head["draft"] else "bold") + Text(status))
+    console.print(
+        Text.assemble(
+            ("from ", "dim"),
+            data["issuer"]["name"],
+            ("  to ", "dim"),
+            (data["billed"]["name"], "bold"),
+            f" ({data['billed']['id']})",
+            ("  billing date ", "dim"),
+            head["billing_date"],
+            ("  currency ", "dim"),
+            head["currency"],
+        )
+    )
+    for section in data["sections"]:
+        label = f"{section['name']} ({section['customer_id']})"
+        if section["is_billed"]:
+            label += " · billed customer"
+        table = Table(title=label, title_justify="left", title_style="bold", expand=False)
+        table.add_column("item", overflow="fold")
+        table.add_column("service period", no_wrap=True)
+        table.add_column("quantity", justify="right")
+        table.add_column("unit price", justify="right")
+        table.add_column("amount", justify="right", no_wrap=True)
+        for row in section["rows"]:
+            item = Text((f"{row['bundle']} · " if row["bundle"] else "") + row["product"])
+            if row["note"]:
+                item += Text("\n" + row["note"], "dim")
+            style = "green" if row["kind"] == "discount" else None
+            table.add_row(
+                item, row["period"], row["quantity"], row["unit_price"], row["amount"], style=style
+            )
+        for tax in section["taxes"]:
+            table.add_row(
+                f"{tax['label']} on {tax['base']}", "", "", "", tax["amount"], style="dim"
+            )
+        for credit in section["credits"]:
+            table.add_row(credit["label"], "", "", "", credit["amount"], style="green")
+        table.add_section()
+        table.add_row(Text("total", "bold"), "", "", "", Text(section["total"], "bold"))
+        console.print(table)
+    totals = Table(show_header=False, box=None)
+    totals.add_column(justify="left")
+    totals.add_column(justify="right")
+    for row in data["totals"]:
+        if row["grand"]:
+            totals.add_row(Text(row["label"], "bold"), Text(row["amount"], "bold"))
+        else:
+            totals.add_row(row["label"], row["amount"])
+    console.print(totals)
+    if data["breakdown"]:
+        usage = Table(title="Usage breakdown", title_justify="left", title_style="bold")
+        for col, justify in (
+            ("customer", "left"),
+            ("metric", "left"),
+            ("priced as", "left"),
+            ("service period", "left"),
+            ("quantity", "right"),
+        ):
+            usage.add_column(col, justify=justify)
+        for customer in data["breakdown"]:
+            first_customer = True
+            for metric in customer["metrics"]:
+                for i, row in enumerate(metric["rows"]):
+                    usage.add_row(
+                        customer["name"] if first_customer else "",
+                        metric["name"] if i == 0 else "",
+                        row["product"] + (f" ({row['note']})" if row["note"] else ""),
+                        row["period"],
+                        row["quantity"],
+                    )
+                    first_customer = False
+                if metric["total"]:
+                    usage.add_row("", "", f"total {metric['name']}", "", metric["total"])
+        console.print(usage)
+
+
+def show_credits(
+    session: Session, console: Console, customer: str | None = None, with_ledger: bool = False
+) -> None:
+    """Print the credit grants with what they gave and what is left (and the ledger)."""
+    from billing_core.steps.credits import credit_overview, ledger
+
+    grants = credit_overview(session, customer)
+    table = Table(title="Credit grants" + (f" of {customer}" if customer else ""))
+    for col in (
+        "grant",
+        "customer",
+        "subscription",
+        "priority",
+        "effective",
+        "expires",
+        "granted",
+        "consumed",
+        "balance",
+        "currency",
+    ):
+        table.add_column(
+            col,
+            justify="right" if col in ("priority", "granted", "consumed", "balance") else "left",
+        )
+    for g in grants:
+        table.add_row(
+            g["id"],
+            g["customer"],
+            g["subscription"] or "",
+            str(g["priority"]),
+            g["effective"].isoformat(),
+            g["expires"].isoformat() if g["expires"] else "never",
+            money_str(g["amount"], g["currency"]),
+            money_str(g["consumed"], g["currency"]),
+            money_str(g["balance"], g["currency"]),
+            g["currency"],
+        )
+    console.print(table)
+    if not grants:
+        console.print("no credit grants" + (f" held by {customer}" if customer else ""))
+    if not with_ledger:
+        return
+    entries = Table(title="Credit ledger")
+    for col in ("grant", "billing date", "invoice", "kind", "amount", "balance after", "note"):
+        entries.add_column(col, justify="right" if col in ("amount", "balance after") else "left")
+    for e in ledger(session, customer):
+        if e["invoice_number"]:
+            invoice = f"{e['invoice_number']} ({e['invoice_status']})"
+        elif e["invoice_id"] is not None:
+            invoice = f"draft {e['invoice_id']} ({e['invoice_status']})"
+        else:
+            invoice = "discarded draft"
+        entries.add_row(
+            e["grant"],
+            day(e["billing_date"]),
+            invoice,
+            e["kind"],
+            money_str(e["amount"], e["currency"]),
+            money_str(e["balance"], e["currency"]),
+            e["note"] or "",
+        )
+    console.print(entries)

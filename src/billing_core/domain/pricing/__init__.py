@@ -1,0 +1,38 @@
+"""Price models and the registry that maps a stored model name to its class."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from billing_core.domain.pricing.base import PriceModel, Terms
+from billing_core.domain.pricing.flat import Flat
+from billing_core.domain.pricing.graduated import Graduated
+from billing_core.domain.pricing.package import Package
+from billing_core.domain.pricing.per_unit import PerUnit
+from billing_core.domain.pricing.volume import Volume
+
+MODELS: dict[str, PriceModel] = {
+    m.name: m for m in (Flat(), PerUnit(), Graduated(), Volume(), Package())
+}
+
+
+class UnknownModel(ValueError):
+    pass
+
+
+def model(name: str) -> PriceModel:
+    """The price model stored under `name`; an unknown name is an error."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModel(
+            f"unknown price model {name!r} (known: {', '.join(sorted(MODELS))})"
+        ) from None
+
+
+def amount(terms: Terms, quantity: Decimal) -> Decimal:
+    """Exact amount of `quantity` under the stored terms (which name their model)."""
+    return model(terms["model"]).amount(terms, quantity)
+
+
+__all__ = ["MODELS", "PriceModel", "Terms", "UnknownModel", "amount", "model"]

@@ -1,0 +1,28 @@
+"""graduated: each tier's units at that tier's price, plus each reached tier's flat fee."""
+
+from decimal import Decimal
+
+from billing_core.domain.pricing.base import PriceModel, Terms
+from billing_core.domain.pricing.tiers import ZERO, bounds, normalize_tiers, validate_tiers
+
+
+class Graduated(PriceModel):
+    name = "graduated"
+
+    def validate(self, terms: Terms) -> list[str]:
+        return validate_tiers(terms)
+
+    def normalize(self, terms: Terms) -> Terms:
+        return {"tiers": normalize_tiers(terms)}
+
+    def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
+        total, below = ZERO, ZERO
+        for up_to, unit_price, flat_fee in bounds(terms):
+            if quantity <= below:
+                break
+            top = quantity if up_to is None else min(quantity, up_to)
+            total += (top - below) * unit_price + flat_fee
+            if up_to is None:
+                break
+            below = up_to
+        return total

@@ -1,0 +1,25 @@
+"""volume: every unit at the price of the tier the total falls in, plus its flat fee."""
+
+from decimal import Decimal
+
+from billing_core.domain.pricing.base import PriceModel, Terms
+from billing_core.domain.pricing.tiers import ZERO, bounds, normalize_tiers, validate_tiers
+
+
+class Volume(PriceModel):
+    name = "volume"
+
+    def validate(self, terms: Terms) -> list[str]:
+        return validate_tiers(terms)
+
+    def normalize(self, terms: Terms) -> Terms:
+        return {"tiers": normalize_tiers(terms)}
+
+    def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
+        # No usage reaches no tier: nothing is charged, not even a flat fee.
+        if quantity <= 0:
+            return ZERO
+        for up_to, unit_price, flat_fee in bounds(terms):
+            if up_to is None or quantity <= up_to:
+                return quantity * unit_price + flat_fee
+        raise AssertionError("validated tiers end with an open tier")

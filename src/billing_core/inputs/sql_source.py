@@ -1,0 +1,250 @@
+"""The SQL usage source: a query on another database, read incrementally by a watermark.
+
+`BILLING_USAGE_SQL_QUERY` returns the columns `event_id`, `customer`, `metric`, `timestamp`
+and optionally `quantity` (default 1), `properties` (a JSON object) and any other column
+(a property, as in a CSV file). It must take the bound parameter `:watermark`: the greatest
+`timestamp` read so far, as the source returned it (ISO 8601 text for a text column; the
+epoch `1970-01-01T00:00:00+00:00` on the first read). Filter with `>=`: rows sharing the
+watermark's instant are read again, and event ids make that harmless.
+
+Each collect reads every row the query returns as one batch, streamed (the memory used does
+not grow with the rows), validated and written like a usage file, in one transaction with
+the new watermark and a `usage_loads` row. Invalid rows are skipped and reported, and the
+watermark stops at the earliest of them, so they are read again at every collect until
+they are fixed (or excluded by the query): nothing is lost, nothing is billed twice. See
+docs/usage-sources.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Result
+
+from billing_core.config import normalize_database_url
+from billing_core.inputs.usage import (
+    CSV_COLUMNS,
+    ingest_records,
+    parse_timestamp,
+    read_properties,
+    retrying_deadlocks,
+    stored_problem,
+)
+from billing_core.report import StepReport
+from billing_core.store.engine import safe_url
+from billing_core.store.models import UsageLoad, UsageSource
+
+SOURCE = "sql"
+KIND = "sql"
+EPOCH = "1970-01-01T00:00:00+00:00"
+FETCH = 5_000
+REQUIRED = ("event_id", "customer", "metric", "timestamp")
+# Bad rows named one by one in the step's report; the rest are counted.
+MAX_ROW_WARNINGS = 50
+
+
+class SqlSourceRefused(ValueError):
+    """The SQL source cannot be read as configured; nothing was read."""
+
+
+def check_query(query: str) -> sa.TextClause:
+    """The query as a statement, or SqlSourceRefused saying in one line what is wrong."""
+    statement = sa.text(query)
+    params = set(statement.compile().params)
+    if "watermark" not in params:
+        raise SqlSourceRefused(
+            "BILLING_USAGE_SQL_QUERY has no :watermark parameter, so every collect would "
+            "read the whole table; filter with e.g. `WHERE ts >= :watermark`"
+        )
+    others = sorted(params - {"watermark"})
+    if others:
+        raise SqlSourceRefused(
+            "BILLING_USAGE_SQL_QUERY may take only :watermark, not "
+            + ", ".join(f":{name}" for name in others)
+        )
+    return statement
+
+
+def _raw(value: Any) -> str:
+    """A timestamp value as the watermark keeps it: the source's own text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value).strip()
+
+
+class _Span:
+    """The greatest timestamp among the rows read (instant and text)."""
+
+    def __init__(self, start: str):
+        self.text = start
+        self.at = _instant(start)
+
+    def see(self, value: Any) -> None:
+        at, _ = parse_timestamp(value)
+        if at is not None and at > self.at:
+            self.at, self.text = at, _raw(value)
+
+
+class _BadRows:
+    """Receives the skipped rows (the `rejects` writer of `ingest_records`): the earliest
+    timestamp among them, and whether any had none that could be placed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.unplaced = 0
+        self.at: datetime | None = None
+        self.text: str | None = None
+
+    def writerow(self, row: list[Any]) -> None:
+        self.count += 1
+        record = json.loads(row[4])
+        value = record.get("timestamp")
+        at, _ = parse_timestamp(value)
+        if at is None:
+            self.unplaced += 1
+        elif self.at is None or at < self.at:
+            self.at, self.text = at, _raw(value)
+
+
+def _instant(text: str) -> datetime:
+    at, _ = parse_timestamp(text)
+    return at if at is not None else datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _records(result: Result, span: _Span) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, raw record) pairs, rows numbered from 1 in the query's order."""
+    columns = list(result.keys())
+    extra = [c for c in columns if c not in CSV_COLUMNS and c != "properties"]
+    for number, row in enumerate(result, start=1):
+        values = row._mapping
+        timestamp = values["timestamp"]
+        span.see(timestamp)
+        record: dict[str, Any] = {c: values[c] for c in CSV_COLUMNS if c in values}
+        properties: Any = values.get("properties") or {}
+        if isinstance(properties, str):
+            properties, problem = read_properties(properties)
+            if problem is not None:
+                yield number, _refused(problem, timestamp)
+                continue
+        if not isinstance(properties, dict):
+            yield number, _refused(("properties", "not a JSON object"), timestamp)
+            continue
+        properties = dict(properties)
+        for column in extra:
+            value = values[column]
+            if value is not None and value != "":
+                properties[column] = _json_value(value)
+        record["properties"] = properties
+        problem = stored_problem(record)
+        if problem is not None:
+            yield number, _refused(problem, timestamp)
+            continue
+        yield number, record
+
+
+def _refused(problem: tuple[str, str], timestamp: Any) -> dict[str, Any]:
+    """A row refused before validation; its timestamp places it for the watermark."""
+    return {"__invalid__": problem[1], "__field__": problem[0], "timestamp": timestamp}
+
+
+def collect_sql(url: str, query: str, close_run_id: int | None, report: StepReport) -> None:
+    """Read the rows from the watermark on, load them, and move the watermark."""
+    try:
+        statement = check_query(query)
+    except SqlSourceRefused as refused:
+        report.warnings.append(f"sql usage source refused: {refused}; nothing read from it")
+        return
+    engine = sa.create_engine(normalize_database_url(url), poolclass=sa.pool.NullPool)
+    try:
+
+        def load(session):
+            state = session.get(UsageSource, SOURCE, with_for_update=True)
+            if state is None:
+                state = UsageSource(name=SOURCE, kind=KIND)
+                session.add(state)
+            start = state.watermark or EPOCH
+            span = _Span(start)
+            bad = _BadRows()
+            with engine.connect() as source:
+                result = source.execution_options(stream_results=True, yield_per=FETCH).execute(
+                    statement, {"watermark": start}
+                )
+                columns = set(result.keys())
+                missing = [c for c in REQUIRED if c not in columns]
+                if missing:
+                    result.close()
+                    report.warnings.append(
+                        f"sql usage source refused: the query returns no {', '.join(missing)} "
+                        f"column (it needs {', '.join(REQUIRED)}, quantity optional); "
+                        "nothing read from it"
+                    )
+                    return None
+                loaded = ingest_records(
+                    session,
+                    [(SOURCE, _records(result, span))],
+                    skip_invalid=True,
+                    source=SOURCE,
+                    rejects=bad,
+                )
+            # Skipped rows hold the watermark at the earliest of them (read again next time);
+            # one without a usable timestamp cannot be placed, so the watermark stays put.
+            end, end_at = span.text, span.at
+            if bad.unplaced:
+                end, end_at = start, _instant(start)
+            elif bad.at is not None:
+                end, end_at = bad.text or start, bad.at
+            if end_at < _instant(start):
+                end = start
+            now = datetime.now(UTC)
+            if loaded.read:
+                session.add(
+                    UsageLoad(
+                        source=SOURCE,
+                        key=f"watermark {start} -> {end}"[:512],
+                        close_run_id=close_run_id,
+                        events_read=loaded.read,
+                        events_loaded=loaded.loaded,
+                        duplicates=loaded.duplicates,
+                        rejected=loaded.rejected,
+                        loaded_at=now,
+                    )
+                )
+            state.kind = KIND
+            state.watermark = end
+            state.updated_at = now
+            return loaded, end
+
+        outcome = retrying_deadlocks(load)
+        if outcome is None:
+            return
+        loaded, end = outcome
+    finally:
+        engine.dispose()
+    report.read += loaded.read
+    report.written += loaded.loaded
+    details = report.details
+    details["duplicates"] = details.get("duplicates", 0) + loaded.duplicates
+    details["sql_rows"] = loaded.read
+    details["sql_watermark"] = end
+    if loaded.rejected:
+        details["sql_rejected"] = loaded.rejected
+        for problem in loaded.problems[:MAX_ROW_WARNINGS]:
+            report.warnings.append(str(problem))
+        more = loaded.rejected - MAX_ROW_WARNINGS
+        report.warnings.append(
+            f"sql usage source ({safe_url(normalize_database_url(url))}): "
+            f"{loaded.rejected} invalid row(s) skipped"
+            + (f" ({more} more not listed)" if more > 0 else "")
+            + f"; the watermark stays at {end} so they are read again once fixed "
+            "(or excluded by the query)"
+        )

@@ -1,0 +1,1 @@
+"""An invoice after the close: numbering, issue, status changes, export, frozen identity."""

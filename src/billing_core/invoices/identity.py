@@ -1,0 +1,173 @@
+"""Who an invoice is from and to, as its documents show them (SPEC §7.1).
+
+An issued invoice keeps a snapshot taken when it was issued (`invoices.identity`, frozen
+with the rest of the invoice by the store's triggers): the issuer's catalog entry, the
+billed customer's name and the fields a finance team sends with it, the names of the
+serviced customers and metrics on the invoice, and the tax rates of its jurisdictions.
+Every document rendered for it later reads the snapshot, never the catalog as it is now.
+A draft has no snapshot: its documents are rendered from the same shape built from the
+live catalog.
+
+The snapshot is JSON so that fields the catalog gains later (the issuer's tax id, email,
+payment instructions, time zone, locale and terms; the customer's address, tax id, email,
+locale and terms) are kept without another migration: the issuer's whole catalog row is
+copied, and of the billed customer every column named in BILLED_FIELDS that the table
+has.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from billing_core.store.models import Charge, Customer, InvoiceCharge, InvoiceLine, Metric, TaxRate
+from billing_core.store.reference import issuer as load_issuer
+from billing_core.store.rows import chunks, select_in
+
+# What of the billed customer an invoice shows or is sent with (those the table has).
+BILLED_FIELDS = ("name", "address", "tax_id", "email", "locale", "payment_terms_days")
+
+
+@dataclass
+class Mentions:
+    """What an invoice names: serviced customers, metrics, tax jurisdictions."""
+
+    customers: set[str] = field(default_factory=set)
+    metrics: set[str] = field(default_factory=set)
+    jurisdictions: set[str] = field(default_factory=set)
+
+    def line(self, customer: str, jurisdiction: str | None) -> None:
+        self.customers.add(customer)
+        if jurisdiction:
+            self.jurisdictions.add(jurisdiction)
+
+    def charge(self, customer: str, metric: str | None) -> None:
+        self.customers.add(customer)
+        if metric:
+            self.metrics.add(metric)
+
+
+NOTHING = Mentions()
+
+
+def mentions_of(lines: Iterable[Any], charges: Iterable[Any]) -> Mentions:
+    """What one invoice's lines and charges name (rows already read)."""
+    found = Mentions()
+    for line in lines:
+        found.line(line.serviced_customer_id, line.jurisdiction)
+    for charge in charges:
+        found.charge(charge.serviced_customer_id, charge.metric_code)
+    return found
+
+
+def mentions(session: Session, invoice_ids: list[int]) -> dict[int, Mentions]:
+    """What each invoice names, read set-based from its lines and charges."""
+    out: dict[int, Mentions] = defaultdict(Mentions)
+    ln = InvoiceLine.__table__.c
+    ch, link = Charge.__table__.c, InvoiceCharge.__table__.c
+    lines = sa.select(ln.invoice_id, ln.serviced_customer_id, ln.jurisdiction).distinct()
+    charges = (
+        sa.select(link.invoice_id, ch.serviced_customer_id, ch.metric_code)
+        .distinct()
+        .join_from(InvoiceCharge.__table__, Charge.__table__, ch.id == link.charge_id)
+    )
+    for part in chunks(sorted(invoice_ids)):
+        for invoice_id, customer, jurisdiction in session.execute(
+            lines.where(ln.invoice_id.in_(part))
+        ).all():
+            out[invoice_id].line(customer, jurisdiction)
+        for invoice_id, customer, metric in session.execute(
+            charges.where(link.invoice_id.in_(part))
+        ).all():
+            out[invoice_id].charge(customer, metric)
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """A catalog value as JSON holds it: decimals as text, dates in ISO form."""
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def live(
+    session: Session,
+    invoices: list[Any],
+    store_name: str,
+    mentioned: dict[int, Mentions] | None = None,
+    issuer_id: str | None = None,
+) -> dict[int, dict]:
+    """Each invoice's identity as the catalog has it now (what issuing freezes), from its
+    own issuer or from `issuer_id`'s."""
+    if not invoices:
+        return {}
+    if mentioned is None:
+        mentioned = mentions(session, [i.id for i in invoices])
+    issuers = {
+        issuer: json_safe(load_issuer(session, store_name, issuer))
+        for issuer in sorted({issuer_id or i.issuer_id for i in invoices})
+    }
+    c = Customer.__table__.c
+    fields = [name for name in BILLED_FIELDS if name in c]
+    wanted = {i.billed_customer_id for i in invoices}
+    for i in invoices:
+        wanted |= mentioned.get(i.id, NOTHING).customers
+    customers = {
+        row.id: row._mapping
+        for row in select_in(session, sa.select(c.id, *(c[f] for f in fields)), c.id, wanted)
+    }
+    m = Metric.__table__.c
+    metric_names = dict(session.execute(sa.select(m.code, m.name)).all())
+    rates = {
+        row["jurisdiction"]: json_safe({k: v for k, v in row.items() if k != "jurisdiction"})
+        for row in session.execute(sa.select(TaxRate.__table__)).mappings()
+    }
+    out = {}
+    for invoice in invoices:
+        found = mentioned.get(invoice.id, NOTHING)
+        billed = invoice.billed_customer_id
+        row = customers.get(billed)
+        billed_entry: dict[str, Any] = {"id": billed, "name": billed}
+        if row is not None:
+            billed_entry.update(
+                {f: json_safe(row[f]) for f in fields if f == "name" or row[f] is not None}
+            )
+        names = {
+            customer: customers[customer]["name"] if customer in customers else customer
+            for customer in sorted(found.customers | {billed})
+        }
+        out[invoice.id] = {
+            "issuer": issuers[issuer_id or invoice.issuer_id],
+            "billed": billed_entry,
+            "customers": names,
+            "metrics": {code: metric_names.get(code, code) for code in sorted(found.metrics)},
+            "tax_rates": {j: rates[j] for j in sorted(found.jurisdictions) if j in rates},
+        }
+    return out
+
+
+def of(
+    session: Session,
+    invoices: list[Any],
+    store_name: str,
+    mentioned: dict[int, Mentions] | None = None,
+) -> dict[int, dict]:
+    """The identity each invoice's documents show: an issued invoice's frozen snapshot,
+    a draft's from the catalog as it is now."""
+    out = {i.id: i.identity for i in invoices if i.status != "draft" and i.identity}
+    rest = [i for i in invoices if i.id not in out]
+    out.update(live(session, rest, store_name, mentioned))
+    return out

@@ -1,0 +1,99 @@
+"""Schedule recalculation, the store part: bring `billing_periods` in line with the plan.
+
+Slots already billed on an invoice that is no longer a draft are never touched; slots due
+after the close date are left for a later close.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from billing_core.domain.planning import plan
+from billing_core.report import StepReport
+from billing_core.store.models import BillingPeriod, Charge, Invoice, charges_joined
+from billing_core.store.reference import ALL, Scope, frozen_dates, load_reference
+from billing_core.store.rows import delete_in, insert_rows, records, select_keys
+
+COMPARED = (
+    "kind",
+    "subscription_id",
+    "price_code",
+    "timing",
+    "serviced_customer_id",
+    "billed_customer_id",
+    "family_id",
+    "pool",
+    "pool_owner_id",
+    "period_start",
+    "period_end",
+    "full_start",
+    "full_end",
+    "due_date",
+    "billing_date",
+)
+
+
+def frozen_charge_keys(session: Session, scope: Scope = ALL) -> set[str]:
+    """Keys of charges on invoices that are no longer drafts."""
+    ch = Charge.__table__.c
+    v = Invoice.__table__.c
+    return set(
+        session.execute(
+            sa.select(ch.charge_key)
+            .select_from(charges_joined(outer=False))
+            .where(v.status != "draft")
+            .where(scope.where(ch.family_id))
+        ).scalars()
+    )
+
+
+def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepReport:
+    """Write the slots due on or before `through` for the scope; returns what changed."""
+    report = StepReport("recalculate schedules")
+    ref = load_reference(session, scope)
+    result = plan(ref, through, frozen_dates(session, scope))
+    report.warnings += result.warnings
+    frozen = frozen_charge_keys(session, scope)
+    bp = BillingPeriod.__table__
+    existing = {
+        r.slot_key: r
+        for r in records(
+            session,
+            sa.select(bp).where(bp.c.due_date <= through).where(scope.where(bp.c.family_id)),
+        )
+    }
+    report.read = len(ref.subscriptions)
+    wanted = {s.slot_key: s for s in result.slots if s.slot_key not in frozen}
+    # A slot a later close wrote may now be due earlier (a changed timing or billing day):
+    # it is the same slot, updated in place rather than written twice.
+    later = [key for key in wanted if key not in existing]
+    # Over every family, what the read above left out is what is due after `through`.
+    beyond = bp.c.due_date > through if scope.families is None else None
+    for r in select_keys(session, sa.select(bp), bp.c.slot_key, later, beyond):
+        existing[r.slot_key] = r
+    inserts, updates = [], []
+    for key, slot in wanted.items():
+        row = existing.get(key)
+        if row is None:
+            inserts.append(slot.row())
+        elif any(getattr(row, c) != getattr(slot, c) for c in COMPARED):
+            updates.append({"_id": row.id, **{c: getattr(slot, c) for c in COMPARED}})
+    stale = [r.id for k, r in existing.items() if k not in wanted and k not in frozen]
+    # (Rows found through `later` are all wanted: only slots due by `through` go stale.)
+    delete_in(session, bp.c.id, stale)
+    insert_rows(session, BillingPeriod, inserts)
+    if updates:
+        session.execute(
+            sa.update(bp).where(bp.c.id == sa.bindparam("_id")),
+            updates,
+        )
+    report.written = len(inserts) + len(updates)
+    report.deleted = len(stale)
+    report.details["slots"] = len(wanted)
+    report.details["waiting"] = sum(
+        1 for s in wanted.values() if s.billing_date is None or s.billing_date > through
+    )
+    return report

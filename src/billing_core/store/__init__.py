@@ -1,0 +1,2 @@
+"""Where things are kept: the engine, the tables and their migrations, locks, roles, the
+catalog read back for the close, and the written documents on disk."""

@@ -1,0 +1,206 @@
+"""Engine, sessions and the unit of work; migrations run through Alembic."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from billing_core.config import get_settings, normalize_database_url
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked (missing, not migrated, locked)."""
+
+
+def database_url(url: str | None = None) -> str:
+    """The store's URL: the one given, else BILLING_DATABASE_URL, else ./billing.db."""
+    return normalize_database_url(url) if url else get_settings().database_url
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """One engine per URL per process."""
+    url = database_url(url)
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _make_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests and forks)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and cannot take the write lock
+    # up front; take it ourselves so two writers queue instead of failing mid-way.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_postgres(session_or_engine) -> bool:
+    """Whether the store behind a session or engine is PostgreSQL."""
+    bind = (
+        session_or_engine.get_bind()
+        if isinstance(session_or_engine, Session)
+        else (session_or_engine)
+    )
+    return bind.dialect.name == "postgresql"
+
+
+@contextmanager
+def unit_of_work(url: str | None = None) -> Iterator[Session]:
+    """A session whose work is rolled back unless the caller commits it."""
+    session = Session(get_engine(url), expire_on_commit=False, autoflush=False)
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def alembic_config(url: str | None = None):
+    """Alembic's configuration for the store, from the migrations shipped in the package."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str:
+    """Create or migrate the store to `revision`; returns the revision reached."""
+    from alembic import command
+
+    url = database_url(url)
+    _ensure_sqlite_folder(url)
+    reachable(url)
+    command.upgrade(alembic_config(url), revision)
+    return current_revision(url) or ""
+
+
+def current_revision(url: str | None = None) -> str | None:
+    """The store's Alembic revision, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def require_current(url: str | None = None) -> None:
+    """Refuse to work on a store that is missing or behind the code's migrations."""
+    url = database_url(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise StoreError(f"no store at {url}: run `billing db upgrade` first")
+    reachable(url)
+    revision = current_revision(url)
+    if revision != head_revision():
+        raise StoreError(
+            f"store at {safe_url(url)} is at revision {revision or 'none'}, "
+            f"the code needs {head_revision()}: run `billing db upgrade`"
+        )
+
+
+def reachable(url: str | None = None) -> None:
+    """Connect to the store once; StoreError in one line if it is missing or unreachable."""
+    url = database_url(url)
+    try:
+        engine = get_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as error:
+        # Not a URL this product can open (the URL itself is not repeated: it may hold a
+        # password in a form that cannot be parsed to hide it).
+        raise StoreError(
+            f"BILLING_DATABASE_URL is not a store URL this product can open ({error}): use "
+            "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        raise StoreError(
+            f"the store at {safe_url(url)} does not exist or cannot be reached "
+            f"({_connect_reason(url, error)}): check BILLING_DATABASE_URL and that the server "
+            "is running; a new store's database must be created first, then "
+            "`billing db upgrade` creates its tables"
+        ) from None
+
+
+def _connect_reason(url: str, error: Exception) -> str:
+    """The driver's reason for a failed connection, on one line and without the password."""
+    text = str(getattr(error, "orig", None) or error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    reason = reason.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    reason = " ".join(reason.split())
+    password = sa.engine.make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason
+
+
+def safe_url(url: str) -> str:
+    """A URL for messages, without its password (masked too in a URL that does not
+    parse)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return re.sub(r"(//[^:/@]*:).*@", r"\1***@", url)
+
+
+def store_name(url: str | None = None) -> str:
+    """A short name for the store: the SQLite file's stem or the database's name."""
+    parsed = sa.engine.make_url(database_url(url))
+    if parsed.drivername.startswith("sqlite"):
+        return Path(parsed.database or "billing").stem or "billing"
+    return parsed.database or "billing"
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
