@@ -15,6 +15,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from billing_core.domain.charge import GROUPING_FIELDS, LINE_FIELDS, pick
 from billing_core.domain.model import CustomerInfo
 from billing_core.domain.money import ZERO
 from billing_core.domain.tax import jurisdiction_for, tax_line
@@ -31,26 +32,7 @@ KIND_RANK = {"fixed": 0, "usage": 0, "adjustment": 1, "discount": 2, "minimum": 
 PRODUCT_KINDS = ("fixed", "usage", "adjustment")
 SUBTOTAL_KINDS = ("fixed", "usage", "minimum", "adjustment")
 # The columns of a charge the roll-up reads.
-READ_COLUMNS = (
-    "id",
-    "kind",
-    "subscription_id",
-    "price_code",
-    "product",
-    "bundle",
-    "serviced_customer_id",
-    "billed_customer_id",
-    "pool",
-    "pool_owner_id",
-    "period_start",
-    "period_end",
-    "billing_date",
-    "currency",
-    "quantity",
-    "unit_price",
-    "amount",
-    "description",
-)
+READ_COLUMNS = ("id", *pick(*LINE_FIELDS, *GROUPING_FIELDS))
 
 
 class ConsolidationError(RuntimeError):
