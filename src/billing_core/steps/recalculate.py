@@ -11,11 +11,12 @@ from datetime import date
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from billing_core.domain.planning import plan
+from billing_core.domain.planning import Slot, plan
 from billing_core.report import StepReport
+from billing_core.store.diff import write_diff
 from billing_core.store.models import BillingPeriod, Charge, Invoice, charges_joined
 from billing_core.store.reference import ALL, Scope, frozen_dates, load_reference
-from billing_core.store.rows import delete_in, insert_rows, records, select_keys
+from billing_core.store.rows import records
 
 COMPARED = (
     "kind",
@@ -68,30 +69,22 @@ def recalculate(session: Session, through: date, scope: Scope = ALL) -> StepRepo
     report.read = len(ref.subscriptions)
     wanted = {s.slot_key: s for s in result.slots if s.slot_key not in frozen}
     # A slot a later close wrote may now be due earlier (a changed timing or billing day):
-    # it is the same slot, updated in place rather than written twice.
-    later = [key for key in wanted if key not in existing]
-    # Over every family, what the read above left out is what is due after `through`.
+    # it is the same slot, updated in place rather than written twice. Over every family,
+    # what the read above left out is what is due after `through`.
     beyond = bp.c.due_date > through if scope.families is None else None
-    for r in select_keys(session, sa.select(bp), bp.c.slot_key, later, beyond):
-        existing[r.slot_key] = r
-    inserts, updates = [], []
-    for key, slot in wanted.items():
-        row = existing.get(key)
-        if row is None:
-            inserts.append(slot.row())
-        elif any(getattr(row, c) != getattr(slot, c) for c in COMPARED):
-            updates.append({"_id": row.id, **{c: getattr(slot, c) for c in COMPARED}})
-    stale = [r.id for k, r in existing.items() if k not in wanted and k not in frozen]
-    # (Rows found through `later` are all wanted: only slots due by `through` go stale.)
-    delete_in(session, bp.c.id, stale)
-    insert_rows(session, BillingPeriod, inserts)
-    if updates:
-        session.execute(
-            sa.update(bp).where(bp.c.id == sa.bindparam("_id")),
-            updates,
-        )
-    report.written = len(inserts) + len(updates)
-    report.deleted = len(stale)
+    # (Rows found that way are all wanted: only slots due by `through` go stale.)
+    report.written, report.deleted = write_diff(
+        session,
+        BillingPeriod,
+        "slot_key",
+        existing,
+        wanted,
+        COMPARED,
+        later=(sa.select(bp), beyond),
+        is_stale=lambda key, _: key not in frozen,
+        by_attribute=True,
+        as_insert=Slot.row,
+    )
     report.details["slots"] = len(wanted)
     report.details["waiting"] = sum(
         1 for s in wanted.values() if s.billing_date is None or s.billing_date > through
