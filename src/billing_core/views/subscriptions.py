@@ -2,7 +2,7 @@
 preview of the periods, billing dates and amounts a close would produce.
 
 Both only read. The preview runs the close's own pure planner over the store's catalog and
-prices flat fees, minimums and the usage recorded so far the way rating does; the one
+prices flat fees, minimums and the usage recorded so far with rating's own functions; the one
 thing it touches is the session's temporary table of usage windows, which the unit of work
 rolls back with everything else.
 """
@@ -14,16 +14,22 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from fractions import Fraction
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from billing_core.domain import pricing
 from billing_core.domain.model import Reference, SubscriptionInfo
-from billing_core.domain.money import ZERO, round_money, split_largest_remainder
+from billing_core.domain.money import ZERO
 from billing_core.domain.planning import Slot, anchor_day, billed_customer_of, plan
-from billing_core.domain.schedules import ONE_DAY, lifecycle, prorate, window_utc
+from billing_core.domain.rating import (
+    fixed_amount,
+    minimum_required,
+    part_factor,
+    pool_shares,
+    shortfall,
+    usage_amount,
+)
+from billing_core.domain.schedules import ONE_DAY, lifecycle, window_utc
 from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.models import Charge, Customer, Invoice, Subscription, charges_joined
 from billing_core.store.reference import Scope, frozen_dates, load_reference
@@ -205,54 +211,17 @@ def preview_subscription(
     amounts = _amounts(session, ref, sub, slots)
     for key, done in billed.items():
         amounts[key] = (done["amount"], done["quantity"])
-    # A minimum bills the shortfall of its cadence period's charges (billed or not).
-    charged: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    commitments = _minimums(slots, amounts, billed)
     for slot in slots:
-        if slot.kind == "item":
-            charged[slot.full_start] += amounts[slot.slot_key][0] or ZERO
-    commitments = {}
-    for slot in slots:
-        if slot.kind == "minimum" and slot.slot_key not in billed:
-            required = amounts[slot.slot_key][0] or ZERO
-            commitments[slot.slot_key] = required
-            amounts[slot.slot_key] = (max(required - charged[slot.full_start], ZERO), None)
-    for slot in slots:
-        done = billed.get(slot.slot_key)
-        amount, quantity = amounts[slot.slot_key]
-        if done is not None:
-            state = "billed"
-        else:
-            on_time = slot.billing_date is not None and slot.billing_date <= through
-            state = "to bill" if on_time else "waiting"
-        price = ref.prices.get(slot.price_code) if slot.price_code else None
-        usage = price is not None and price.usage
-        window = (
-            window_utc(slot.period_start, slot.period_end, customer.timezone)
-            if usage
-            else (None, None)
-        )
         result.lines.append(
-            PreviewLine(
-                kind="minimum" if slot.kind == "minimum" else ("usage" if usage else "fixed"),
-                price_code=slot.price_code,
-                product=price.product if price else "Minimum commitment",
-                timing=slot.timing or "in_arrears",
-                serviced_customer_id=slot.serviced_customer_id,
-                billed_customer_id=slot.billed_customer_id,
-                period_start=slot.period_start,
-                period_end=slot.period_end - ONE_DAY,
-                days=(slot.period_end - slot.period_start).days,
-                full_days=(slot.full_end - slot.full_start).days,
-                due_date=slot.due_date,
-                billing_date=done["billing_date"] if done else slot.billing_date,
-                state=state,
-                amount=amount,
-                quantity=quantity,
-                window_start=window[0],
-                window_end=window[1],
-                pool=slot.pool,
-                invoice_number=done["number"] if done else None,
-                commitment=commitments.get(slot.slot_key),
+            _preview_line(
+                slot,
+                ref,
+                customer.timezone,
+                through,
+                amounts[slot.slot_key],
+                billed.get(slot.slot_key),
+                commitments.get(slot.slot_key),
             )
         )
     result.lines.sort(
@@ -271,24 +240,86 @@ def preview_subscription(
     return result
 
 
+def _minimums(
+    slots: list[Slot],
+    amounts: dict[str, tuple[Decimal | None, Decimal | None]],
+    billed: dict[str, dict],
+) -> dict[str, Decimal]:
+    """A minimum bills the shortfall of its cadence period's charges (billed or not): its
+    amount becomes that; returns each unbilled minimum's (prorated) commitment."""
+    charged: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    for slot in slots:
+        if slot.kind == "item":
+            charged[slot.full_start] += amounts[slot.slot_key][0] or ZERO
+    commitments = {}
+    for slot in slots:
+        if slot.kind == "minimum" and slot.slot_key not in billed:
+            required = amounts[slot.slot_key][0] or ZERO
+            commitments[slot.slot_key] = required
+            amounts[slot.slot_key] = (shortfall(required, charged[slot.full_start]), None)
+    return commitments
+
+
+def _preview_line(
+    slot: Slot,
+    ref: Reference,
+    timezone: str,
+    through: date,
+    priced: tuple[Decimal | None, Decimal | None],
+    done: dict | None,
+    commitment: Decimal | None,
+) -> PreviewLine:
+    """One slot as the preview shows it; `done` is its charge on an issued invoice."""
+    amount, quantity = priced
+    if done is not None:
+        state = "billed"
+    else:
+        on_time = slot.billing_date is not None and slot.billing_date <= through
+        state = "to bill" if on_time else "waiting"
+    price = ref.prices.get(slot.price_code) if slot.price_code else None
+    usage = price is not None and price.usage
+    window = window_utc(slot.period_start, slot.period_end, timezone) if usage else (None, None)
+    return PreviewLine(
+        kind="minimum" if slot.kind == "minimum" else ("usage" if usage else "fixed"),
+        price_code=slot.price_code,
+        product=price.product if price else "Minimum commitment",
+        timing=slot.timing or "in_arrears",
+        serviced_customer_id=slot.serviced_customer_id,
+        billed_customer_id=slot.billed_customer_id,
+        period_start=slot.period_start,
+        period_end=slot.period_end - ONE_DAY,
+        days=(slot.period_end - slot.period_start).days,
+        full_days=(slot.full_end - slot.full_start).days,
+        due_date=slot.due_date,
+        billing_date=done["billing_date"] if done else slot.billing_date,
+        state=state,
+        amount=amount,
+        quantity=quantity,
+        window_start=window[0],
+        window_end=window[1],
+        pool=slot.pool,
+        invoice_number=done["number"] if done else None,
+        commitment=commitment,
+    )
+
+
 def _amounts(
     session: Session, ref: Reference, sub: SubscriptionInfo, slots: list[Slot]
 ) -> dict[str, tuple[Decimal | None, Decimal | None]]:
-    """slot key -> (amount, quantity), priced as rating prices them; usage so far."""
+    """slot key -> (amount, quantity), priced by rating's own functions; usage so far."""
     currency = ref.customers[sub.customer_id].currency
     timezone = ref.customers[sub.customer_id].timezone
     out: dict[str, tuple[Decimal | None, Decimal | None]] = {}
     windows: dict[tuple, Window] = {}
     usage_slots = []
     for slot in slots:
-        factor = _factor(slot)
+        factor = part_factor(slot.period_start, slot.period_end, slot.full_start, slot.full_end)
         if slot.kind == "minimum":
-            out[slot.slot_key] = (round_money(prorate(sub.minimum, factor), currency), None)
+            out[slot.slot_key] = (minimum_required(sub.minimum, factor, currency), None)
             continue
         price = ref.prices[slot.price_code]
         if not price.usage:
-            exact = prorate(pricing.amount(price.terms, Decimal(1)), factor)
-            out[slot.slot_key] = (round_money(exact, price.currency), Decimal(1))
+            out[slot.slot_key] = (fixed_amount(price, factor), Decimal(1))
             continue
         # Usage is never prorated: its window is the part's own local midnights.
         start, end = window_utc(slot.period_start, slot.period_end, timezone)
@@ -304,22 +335,12 @@ def _amounts(
         if slot.pool is not None:
             pools[(slot.price_code, slot.period_start)].append((slot, quantity))
             continue
-        out[slot.slot_key] = (
-            round_money(pricing.amount(price.terms, quantity), price.currency),
-            quantity,
-        )
+        out[slot.slot_key] = (usage_amount(price.terms, price.currency, quantity), quantity)
     for (price_code, _), members in pools.items():
         price = ref.prices[price_code]
         by_member = {s.serviced_customer_id: q for s, q in members}
-        block = round_money(pricing.amount(price.terms, sum(by_member.values(), ZERO)), currency)
-        shares = split_largest_remainder(block, by_member, currency)
+        # (A price is in its subscription customer's currency: the import refuses others.)
+        _, _, shares = pool_shares(price.terms, price.currency, by_member)
         for slot, quantity in members:
             out[slot.slot_key] = (shares[slot.serviced_customer_id], quantity)
     return out
-
-
-def _factor(slot: Slot) -> Fraction:
-    """The share of its whole cadence period a slot's part covers."""
-    return Fraction(
-        (slot.period_end - slot.period_start).days, (slot.full_end - slot.full_start).days
-    )
