@@ -410,7 +410,7 @@ def invoices_show(
         try:
             show_invoice(session, invoice_id, out, store_name=store_name())
             if output is not None:
-                from billing_core.steps.render import write_document
+                from billing_core.invoices.documents import write_document
 
                 write_document(session, invoice_id, output, store_name())
         except InvoiceError as error:

@@ -11,8 +11,9 @@ from rich.text import Text
 from sqlmodel import Session
 
 from billing_core.domain.money import money_str
+from billing_core.invoices.contexts import contexts
+from billing_core.invoices.formatting import day
 from billing_core.invoices.lifecycle import InvoiceError
-from billing_core.steps.render import contexts, day
 from billing_core.store.models import Invoice
 
 
