@@ -14,9 +14,11 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from billing_core.cli.app import app
+from billing_core.invoices.contexts import contexts
+from billing_core.invoices.documents import pdf_document, templates_dir
+from billing_core.invoices.formatting import day, money, period
 from billing_core.invoices.lifecycle import transition
 from billing_core.steps import close as steps
-from billing_core.steps.render import contexts, day, money, pdf_document, period, templates_dir
 from billing_core.store.engine import unit_of_work
 from billing_core.store.models import Invoice
 from tests.helpers import close, import_yaml, ingest_csv, one

@@ -61,7 +61,7 @@ def test_pdfs_rendered_while_the_collector_is_paused_leave_no_boxes_behind(tmp_p
     # cycles, so without a collection per PDF every document of a shard stayed in memory.
     from weasyprint.formatting_structure.boxes import Box
 
-    from billing_core.steps.render import render_pdfs, templates_dir
+    from billing_core.invoices.documents import render_pdfs, templates_dir
 
     def boxes() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, Box))

@@ -16,7 +16,8 @@ import pytest
 from fontTools.ttLib import TTFont
 
 from billing_core.domain.money import MINOR_UNITS
-from billing_core.steps.render import day, money, pdf_document, period, templates_dir
+from billing_core.invoices.documents import pdf_document, templates_dir
+from billing_core.invoices.formatting import day, money, period
 
 TEMPLATES = Path(templates_dir())
 FACES = ("InvoiceSans-Regular.ttf", "InvoiceSans-Bold.ttf")

@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing_core.steps.render import _babel_money, money, quantity
+from billing_core.invoices.formatting import _babel_money, money, quantity
 
 # Load the locale data now, not inside the first generated example (Hypothesis warns when
 # a test's first run changes the global random state, as Babel's first load does).
@@ -40,7 +40,7 @@ def test_money_examples():
 @given(AMOUNTS)
 @settings(max_examples=300, deadline=None)
 def test_quantity_is_what_babel_writes(value):
-    from billing_core.steps.render import _babel_quantity, quantity
+    from billing_core.invoices.formatting import _babel_quantity, quantity
 
     normal = value.normalize() if value else Decimal(0)
     assert quantity(value) == _babel_quantity(normal)

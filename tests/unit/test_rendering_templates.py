@@ -7,7 +7,7 @@ import types
 import jinja2
 import pytest
 
-from billing_core.steps.render import _Environment
+from billing_core.invoices.documents import _Environment
 
 
 def test_templates_read_a_dicts_keys_first_and_anything_else_as_jinja_does():

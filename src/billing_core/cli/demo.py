@@ -84,16 +84,19 @@ def run_demo(folder: Path, console: Console) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    # Every step below reads its settings from the environment: the demo store and folder.
     os.environ["BILLING_DATABASE_URL"] = f"sqlite:///{folder / 'billing.db'}"
     os.environ["BILLING_OUTPUT_DIR"] = str(folder / "documents")
+    _load_sample(folder, console)
+    _close_months(console)
+    _print_summary(folder, console)
 
-    from billing_core.domain.money import money_str
+
+def _load_sample(folder: Path, console: Console) -> None:
+    """A migrated store with the sample catalog and four months of generated usage."""
     from billing_core.inputs.catalog import import_catalog, load_file, parse
     from billing_core.inputs.usage import ingest_files
-    from billing_core.steps.close import summary_rows
     from billing_core.store.engine import unit_of_work, upgrade
-    from billing_core.store.models import InvoiceDocument
-    from flows.period_close import period_close
 
     upgrade()
     console.print(Text("Demo store", "bold") + f" {folder / 'billing.db'}")
@@ -106,18 +109,25 @@ def run_demo(folder: Path, console: Console) -> None:
         result = ingest_files(session, [usage_file])
         session.commit()
     console.print(f"imported the sample catalog; ingested {result.loaded} of {events} events")
+
+
+def _close_months(console: Console) -> None:
+    from flows.period_close import period_close
+
     for through in DEMO_CLOSES:
         period_close(through=through, issue=True)
         console.print(f"closed and issued through {through}")
     period_close(through=DEMO_DRAFT_CLOSE, issue=False)
     console.print(f"closed through {DEMO_DRAFT_CLOSE} (drafts for review)")
 
+
+def _print_summary(folder: Path, console: Console) -> None:
+    """Every invoice with its total and its document (relative to the demo folder)."""
+    from billing_core.domain.money import money_str
+    from billing_core.steps.close import summary_rows
+
     rows = summary_rows()
-    with unit_of_work() as session:
-        d = InvoiceDocument.__table__.c
-        docs: dict[int, dict[str, str]] = {}
-        for invoice_id, fmt, path in session.execute(sa.select(d.invoice_id, d.format, d.path)):
-            docs.setdefault(invoice_id, {})[fmt] = str(Path(path).relative_to(folder))
+    docs = _documents(folder)
     table = Table(title=f"Demo invoices (documents under {folder})")
     for col in ("number", "status", "billed customer", "billing date", "total", "document"):
         table.add_column(col, justify="right" if col == "total" else "left", no_wrap=True)
@@ -140,3 +150,16 @@ def run_demo(folder: Path, console: Console) -> None:
         f"{issued} invoices issued, {len(rows) - issued} drafts; open "
         f"{folder / 'documents'} to read them"
     )
+
+
+def _documents(folder: Path) -> dict[int, dict[str, str]]:
+    """Each invoice's document paths by format, relative to the demo folder."""
+    from billing_core.store.engine import unit_of_work
+    from billing_core.store.models import InvoiceDocument
+
+    with unit_of_work() as session:
+        d = InvoiceDocument.__table__.c
+        docs: dict[int, dict[str, str]] = {}
+        for invoice_id, fmt, path in session.execute(sa.select(d.invoice_id, d.format, d.path)):
+            docs.setdefault(invoice_id, {})[fmt] = str(Path(path).relative_to(folder))
+    return docs

@@ -11,8 +11,9 @@ from rich.text import Text
 from sqlmodel import Session
 
 from billing_core.domain.money import money_str
+from billing_core.invoices.contexts import contexts
+from billing_core.invoices.formatting import day
 from billing_core.invoices.lifecycle import InvoiceError
-from billing_core.steps.render import contexts, day
 from billing_core.store.models import Invoice
 
 
@@ -34,6 +35,16 @@ def show_invoice(
 
 def print_invoice(console: Console, invoice: Any, data: dict, title: str | None = None) -> None:
     """Print an invoice from its document context."""
+    _print_heading(console, invoice, data, title)
+    for section in data["sections"]:
+        console.print(_section_table(section))
+    console.print(_totals_table(data["totals"]))
+    if data["breakdown"]:
+        console.print(_usage_table(data["breakdown"]))
+
+
+def _print_heading(console: Console, invoice: Any, data: dict, title: str | None) -> None:
+    """The title (DRAFT in red), then who it is from and to, its billing date and currency."""
     head = data["invoice"]
     if title is None:
         if head["draft"]:
@@ -57,67 +68,74 @@ def print_invoice(console: Console, invoice: Any, data: dict, title: str | None 
             head["currency"],
         )
     )
-    for section in data["sections"]:
-        label = f"{section['name']} ({section['customer_id']})"
-        if section["is_billed"]:
-            label += " · billed customer"
-        table = Table(title=label, title_justify="left", title_style="bold", expand=False)
-        table.add_column("item", overflow="fold")
-        table.add_column("service period", no_wrap=True)
-        table.add_column("quantity", justify="right")
-        table.add_column("unit price", justify="right")
-        table.add_column("amount", justify="right", no_wrap=True)
-        for row in section["rows"]:
-            item = Text((f"{row['bundle']} · " if row["bundle"] else "") + row["product"])
-            if row["note"]:
-                item += Text("\n" + row["note"], "dim")
-            style = "green" if row["kind"] == "discount" else None
-            table.add_row(
-                item, row["period"], row["quantity"], row["unit_price"], row["amount"], style=style
-            )
-        for tax in section["taxes"]:
-            table.add_row(
-                f"{tax['label']} on {tax['base']}", "", "", "", tax["amount"], style="dim"
-            )
-        for credit in section["credits"]:
-            table.add_row(credit["label"], "", "", "", credit["amount"], style="green")
-        table.add_section()
-        table.add_row(Text("total", "bold"), "", "", "", Text(section["total"], "bold"))
-        console.print(table)
+
+
+def _section_table(section: dict) -> Table:
+    """One serviced customer's rows, taxes, credits and total."""
+    label = f"{section['name']} ({section['customer_id']})"
+    if section["is_billed"]:
+        label += " · billed customer"
+    table = Table(title=label, title_justify="left", title_style="bold", expand=False)
+    table.add_column("item", overflow="fold")
+    table.add_column("service period", no_wrap=True)
+    table.add_column("quantity", justify="right")
+    table.add_column("unit price", justify="right")
+    table.add_column("amount", justify="right", no_wrap=True)
+    for row in section["rows"]:
+        item = Text((f"{row['bundle']} · " if row["bundle"] else "") + row["product"])
+        if row["note"]:
+            item += Text("\n" + row["note"], "dim")
+        style = "green" if row["kind"] == "discount" else None
+        table.add_row(
+            item, row["period"], row["quantity"], row["unit_price"], row["amount"], style=style
+        )
+    for tax in section["taxes"]:
+        table.add_row(f"{tax['label']} on {tax['base']}", "", "", "", tax["amount"], style="dim")
+    for credit in section["credits"]:
+        table.add_row(credit["label"], "", "", "", credit["amount"], style="green")
+    table.add_section()
+    table.add_row(Text("total", "bold"), "", "", "", Text(section["total"], "bold"))
+    return table
+
+
+def _totals_table(rows: list[dict]) -> Table:
     totals = Table(show_header=False, box=None)
     totals.add_column(justify="left")
     totals.add_column(justify="right")
-    for row in data["totals"]:
+    for row in rows:
         if row["grand"]:
             totals.add_row(Text(row["label"], "bold"), Text(row["amount"], "bold"))
         else:
             totals.add_row(row["label"], row["amount"])
-    console.print(totals)
-    if data["breakdown"]:
-        usage = Table(title="Usage breakdown", title_justify="left", title_style="bold")
-        for col, justify in (
-            ("customer", "left"),
-            ("metric", "left"),
-            ("priced as", "left"),
-            ("service period", "left"),
-            ("quantity", "right"),
-        ):
-            usage.add_column(col, justify=justify)
-        for customer in data["breakdown"]:
-            first_customer = True
-            for metric in customer["metrics"]:
-                for i, row in enumerate(metric["rows"]):
-                    usage.add_row(
-                        customer["name"] if first_customer else "",
-                        metric["name"] if i == 0 else "",
-                        row["product"] + (f" ({row['note']})" if row["note"] else ""),
-                        row["period"],
-                        row["quantity"],
-                    )
-                    first_customer = False
-                if metric["total"]:
-                    usage.add_row("", "", f"total {metric['name']}", "", metric["total"])
-        console.print(usage)
+    return totals
+
+
+def _usage_table(breakdown: list[dict]) -> Table:
+    """Usage per customer and metric, each name shown once, with each metric's total."""
+    usage = Table(title="Usage breakdown", title_justify="left", title_style="bold")
+    for col, justify in (
+        ("customer", "left"),
+        ("metric", "left"),
+        ("priced as", "left"),
+        ("service period", "left"),
+        ("quantity", "right"),
+    ):
+        usage.add_column(col, justify=justify)
+    for customer in breakdown:
+        first_customer = True
+        for metric in customer["metrics"]:
+            for i, row in enumerate(metric["rows"]):
+                usage.add_row(
+                    customer["name"] if first_customer else "",
+                    metric["name"] if i == 0 else "",
+                    row["product"] + (f" ({row['note']})" if row["note"] else ""),
+                    row["period"],
+                    row["quantity"],
+                )
+                first_customer = False
+            if metric["total"]:
+                usage.add_row("", "", f"total {metric['name']}", "", metric["total"])
+    return usage
 
 
 def show_credits(
@@ -127,6 +145,15 @@ def show_credits(
     from billing_core.steps.credits import credit_overview, ledger
 
     grants = credit_overview(session, customer)
+    console.print(_grants_table(grants, customer))
+    if not grants:
+        console.print("no credit grants" + (f" held by {customer}" if customer else ""))
+    if not with_ledger:
+        return
+    console.print(_ledger_table(ledger(session, customer)))
+
+
+def _grants_table(grants: list[dict], customer: str | None) -> Table:
     table = Table(title="Credit grants" + (f" of {customer}" if customer else ""))
     for col in (
         "grant",
@@ -157,28 +184,30 @@ def show_credits(
             money_str(g["balance"], g["currency"]),
             g["currency"],
         )
-    console.print(table)
-    if not grants:
-        console.print("no credit grants" + (f" held by {customer}" if customer else ""))
-    if not with_ledger:
-        return
-    entries = Table(title="Credit ledger")
+    return table
+
+
+def _ledger_table(entries: list[dict]) -> Table:
+    table = Table(title="Credit ledger")
     for col in ("grant", "billing date", "invoice", "kind", "amount", "balance after", "note"):
-        entries.add_column(col, justify="right" if col in ("amount", "balance after") else "left")
-    for e in ledger(session, customer):
-        if e["invoice_number"]:
-            invoice = f"{e['invoice_number']} ({e['invoice_status']})"
-        elif e["invoice_id"] is not None:
-            invoice = f"draft {e['invoice_id']} ({e['invoice_status']})"
-        else:
-            invoice = "discarded draft"
-        entries.add_row(
+        table.add_column(col, justify="right" if col in ("amount", "balance after") else "left")
+    for e in entries:
+        table.add_row(
             e["grant"],
             day(e["billing_date"]),
-            invoice,
+            _ledger_invoice(e),
             e["kind"],
             money_str(e["amount"], e["currency"]),
             money_str(e["balance"], e["currency"]),
             e["note"] or "",
         )
-    console.print(entries)
+    return table
+
+
+def _ledger_invoice(entry: dict) -> str:
+    """The invoice a ledger entry belongs to: its number, a draft, or a discarded draft."""
+    if entry["invoice_number"]:
+        return f"{entry['invoice_number']} ({entry['invoice_status']})"
+    if entry["invoice_id"] is not None:
+        return f"draft {entry['invoice_id']} ({entry['invoice_status']})"
+    return "discarded draft"

@@ -14,11 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from billing_core.invoices.contexts import contexts
 from billing_core.steps import consolidate as rollup
 from billing_core.steps import credits
 from billing_core.steps import rate as rating
 from billing_core.steps import recalculate as recalculation
-from billing_core.steps.render import contexts
 from billing_core.store.models import Charge, Customer, Invoice, InvoiceCharge
 from billing_core.store.reference import Scope
 

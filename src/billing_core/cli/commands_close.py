@@ -1,0 +1,136 @@
+"""`billing close` and `billing backfill`: the period close, and the invoices it left."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from billing_core.cli.common import err, fail, out, parse_date, require_store
+
+
+def close(
+    through: Annotated[
+        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+    ] = None,
+    issue: Annotated[bool, typer.Option("--issue", help="issue the drafts closed")] = False,
+) -> None:
+    """Run the period-close flow for every billing date up to and including --through."""
+    require_store()
+    day = parse_date(through, "--through") or date.today()
+    from flows.period_close import configured_close
+
+    _quiet_tracebacks()
+
+    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+    from billing_core.store.locks import CloseLocked, LockLost
+
+    try:
+        result = configured_close()(through=day, issue=issue)
+    except (CloseLocked, LockLost) as locked:
+        fail(str(locked))
+    except CloseFailed as failed:
+        _print_invoices(None, through=day)
+        _fail_families(f"close through {day}", "close again", failed)
+    except DocumentsNotWritten as missing:
+        if missing.result is not None:
+            _print_close(missing.result)
+        fail(str(missing))
+    _print_close(result)
+
+
+def backfill(
+    from_: Annotated[str, typer.Option("--from", help="first billing date")],
+    to: Annotated[str, typer.Option("--to", help="last billing date")],
+    issue: Annotated[bool, typer.Option("--issue", help="issue each date's drafts")] = False,
+) -> None:
+    """One close per billing date in the range, in order (same result as one close)."""
+    require_store()
+    start, end = parse_date(from_, "--from"), parse_date(to, "--to")
+    assert start and end
+    if end < start:
+        fail(f"--to {end} is before --from {start}", code=2)
+    from flows.backfill import backfill as backfill_flow
+
+    _quiet_tracebacks()
+
+    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+
+    try:
+        result = backfill_flow(start=start, end=end, issue=issue)
+    except DocumentsNotWritten as missing:
+        _print_invoices(None, through=end)
+        fail(str(missing))
+    except CloseFailed as failed:
+        _print_invoices(None, through=end)
+        _fail_families(f"backfill to {end}", "run it again", failed)
+    out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
+    _print_invoices(None, through=end)
+
+
+def _fail_families(what: str, then: str, failed) -> None:
+    """A close that finished every family but some: one line, then a line per family."""
+    n = len(failed.failures)
+    fail(
+        f"{what} failed for {n} customer famil{'y' if n == 1 else 'ies'} (every other "
+        f"family was closed); fix the cause and {then}:",
+        *(f"  {line}" for line in failed.lines()),
+    )
+
+
+def _print_close(result: dict) -> None:
+    for step in result["steps"]:
+        out.print(
+            f"  {step['step']}: read {step['read']}, wrote {step['written']}, "
+            f"removed {step['deleted']}"
+        )
+        for warning in step["warnings"]:
+            err.print(f"  warning: {warning}")
+    _print_invoices(None, through=date.fromisoformat(result["through"]))
+
+
+def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
+    from billing_core.domain.money import money_str
+    from billing_core.steps.close import summary_rows
+
+    rows = summary_rows(invoice_ids, through)
+    table = Table(title=f"Invoices through {through}" if through else "Invoices")
+    for col in ("id", "number", "status", "billed customer", "billing date", "total"):
+        table.add_column(col, justify="right" if col in ("id", "total") else "left")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.number or "",
+            r.status,
+            r.billed_customer_id,
+            r.billing_date.isoformat(),
+            f"{money_str(r.total, r.currency)} {r.currency}",
+        )
+    out.print(table)
+
+
+def _quiet_tracebacks() -> None:
+    """Prefect's log lines on the terminal without their tracebacks (the Prefect UI and
+    API keep them: their handler formats with its own formatter); BILLING_DEBUG=1 keeps
+    them here too."""
+    if os.environ.get("BILLING_DEBUG") == "1":
+        return
+    from prefect.logging.formatters import PrefectFormatter
+
+    if getattr(PrefectFormatter.format, "quiet", False):
+        return
+    plain = PrefectFormatter.format
+
+    def format_without_traceback(self, record):
+        kept = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return plain(self, record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+
+    format_without_traceback.quiet = True  # type: ignore[attr-defined]
+    PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]

@@ -1,0 +1,267 @@
+"""`billing invoices`: review, issue, change the status of and export invoices."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from billing_core.cli.common import err, fail, out, parse_date, require_store
+
+invoices_app = typer.Typer(no_args_is_help=True, help="Review, issue and export invoices.")
+
+
+@invoices_app.command("list")
+def invoices_list(
+    status: Annotated[str | None, typer.Option(help="draft, issued, paid, void, canceled")] = None,
+    customer: Annotated[str | None, typer.Option(help="billed customer id")] = None,
+) -> None:
+    """Invoices with their status and totals."""
+    from billing_core.domain.money import money_str
+    from billing_core.invoices.lifecycle import list_invoices
+    from billing_core.store.engine import unit_of_work
+
+    require_store()
+    with unit_of_work() as session:
+        rows = list_invoices(session, status, customer)
+    table = Table()
+    for col in (
+        "id",
+        "number",
+        "status",
+        "billed customer",
+        "billing date",
+        "subtotal",
+        "tax",
+        "credits",
+        "total",
+    ):
+        table.add_column(
+            col, justify="right" if col in ("id", "subtotal", "tax", "credits", "total") else "left"
+        )
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.number or "",
+            r.status,
+            r.billed_customer_id,
+            r.billing_date.isoformat(),
+            money_str(r.subtotal, r.currency),
+            money_str(r.tax_total, r.currency),
+            money_str(r.credit_total, r.currency),
+            f"{money_str(r.total, r.currency)} {r.currency}",
+        )
+    out.print(table)
+
+
+@invoices_app.command("show")
+def invoices_show(
+    invoice_id: Annotated[int, typer.Argument(help="invoice id")],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="also write the document to this .html or .pdf file (a copy for review)"),
+    ] = None,
+) -> None:
+    """One invoice, grouped by serviced customer as on the document."""
+    from billing_core.cli.terminal import show_invoice
+    from billing_core.invoices.lifecycle import InvoiceError
+    from billing_core.store.engine import store_name, unit_of_work
+
+    require_store()
+    if output is not None and output.suffix.lower() not in (".html", ".pdf"):
+        fail(f"--output must end in .html or .pdf: {output}", code=2)
+    with unit_of_work() as session:
+        try:
+            show_invoice(session, invoice_id, out, store_name=store_name())
+            if output is not None:
+                from billing_core.invoices.documents import write_document
+
+                write_document(session, invoice_id, output, store_name())
+        except InvoiceError as error:
+            fail(str(error))
+        except OSError as error:
+            from billing_core.store.files import os_reason
+
+            fail(f"{output}: not written ({os_reason(error)})")
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
+@invoices_app.command("preview")
+def invoices_preview(
+    customer: Annotated[str, typer.Argument(help="customer id")],
+    through: Annotated[
+        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+    ] = None,
+) -> None:
+    """The invoices a close through --through would build for CUSTOMER; writes nothing."""
+    from billing_core.cli.terminal import print_invoice
+    from billing_core.steps.preview import PreviewError, preview
+    from billing_core.store.engine import store_name, unit_of_work
+
+    require_store()
+    day = parse_date(through, "--through") or date.today()
+    with unit_of_work() as session:
+        try:
+            result = preview(session, customer, day, store_name())
+        except PreviewError as error:
+            fail(str(error))
+        # Printed before the unit of work rolls everything back.
+        out.print(
+            Text("Preview", "bold") + f" for {result.customer_name} ({customer}) through {day}"
+        )
+        for warning in result.warnings:
+            err.print(f"warning: {warning}")
+        if result.billed_elsewhere:
+            out.print(f"{customer}'s charges are billed to another customer: its invoices follow")
+        if not result.invoices:
+            out.print(f"no invoice: nothing would be billed to {customer} through {day}")
+        for invoice, data in result.invoices:
+            out.print()
+            billing_date = data["invoice"]["billing_date"]
+            title = f"Invoice preview for {billing_date} (not saved)"
+            print_invoice(out, invoice, data, title=title)
+        session.rollback()
+    out.print("preview only: nothing was written")
+
+
+def _transition(invoice_id: int, to: str) -> None:
+    from billing_core.invoices.lifecycle import InvoiceError, transition
+    from billing_core.store.engine import unit_of_work
+
+    require_store()
+    try:
+        with unit_of_work() as session:
+            invoice = transition(session, invoice_id, to)
+            session.commit()
+    except InvoiceError as error:
+        fail(str(error))
+    out.print(f"invoice {invoice.number or invoice.id} is now {invoice.status}")
+
+
+@invoices_app.command("issue")
+def invoices_issue(
+    ids: Annotated[list[int] | None, typer.Argument(help="draft ids (default: all due)")] = None,
+    through: Annotated[
+        str | None, typer.Option(help="issue drafts billed up to this day (default: today)")
+    ] = None,
+) -> None:
+    """Number and freeze drafts; their final documents are written."""
+    from billing_core.invoices.lifecycle import InvoiceError
+    from billing_core.steps import close as steps
+
+    require_store()
+    day = parse_date(through, "--through")
+    try:
+        report = steps.issue(through=day if ids else (day or date.today()), ids=ids or None)
+    except InvoiceError as error:
+        fail(str(error))
+    issued = report.details["invoice_ids"]
+    rendered = steps.render(None, invoice_ids=issued) if issued else None
+    out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
+    problem = steps.documents_problem([report, rendered] if rendered else [report])
+    if problem:
+        fail(problem)
+
+
+@invoices_app.command("void")
+def invoices_void(invoice_id: int) -> None:
+    """Void an issued invoice (its credit consumption is not given back)."""
+    _transition(invoice_id, "void")
+
+
+@invoices_app.command("pay")
+def invoices_pay(invoice_id: int) -> None:
+    """Mark an issued invoice paid."""
+    _transition(invoice_id, "paid")
+
+
+@invoices_app.command("cancel")
+def invoices_cancel(invoice_id: int) -> None:
+    """Cancel a draft (its credit consumption is given back; its charges are withdrawn)."""
+    _transition(invoice_id, "canceled")
+
+
+# The columns of the CSV export: each invoice's, repeated on each of its lines, then the
+# line's.
+INVOICE_FIELDS = [
+    "id",
+    "number",
+    "status",
+    "billed_customer",
+    "currency",
+    "billing_date",
+    "subtotal",
+    "discount_total",
+    "tax_total",
+    "credit_total",
+    "total",
+]
+LINE_FIELDS = [
+    "serviced_customer",
+    "subscription",
+    "price",
+    "product",
+    "kind",
+    "period_start",
+    "period_end",
+    "quantity",
+    "unit_price",
+    "amount",
+]
+
+
+@invoices_app.command("export")
+def invoices_export(
+    format_: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    output: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
+    status: Annotated[str | None, typer.Option(help="only invoices with this status")] = None,
+) -> None:
+    """Every invoice with its lines, as the export contract describes."""
+    from billing_core.invoices.lifecycle import export
+    from billing_core.store.engine import unit_of_work
+
+    require_store()
+    if format_ not in ("json", "csv"):
+        fail(f"--format must be json or csv, got {format_!r}", code=2)
+    with unit_of_work() as session:
+        data = export(session, status)
+    text = json.dumps(data, indent=2) + "\n" if format_ == "json" else _export_csv(data)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _write_export(output, text, len(data))
+
+
+def _export_csv(data: list[dict]) -> str:
+    """The export as CSV: a row per invoice line, its invoice's columns first."""
+    from billing_core.store.files import SafeCsvWriter
+
+    buffer = io.StringIO()
+    writer = SafeCsvWriter(csv.writer(buffer))
+    writer.writerow(
+        ["invoice_" + f if f == "id" else f for f in INVOICE_FIELDS]
+        + ["line_" + f if f in ("amount",) else f for f in LINE_FIELDS]
+    )
+    for invoice in data:
+        for line in invoice["lines"]:
+            writer.writerow([invoice[f] for f in INVOICE_FIELDS] + [line[f] for f in LINE_FIELDS])
+    return buffer.getvalue()
+
+
+def _write_export(output: Path, text: str, count: int) -> None:
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        from billing_core.store.files import os_reason
+
+        fail(f"{output}: not written ({os_reason(error)})")
+    out.print(f"wrote {count} invoice(s) to {output}")

@@ -1,0 +1,250 @@
+"""What an invoice document shows: its lines grouped by serviced customer, taxes, credits,
+totals and the usage breakdown, formatted the way finance reads them. The same context
+feeds the HTML, the PDF and the terminal.
+
+`contexts` reads what it needs from the store set-based (no query per invoice); `context`
+builds one invoice's from those rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from billing_core.domain.money import ZERO
+from billing_core.invoices.formatting import day, money, percent, period, quantity
+from billing_core.invoices.identity import mentions_of
+from billing_core.invoices.identity import of as identity_of
+from billing_core.invoices.lifecycle import lines_of
+from billing_core.store.models import Charge, InvoiceCharge
+from billing_core.store.rows import chunks
+
+# What the breakdown page reads of a charge (not its stored pricing: that is heavy).
+BREAKDOWN_COLUMNS = (
+    "kind",
+    "metric_code",
+    "serviced_customer_id",
+    "product",
+    "pool",
+    "period_start",
+    "period_end",
+    "quantity",
+    "charge_key",
+)
+
+
+def contexts(session: Session, invoices: list[Any], store_name: str = "billing") -> dict[int, dict]:
+    """The document context of each invoice, loaded set-based (no query per invoice)."""
+    if not invoices:
+        return {}
+    ids = sorted(i.id for i in invoices)
+    lines = lines_of(session, ids)
+    charges = _breakdown_charges(session, ids)
+    # An issued invoice shows the identity frozen with it; a draft, the catalog's now.
+    identities = identity_of(
+        session,
+        invoices,
+        store_name,
+        {i.id: mentions_of(lines[i.id], charges[i.id]) for i in invoices},
+    )
+    return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id]) for i in invoices}
+
+
+def _breakdown_charges(session: Session, ids: list[int]) -> dict[int, list[Any]]:
+    """The charges of each invoice, with the columns the breakdown reads."""
+    ch = Charge.__table__.c
+    link = InvoiceCharge.__table__.c
+    charges: dict[int, list[Any]] = defaultdict(list)
+    for part in chunks(ids):
+        for charge in session.execute(
+            sa.select(link.invoice_id, *(ch[name] for name in BREAKDOWN_COLUMNS))
+            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
+            .where(link.invoice_id.in_(part))
+        ):
+            charges[charge.invoice_id].append(charge)
+    return charges
+
+
+def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
+    """The billed customer's own section first, then the others by name."""
+    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
+
+
+def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) -> dict:
+    """Everything a document or the terminal shows, grouped and formatted the way finance
+    reads it. Only what is frozen with an issued invoice goes in (its lines, charges and
+    the identity snapshot taken at issue), so a final document reads the same whenever it
+    is rendered."""
+    names: dict[str, str] = identity["customers"]
+    issuer = {k: v for k, v in identity["issuer"].items() if k not in ("id", "invoice_prefix")}
+    currency = invoice.currency
+    billed = invoice.billed_customer_id
+    by_position = {line.position: line for line in lines}
+    by_customer: dict[str, list[Any]] = defaultdict(list)
+    for line in lines:
+        by_customer[line.serviced_customer_id].append(line)
+    sections = [
+        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency)
+        for customer_id in _section_order(by_customer, billed, names)
+    ]
+    return {
+        "invoice": {
+            "id": invoice.id,
+            "number": invoice.number,
+            "draft": invoice.status == "draft",
+            "reference": invoice.number or f"Draft {invoice.id}",
+            "billing_date": day(invoice.billing_date),
+            "currency": currency,
+        },
+        "issuer": {**issuer, "address": list(issuer.get("address") or [])},
+        "billed": {**identity["billed"], "id": billed},
+        "sections": sections,
+        "multiple_sections": len(sections) > 1,
+        "totals": _totals(invoice, currency),
+        "breakdown": _breakdown(charges, billed, names, identity["metrics"]),
+    }
+
+
+def _section(
+    customer_id: str,
+    section_lines: list[Any],
+    by_position: dict[int, Any],
+    names: dict[str, str],
+    billed: str,
+    currency: str,
+) -> dict:
+    """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
+    taxes: dict[tuple, list[Decimal]] = {}
+    rows, credits = [], []
+    for line in section_lines:
+        if line.kind == "tax":
+            taxed = by_position.get(line.taxed_position)
+            key = (line.jurisdiction, line.tax_rate)
+            base, amount = taxes.setdefault(key, [ZERO, ZERO])
+            taxes[key] = [base + (taxed.amount if taxed else ZERO), amount + line.amount]
+        elif line.kind == "credit":
+            credits.append(
+                {
+                    "label": line.description or line.product,
+                    "amount": money(line.amount, currency),
+                }
+            )
+        else:
+            rows.append(_row(line, currency))
+    return {
+        "customer_id": customer_id,
+        "name": names.get(customer_id, customer_id),
+        "is_billed": customer_id == billed,
+        "rows": rows,
+        "taxes": [
+            {
+                "label": f"Tax {jurisdiction} {percent(rate)}",
+                "base": money(base, currency),
+                "amount": money(amount, currency),
+            }
+            for (jurisdiction, rate), (base, amount) in sorted(
+                taxes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+            )
+        ],
+        "credits": credits,
+        "total": money(sum((x.amount for x in section_lines), ZERO), currency),
+    }
+
+
+def _row(line: Any, currency: str) -> dict:
+    """A charged line as the document lists it (quantity and unit price when itemized)."""
+    itemized = line.kind in ("fixed", "usage", "adjustment")
+    return {
+        "product": line.product or "",
+        "bundle": line.bundle,
+        "kind": line.kind,
+        "note": _note(line),
+        "period": period(line.period_start, line.period_end),
+        "quantity": quantity(line.quantity) if itemized else "",
+        "unit_price": money(line.unit_price, currency, exact=True) if itemized else "",
+        "amount": money(line.amount, currency),
+    }
+
+
+def _note(line: Any) -> str | None:
+    if line.kind == "adjustment":
+        return "Late usage for this period, not billed before"
+    if line.kind == "minimum":
+        return "Shortfall against the minimum commitment"
+    return None
+
+
+def _totals(invoice: Any, currency: str) -> list[dict]:
+    rows = [{"label": "Subtotal", "amount": money(invoice.subtotal, currency), "grand": False}]
+    if invoice.discount_total:
+        rows.append(
+            {
+                "label": "Discounts",
+                "amount": money(invoice.discount_total, currency),
+                "grand": False,
+            }
+        )
+    rows.append({"label": "Tax", "amount": money(invoice.tax_total, currency), "grand": False})
+    if invoice.credit_total:
+        rows.append(
+            {"label": "Credits", "amount": money(invoice.credit_total, currency), "grand": False}
+        )
+    rows.append(
+        {
+            "label": f"Total due ({currency})",
+            "amount": money(invoice.total, currency),
+            "grand": True,
+        }
+    )
+    return rows
+
+
+def _breakdown(
+    charges: list[Any], billed: str, names: dict[str, str], metric_names: dict[str, str]
+) -> list[dict]:
+    """Usage per serviced customer, then per metric: quantities and service periods."""
+    usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for charge in charges:
+        if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
+            continue
+        if charge.quantity == 0:
+            continue  # a customer without usage in a period has nothing to break down
+        usage[charge.serviced_customer_id][charge.metric_code].append(charge)
+    return [
+        {
+            "customer_id": customer_id,
+            "name": names.get(customer_id, customer_id),
+            "metrics": [
+                _metric(code, usage[customer_id][code], metric_names)
+                for code in sorted(
+                    usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
+                )
+            ],
+        }
+        for customer_id in _section_order(usage, billed, names)
+    ]
+
+
+def _metric(code: str, charges: list[Any], metric_names: dict[str, str]) -> dict:
+    """One metric's usage for one customer: a row per service period, and their total."""
+    found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
+    rows = [
+        {
+            "product": c.product,
+            "period": period(c.period_start, c.period_end),
+            "quantity": quantity(c.quantity),
+            "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
+        }
+        for c in found
+    ]
+    return {
+        "name": metric_names.get(code, code),
+        "code": code,
+        "rows": rows,
+        "total": quantity(sum((c.quantity for c in found), ZERO)) if len(found) > 1 else None,
+    }
