@@ -1,7 +1,8 @@
 """Price models and the registry that maps a stored model name to its class.
 
 A model is one module here (its terms' fields, their validation, their stored form and
-the amount) and one line in MODELS; nothing else in the product knows its terms.
+the amount) and one line in MODELS; the catalog and the store (`prices.terms`, one JSON
+value) take any model's terms without knowing them.
 """
 
 from __future__ import annotations
