@@ -72,8 +72,8 @@ class Price(SQLModel, table=True):
     currency: str = Field(max_length=3)
     model: str = Field(max_length=16)
     metric_code: str | None = Field(default=None, foreign_key="metrics.code", max_length=128)
-    # The model's terms as one JSON value, each decimal as its exact string: only the
-    # model (billing_core.domain.pricing) reads what they hold.
+    # The model's terms as one JSON value, each decimal as its exact string; what they
+    # hold is the model's (billing_core.domain.pricing).
     terms: dict = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
 
 
