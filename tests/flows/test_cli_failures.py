@@ -77,7 +77,7 @@ def test_a_failed_family_is_named_one_line_each_and_the_exit_is_non_zero(store):
 
     (store.workdir / "catalog.yaml").write_text(FAMILIES)
     assert _billing("import", "catalog.yaml", cwd=store.workdir).returncode == 0
-    execute(store, "UPDATE prices SET amount = '1e400' WHERE code = 'fee-b'")
+    execute(store, """UPDATE prices SET terms = '{"amount": "1e400"}' WHERE code = 'fee-b'""")
     done = _billing("close", "--through", "2026-02-01", cwd=store.workdir)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

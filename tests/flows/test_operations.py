@@ -276,7 +276,7 @@ def test_a_failed_family_is_named_the_others_closed_and_retry_completes_it(
 
     import_yaml(FAMILIES)
     ingest_csv(USAGE)
-    execute(store, "UPDATE prices SET amount = '1e400' WHERE code = 'fee-b'")
+    execute(store, """UPDATE prices SET terms = '{"amount": "1e400"}' WHERE code = 'fee-b'""")
     _deploy_with_worker(prefect_api, store, tmp_path, f"families-{store.backend}")
 
     out = prefect_api.cli(
@@ -307,7 +307,8 @@ def test_a_failed_family_is_named_the_others_closed_and_retry_completes_it(
     # Every other family was closed.
     assert {i["billed_customer"] for i in invoices()} == {"hq", "solo-a"}
 
-    execute(store, "UPDATE prices SET amount = '20.00' WHERE code = 'fee-b'")  # the fix
+    # the fix
+    execute(store, """UPDATE prices SET terms = '{"amount": "20.00"}' WHERE code = 'fee-b'""")
     prefect_api.cli("flow-run", "retry", flow_run_id)
     done = prefect_api.wait_terminal(flow_run_id)
     assert done["state"]["type"] == "COMPLETED", done["state"]

@@ -262,10 +262,13 @@ def test_the_amount_bounds_themselves_are_accepted(based, tmp_path):
          amount: "2.50000000000000000000000"}
     """
     imported(write(tmp_path, "edges.yaml", text))
-    rows = dict(store.rows("SELECT code, coalesce(amount, unit_price) FROM prices"))
-    assert Decimal(str(rows["big"])) == Decimal("1000000000000000")
-    assert Decimal(str(rows["fine"])) == Decimal("0.000000000001")
-    assert Decimal(str(rows["zeros"])) == Decimal("2.5")
+    terms = {
+        code: json.loads(stored) if isinstance(stored, str) else stored
+        for code, stored in store.rows("SELECT code, terms FROM prices")
+    }
+    assert terms["big"] == {"amount": "1000000000000000"}
+    assert terms["fine"] == {"unit_price": "0.000000000001"}
+    assert terms["zeros"] == {"amount": "2.500000000000"}
 
 
 @pytest.mark.parametrize(

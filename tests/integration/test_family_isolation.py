@@ -68,11 +68,11 @@ def execute(store, sql: str) -> None:
 
 def _break(store) -> None:
     """What a store written before the import refused such amounts may hold."""
-    execute(store, "UPDATE prices SET amount = '1e400' WHERE code = 'fee-b'")
+    execute(store, """UPDATE prices SET terms = '{"amount": "1e400"}' WHERE code = 'fee-b'""")
 
 
 def _mend(store) -> None:
-    execute(store, "UPDATE prices SET amount = '20.00' WHERE code = 'fee-b'")
+    execute(store, """UPDATE prices SET terms = '{"amount": "20.00"}' WHERE code = 'fee-b'""")
 
 
 def _by_family(exported: list[dict], family: set[str], keep: bool) -> list[dict]:
@@ -144,7 +144,7 @@ def test_a_family_that_fails_rating_leaves_the_others_closed(store, another_stor
 def test_a_failure_in_every_family_fails_the_step_with_each_family_named(store):
     import_yaml(FAMILIES)
     ingest_csv(USAGE)
-    execute(store, "UPDATE prices SET amount = '1e400' WHERE model = 'flat'")
+    execute(store, """UPDATE prices SET terms = '{"amount": "1e400"}' WHERE model = 'flat'""")
     with pytest.raises(CloseFailed) as failed:
         close("2026-02-01")
     assert set(failed.value.failures) == {"hq", "solo-a", "solo-b"}

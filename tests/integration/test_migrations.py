@@ -5,6 +5,9 @@ references of lines and links hold across 0006."""
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import pytest
 import sqlalchemy as sa
 
@@ -267,3 +270,137 @@ def test_references_hold_on_either_side_of_0006(empty_url):
                     "product, kind, amount) VALUES (1, 1, 'solo', 'Platform', 'fixed', 10)"
                 )
             )
+
+
+# A price of each model as the columns before 0009 held it, and its terms after.
+OLD_PRICES = {
+    "fee": ("flat", None, "amount, tiers", "'500.00', 'null'"),
+    "calls": ("per_unit", "units", "unit_price", "'0.00157'"),
+    "packs": ("package", "units", "package_size, package_price", "100, '5.10'"),
+    "steps": (
+        "graduated",
+        "units",
+        "tiers",
+        """'[{"up_to": "1000", "unit_price": "1.00", "flat_fee": "5"}, """
+        """{"up_to": null, "unit_price": "0.000000000001"}]'""",
+    ),
+    "bulk": (
+        "volume",
+        "units",
+        "tiers",
+        """'[{"up_to": "10", "unit_price": "2"}, {"up_to": null, "unit_price": "1.50"}]'""",
+    ),
+}
+TERMS = {
+    "fee": {"amount": "500.00"},
+    "calls": {"unit_price": "0.00157"},
+    "packs": {"package_size": "100", "package_price": "5.10"},
+    "steps": {
+        "tiers": [
+            {"up_to": "1000", "unit_price": "1.00", "flat_fee": "5"},
+            {"up_to": None, "unit_price": "0.000000000001"},
+        ]
+    },
+    "bulk": {"tiers": [{"up_to": "10", "unit_price": "2"}, {"up_to": None, "unit_price": "1.50"}]},
+}
+
+
+def _price_terms(url: str) -> dict[str, dict]:
+    with get_engine(url).connect() as connection:
+        rows = connection.execute(sa.text("SELECT code, terms FROM prices")).all()
+    return {code: json.loads(t) if isinstance(t, str) else t for code, t in rows}
+
+
+def _old_price_columns(url: str) -> dict[str, tuple]:
+    with get_engine(url).connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT code, amount, unit_price, package_size, package_price, tiers FROM prices"
+            )
+        ).all()
+    return {
+        code: (
+            *(None if v is None else f"{Decimal(str(v)):f}" for v in (amount, unit, price)),
+            size,
+            json.loads(tiers) if isinstance(tiers, str) else tiers,
+        )
+        for code, amount, unit, size, price, tiers in rows
+    }
+
+
+def test_price_terms_move_into_one_column_across_0009_and_back(empty_url):
+    """0009 puts each price's terms in `prices.terms` as the close read them (decimals as
+    their exact strings, never floats) and drops the old columns; a downgrade restores
+    the columns with the same values, and upgrading again gives the same terms. An
+    issued invoice's charge and snapshot are not touched."""
+    from alembic import command
+
+    from billing_core.store.engine import alembic_config
+
+    upgrade(empty_url, "0008")
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO customers (id, name, currency, family_id, bill_to, tax_basis, "
+                "rollup_lines, timezone) VALUES ('solo', 'Solo', 'USD', 'solo', 'parent', "
+                "'billed', 'breakdown', 'UTC')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO metrics (code, name, aggregation, field) "
+                "VALUES ('units', 'Units', 'sum', 'quantity')"
+            )
+        )
+        for code, (model, metric, columns, values) in OLD_PRICES.items():
+            connection.execute(
+                sa.text(
+                    f"INSERT INTO prices (code, product, currency, model, metric_code, {columns}) "
+                    f"VALUES ('{code}', '{code}', 'USD', '{model}', :metric, {values})"
+                ),
+                {"metric": metric},
+            )
+        connection.execute(
+            sa.text(
+                "INSERT INTO subscriptions (id, customer_id, start, cadence, billing_day, "
+                "align_to_parent, status) VALUES ('s', 'solo', '2026-01-01', 'monthly', 1, "
+                "false, 'active')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO subscription_items (subscription_id, phase, phase_start, "
+                "price_code, timing) VALUES ('s', 0, '2026-01-01', 'calls', 'in_arrears')"
+            )
+        )
+        connection.execute(sa.text(INVOICES.replace("'INV-1', 'issued'", "NULL, 'draft'")))
+        connection.execute(sa.text(_charge("on-issued", "2026-02-01")))
+        connection.execute(
+            sa.text("UPDATE charges SET pricing = :pricing WHERE charge_key = 'on-issued'"),
+            {"pricing": json.dumps({"model": "per_unit", "unit_price": "0.00157"})},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO invoice_charges (charge_id, invoice_id) "
+                "SELECT id, 1 FROM charges WHERE charge_key = 'on-issued'"
+            )
+        )
+        connection.execute(
+            sa.text("UPDATE invoices SET status = 'issued', number = 'INV-1' WHERE id = 1")
+        )
+    old_columns = _old_price_columns(empty_url)
+    frozen = "SELECT i.identity, c.pricing FROM invoices i, charges c WHERE i.id = 1"
+    with get_engine(empty_url).connect() as connection:
+        issued = connection.execute(sa.text(frozen)).one()
+    for revision in ("0009", "0008", "0009"):
+        if revision == "0008":
+            command.downgrade(alembic_config(empty_url), "0008")
+            assert _old_price_columns(empty_url) == old_columns
+        else:
+            upgrade(empty_url, "0009")
+            assert _price_terms(empty_url) == TERMS
+            with get_engine(empty_url).connect() as connection:
+                columns = {c["name"] for c in sa.inspect(connection).get_columns("prices")}
+            assert not columns & {"amount", "unit_price", "package_size", "package_price"}
+        with get_engine(empty_url).connect() as connection:
+            assert connection.execute(sa.text(frozen)).one() == issued

@@ -1,3 +1,4 @@
+import json
 from decimal import Decimal
 
 import pytest
@@ -90,3 +91,55 @@ def test_bad_tiers_are_refused(tiers):
 def test_unknown_model_is_an_error():
     with pytest.raises(pricing.UnknownModel):
         pricing.model("stairstep")
+
+
+# One catalog entry's terms per registered model: a new model adds its own here.
+CATALOG_TERMS = {
+    "flat": {"amount": Decimal("500.00")},
+    "per_unit": {"unit_price": "0.00157"},
+    "package": {"package_size": "1e2", "package_price": 5},
+    "graduated": M3TER_TIERS,
+    "volume": {
+        "tiers": [
+            {"up_to": 100, "unit_price": "2", "flat_fee": Decimal("10")},
+            {"up_to": None, "unit_price": "1.50"},
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(pricing.MODELS))
+def test_every_model_stores_its_terms_as_exact_strings_and_rates_them_the_same(name):
+    """What the store keeps of a model's terms (`prices.terms`) is JSON of text only (no
+    float ever), names only the model's own fields, and rates as the catalog's terms do."""
+    model = pricing.model(name)
+    terms = CATALOG_TERMS[name]
+    assert model.validate(terms) == []
+    stored = model.normalize(terms)
+    assert set(stored) == set(model.fields)
+    assert json.loads(json.dumps(stored)) == stored
+
+    def texts(value):
+        if isinstance(value, dict):
+            return all(texts(v) for v in value.values())
+        if isinstance(value, list):
+            return all(texts(v) for v in value)
+        return value is None or isinstance(value, str)
+
+    assert texts(stored)
+    for quantity in ("0", "1", "99.5", "100", "101", "1400"):
+        exact = model.amount({"model": name, **stored}, Decimal(quantity))
+        assert exact == model.amount(terms, Decimal(quantity))
+
+
+def test_stored_decimals_keep_their_digits():
+    assert pricing.model("per_unit").normalize({"unit_price": "0.00157"}) == {
+        "unit_price": "0.00157"
+    }
+    assert pricing.model("flat").normalize({"amount": " 2.50000000000000000 "}) == {
+        "amount": "2.500000000000"
+    }
+    assert pricing.model("package").normalize({"package_size": "1e2", "package_price": 5}) == {
+        "package_size": "100",
+        "package_price": "5",
+    }

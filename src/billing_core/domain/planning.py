@@ -52,13 +52,14 @@ def slot_key(
     return f"{subscription_id}|{kind}|{price_code or '-'}|{serviced}|{period_start.isoformat()}"
 
 
-def rollup_of(sub: SubscriptionInfo, hierarchy: Hierarchy) -> bool:
-    """The subscription's roll-up flag, defaulting from its customer's bill_to."""
-    return sub.rollup if sub.rollup is not None else hierarchy.default_rollup(sub.customer_id)
+def rollup_of(rollup: bool | None, customer_id: str, hierarchy: Hierarchy) -> bool:
+    """A subscription's roll-up flag: its own, else its customer's bill_to default."""
+    return rollup if rollup is not None else hierarchy.default_rollup(customer_id)
 
 
 def billed_customer_of(sub: SubscriptionInfo, hierarchy: Hierarchy) -> str:
-    return hierarchy.billed_customer(sub.customer_id, rollup_of(sub, hierarchy))
+    rollup = rollup_of(sub.rollup, sub.customer_id, hierarchy)
+    return hierarchy.billed_customer(sub.customer_id, rollup)
 
 
 def anchor_day(sub: SubscriptionInfo, ref: Reference, hierarchy: Hierarchy) -> int:

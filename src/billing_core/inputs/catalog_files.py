@@ -7,7 +7,7 @@ known, the entry and field. A key given twice in one mapping (YAML or JSON, wher
 last would silently win) is refused too, one line per duplicate, naming the mapping, the
 line and the key. Everything that can be read comes back as plain data, with
 bytes that are not UTF-8 kept as lone surrogates so that the entry and field holding
-them can be named by the validation (`catalog.text_problem`).
+them can be named by the validation (`catalog_entry.text_problem`).
 """
 
 from __future__ import annotations

@@ -72,11 +72,9 @@ class Price(SQLModel, table=True):
     currency: str = Field(max_length=3)
     model: str = Field(max_length=16)
     metric_code: str | None = Field(default=None, foreign_key="metrics.code", max_length=128)
-    amount: Decimal | None = _money(nullable=True)
-    unit_price: Decimal | None = _money(nullable=True)
-    package_size: int | None = None
-    package_price: Decimal | None = _money(nullable=True)
-    tiers: list[dict] | None = _json()
+    # The model's terms as one JSON value, each decimal as its exact string; what they
+    # hold is the model's (billing_core.domain.pricing).
+    terms: dict = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
 
 
 class Subscription(SQLModel, table=True):

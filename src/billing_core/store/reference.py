@@ -58,16 +58,7 @@ ALL = Scope()
 
 def price_terms(row: Any) -> dict:
     """The stored price as the terms its model rates with (kept on charges)."""
-    terms: dict[str, Any] = {"model": row.model}
-    for name in ("amount", "unit_price", "package_price"):
-        value = getattr(row, name)
-        if value is not None:
-            terms[name] = f"{value:f}"
-    if row.package_size is not None:
-        terms["package_size"] = str(row.package_size)
-    if row.tiers is not None:
-        terms["tiers"] = row.tiers
-    return terms
+    return {"model": row.model, **row.terms}
 
 
 # The references a close has read, by scope, while `one_catalog_read` is in force.

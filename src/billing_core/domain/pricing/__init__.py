@@ -1,4 +1,9 @@
-"""Price models and the registry that maps a stored model name to its class."""
+"""Price models and the registry that maps a stored model name to its class.
+
+A model is one module here (its terms' fields, their validation, their stored form and
+the amount) and one line in MODELS; the catalog and the store (`prices.terms`, one JSON
+value) take any model's terms without knowing them.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,16 @@ from billing_core.domain.pricing.package import Package
 from billing_core.domain.pricing.per_unit import PerUnit
 from billing_core.domain.pricing.volume import Volume
 
+# The registry: a model's module above, and one line here.
 MODELS: dict[str, PriceModel] = {
-    m.name: m for m in (Flat(), PerUnit(), Graduated(), Volume(), Package())
+    m.name: m
+    for m in (
+        Flat(),
+        PerUnit(),
+        Graduated(),
+        Volume(),
+        Package(),
+    )
 }
 
 

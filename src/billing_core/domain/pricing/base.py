@@ -1,4 +1,9 @@
-"""What every price model provides: validation of its terms and the exact amount."""
+"""What every price model provides: validation of its terms, their stored form and the
+exact amount.
+
+A price's terms are stored as one JSON value (`prices.terms`): the model's own fields,
+each decimal as its exact string. The model is the only place that knows them.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,15 @@ Terms = dict[str, Any]
 
 
 class PriceModel:
-    """A pricing model: `validate` its catalog terms, then `amount` for a quantity.
+    """A pricing model: `validate` its catalog terms, `normalize` them for the store, then
+    `amount` for a quantity.
 
     `amount` is exact (unrounded); the caller rounds each line once.
     """
 
     name: ClassVar[str]
     usage: ClassVar[bool] = True
+    # The catalog keys of the model's terms (what `normalize` stores).
     fields: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, terms: Terms) -> list[str]:
@@ -29,14 +36,18 @@ class PriceModel:
         raise NotImplementedError
 
     def normalize(self, terms: Terms) -> Terms:
-        """The stored form of validated terms: decimals as strings, nothing else."""
-        return {f: _str(terms.get(f)) for f in self.fields if terms.get(f) is not None}
+        """The stored form of validated terms: each decimal as its exact string (as the
+        catalog reads it: at most 12 decimal places), nothing else."""
+        return {
+            f: f"{parse_decimal(terms[f], f):f}" for f in self.fields if terms.get(f) is not None
+        }
 
-
-def _str(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return f"{value:f}"
-    return value
+    def located(self, problem: str) -> tuple[str | None, str]:
+        """A problem of `validate` as the field it is about and the reason."""
+        for name in self.fields:
+            if problem.startswith(name + " "):
+                return name, problem.removeprefix(name + " ")
+        return None, problem
 
 
 def decimal_field(

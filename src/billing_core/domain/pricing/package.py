@@ -2,7 +2,11 @@
 
 from decimal import ROUND_CEILING, Decimal
 
+from billing_core.domain.money import parse_decimal
 from billing_core.domain.pricing.base import PriceModel, Terms, dec, decimal_field
+
+# The most units a package holds (what a 32-bit integer holds).
+MOST_UNITS = 2_147_483_647
 
 
 class Package(PriceModel):
@@ -11,9 +15,21 @@ class Package(PriceModel):
 
     def validate(self, terms: Terms) -> list[str]:
         problems: list[str] = []
-        decimal_field(terms, "package_size", problems, positive=True)
+        size = decimal_field(terms, "package_size", problems, positive=True)
         decimal_field(terms, "package_price", problems)
+        if problems or size is None:
+            return problems
+        if size != size.to_integral_value():
+            problems.append("package_size must be a whole number of units")
+        elif size > MOST_UNITS:
+            problems.append(f"package_size must be at most {MOST_UNITS}")
         return problems
+
+    def normalize(self, terms: Terms) -> Terms:
+        return {
+            "package_size": str(int(parse_decimal(terms["package_size"], "package_size"))),
+            "package_price": f"{parse_decimal(terms['package_price'], 'package_price'):f}",
+        }
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
         packages = (quantity / dec(terms["package_size"])).to_integral_value(ROUND_CEILING)

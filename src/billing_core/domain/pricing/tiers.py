@@ -11,9 +11,25 @@ from functools import lru_cache
 from typing import Any
 
 from billing_core.domain.money import MoneyError, parse_decimal
-from billing_core.domain.pricing.base import Terms, dec
+from billing_core.domain.pricing.base import PriceModel, Terms, dec
 
 ZERO = Decimal(0)
+
+
+class Tiered(PriceModel):
+    """A price on a tier table: its one field is `tiers`, and every problem is the
+    table's."""
+
+    fields = ("tiers",)
+
+    def validate(self, terms: Terms) -> list[str]:
+        return validate_tiers(terms)
+
+    def normalize(self, terms: Terms) -> Terms:
+        return {"tiers": normalize_tiers(terms)}
+
+    def located(self, problem: str) -> tuple[str | None, str]:
+        return "tiers", problem
 
 
 def validate_tiers(terms: Terms) -> list[str]:

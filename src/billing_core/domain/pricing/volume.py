@@ -2,18 +2,12 @@
 
 from decimal import Decimal
 
-from billing_core.domain.pricing.base import PriceModel, Terms
-from billing_core.domain.pricing.tiers import ZERO, bounds, normalize_tiers, validate_tiers
+from billing_core.domain.pricing.base import Terms
+from billing_core.domain.pricing.tiers import ZERO, Tiered, bounds
 
 
-class Volume(PriceModel):
+class Volume(Tiered):
     name = "volume"
-
-    def validate(self, terms: Terms) -> list[str]:
-        return validate_tiers(terms)
-
-    def normalize(self, terms: Terms) -> Terms:
-        return {"tiers": normalize_tiers(terms)}
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
         # No usage reaches no tier: nothing is charged, not even a flat fee.
