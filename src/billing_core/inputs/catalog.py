@@ -27,6 +27,7 @@ from billing_core.domain.limits import FIRST_DAY, LAST_DAY, TEXT_BYTES
 from billing_core.domain.money import MINOR_UNITS, MoneyError, parse_decimal, shown
 from billing_core.domain.schedules import CADENCE_MONTHS
 from billing_core.inputs.catalog_files import FileRefused, load_data
+from billing_core.store.aggregations import AGGREGATIONS
 from billing_core.store.models import (
     CreditGrant,
     Customer,
@@ -50,7 +51,6 @@ ID_KEYS = {
     "subscriptions": "id",
     "credits": "id",
 }
-AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
 POOL_MODES = ("breakdown", "summary", "child")
 TIMINGS = ("in_advance", "in_arrears")
 
@@ -440,7 +440,7 @@ def parse(data: dict) -> Catalog:
         code = e.text("code", max_length=_length(Metric, "code"))
         aggregation = e.choice("aggregation", AGGREGATIONS, None)
         metric_field = e.text("field", required=False, max_length=_length(Metric, "field"))
-        if aggregation == "count":
+        if aggregation in AGGREGATIONS and not AGGREGATIONS[aggregation].reads_field:
             metric_field = None
         elif metric_field is None:
             metric_field = "quantity"

@@ -25,15 +25,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Result
 
-from billing_core.config import normalize_database_url
-from billing_core.inputs.usage import (
-    CSV_COLUMNS,
-    ingest_records,
-    parse_timestamp,
-    read_properties,
-    retrying_deadlocks,
-    stored_problem,
-)
+from billing_core.config import Settings, normalize_database_url
+from billing_core.inputs.usage import ingest_records, retrying_deadlocks
+from billing_core.inputs.usage_json import read_properties, stored_problem
+from billing_core.inputs.usage_text import CSV_COLUMNS
+from billing_core.inputs.usage_validate import parse_timestamp
 from billing_core.report import StepReport
 from billing_core.store.engine import safe_url
 from billing_core.store.models import UsageLoad, UsageSource
@@ -248,3 +244,14 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
             + f"; the watermark stays at {end} so they are read again once fixed "
             "(or excluded by the query)"
         )
+
+
+class SqlQuery:
+    """The SQL usage source, as the collect step lists it."""
+
+    def configured(self, settings: Settings) -> bool:
+        return bool(settings.usage_sql_url)
+
+    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None:
+        if settings.usage_sql_url and settings.usage_sql_query:
+            collect_sql(settings.usage_sql_url, settings.usage_sql_query, close_run_id, report)

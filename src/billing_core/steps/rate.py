@@ -18,12 +18,12 @@ from billing_core.domain import pricing
 from billing_core.domain.model import PriceInfo, Reference, SubscriptionInfo
 from billing_core.domain.money import ZERO, round_money, split_largest_remainder
 from billing_core.domain.schedules import Calendar, prorate, window_utc
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.report import StepReport
 from billing_core.steps.recalculate import frozen_charge_keys
 from billing_core.store.models import BillingPeriod, Charge, Invoice, UsageTouch, charges_joined
 from billing_core.store.reference import ALL, Scope, load_reference
 from billing_core.store.rows import delete_in, insert_rows, records, select_in, select_keys
+from billing_core.store.usage_totals import Window, aggregate
 
 ITEM_KINDS = ("fixed", "usage")
 UNIT_PRICE_PLACES = Decimal("0.000001")

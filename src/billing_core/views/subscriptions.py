@@ -24,9 +24,9 @@ from billing_core.domain.model import Reference, SubscriptionInfo
 from billing_core.domain.money import ZERO, round_money, split_largest_remainder
 from billing_core.domain.planning import Slot, anchor_day, billed_customer_of, plan
 from billing_core.domain.schedules import ONE_DAY, lifecycle, prorate, window_utc
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.models import Charge, Customer, Invoice, Subscription, charges_joined
 from billing_core.store.reference import Scope, frozen_dates, load_reference
+from billing_core.store.usage_totals import Window, aggregate
 
 KIND_ORDER = {"fixed": 0, "usage": 1, "minimum": 2}
 
