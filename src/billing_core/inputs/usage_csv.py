@@ -77,12 +77,12 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     done = reader.line_num
                 names = header
                 extra = [h for h in names if h not in CSV_COLUMNS]
-                width = len(names)
-                known = [(h, i) for i, h in enumerate(names) if h not in extra]
-                others = [(h, i) for i, h in enumerate(names) if h in extra]
                 if careful:
                     yield from _careful_rows(reader, names, extra, done)
                     return
+                width = len(names)
+                known = [(h, i) for i, h in enumerate(names) if h not in extra]
+                others = [(h, i) for i, h in enumerate(names) if h in extra]
                 try:  # the fast reading, kept inline: it is the cost of every usual row
                     for values in reader:
                         if len(values) == width:  # the usual row: straight from its cells

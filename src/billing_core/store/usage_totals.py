@@ -173,23 +173,7 @@ def _joined_passes(
     aggregations: dict[str, str],
     out: dict[int, Decimal],
 ) -> None:
-    batch = uuid.uuid4().hex
-    insert_rows(
-        session,
-        _windows,
-        [
-            {
-                "batch": batch,
-                "key": w.key,
-                "customer_id": w.customer_id,
-                "metric_code": w.metric_code,
-                "start_ts": w.start,
-                "end_ts": w.end,
-            }
-            for w in windows
-        ],
-    )
-    postgres.analyze_windows(connection)
+    batch = _write_windows(session, connection, windows)
     w = _windows.c
     e = UsageEvent.__table__.c
     joined = _windows.join(
@@ -227,6 +211,28 @@ def _joined_passes(
             for key, result in connection.execute(query).fetchall():
                 out[key] = aggregation.combine(result)
     connection.execute(_windows.delete().where(w.batch == batch))
+
+
+def _write_windows(session: Session, connection: Any, windows: list[Window]) -> str:
+    """The windows into `usage_windows` under a batch id of their own; the id."""
+    batch = uuid.uuid4().hex
+    insert_rows(
+        session,
+        _windows,
+        [
+            {
+                "batch": batch,
+                "key": w.key,
+                "customer_id": w.customer_id,
+                "metric_code": w.metric_code,
+                "start_ts": w.start,
+                "end_ts": w.end,
+            }
+            for w in windows
+        ],
+    )
+    postgres.analyze_windows(connection)
+    return batch
 
 
 def _shared_pass(
