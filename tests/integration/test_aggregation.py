@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.engine import unit_of_work
 from billing_core.store.models import UsageEvent
+from billing_core.store.usage_totals import Window, aggregate
 from tests.helpers import import_yaml, ingest_csv, recorded_statements
 
 CATALOG = """
@@ -229,7 +229,7 @@ def test_no_windows_no_query(store):
 
 
 def test_more_spans_than_one_grouped_pass_takes_are_joined(catalog, monkeypatch):
-    import billing_core.inputs.usage
+    import billing_core.store.usage_totals
 
     usage(
         """
@@ -251,7 +251,7 @@ s5,beta,peak,2026-03-06T00:00:00Z,8,,
     ]
     expected = [Decimal(1), Decimal(2), Decimal(4), Decimal(7), Decimal(1), Decimal(8), 0]
     for limit in (8, 2):  # five spans: one grouped pass, then the join
-        monkeypatch.setattr(billing_core.inputs.usage, "GROUPED_SPANS", limit)
+        monkeypatch.setattr(billing_core.store.usage_totals, "GROUPED_SPANS", limit)
         got = windows(*specs)
         assert [got[s] for s in specs] == expected
 

@@ -9,10 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core.inputs import usage
+from billing_core.inputs import usage_write
 from billing_core.inputs.usage import ingest_files
 from billing_core.store.engine import unit_of_work
 from billing_core.store.models import Customer, UsageEvent
+from billing_core.store.postgres import EventCopy
 from billing_core.store.rows import COPY_FROM, insert_rows
 from tests.helpers import import_yaml, recorded_statements
 
@@ -45,7 +46,7 @@ def _events(n, start=0, customer="solo"):
 
 def test_a_load_of_several_batches_keeps_every_event_once(store, tmp_path, monkeypatch):
     import_yaml(CATALOG)
-    monkeypatch.setattr(usage, "BATCH", 7)  # 50 events: eight batches, some with repeats
+    monkeypatch.setattr(usage_write, "BATCH", 7)  # 50 events: eight batches, some with repeats
     rows = _events(40) + _events(10, start=35)  # e35..e39 twice, in different batches
     _write(tmp_path / "u.jsonl", rows)
     with unit_of_work() as session:
@@ -101,7 +102,7 @@ def test_a_concurrent_load_of_the_same_ids_falls_back_to_the_merge(store, tmp_pa
         session.commit()
     # Blind the pre-check, as if e0..e4 had been committed by another load after it.
     seen = []
-    original = usage._Writer._copy_direct
+    original = EventCopy._copy_direct
 
     def blind(self, ids, lines):
         seen.append(len(ids))
@@ -112,15 +113,15 @@ def test_a_concurrent_load_of_the_same_ids_falls_back_to_the_merge(store, tmp_pa
         finally:
             self.raw.cursor = real
 
-    monkeypatch.setattr(usage._Writer, "_copy_direct", blind)
+    monkeypatch.setattr(EventCopy, "_copy_direct", blind)
     tables = []
-    copy = usage._Writer._copy
+    copy = EventCopy._copy
 
     def spy(self, lines, table):
         tables.append(table)
         return copy(self, lines, table)
 
-    monkeypatch.setattr(usage._Writer, "_copy", spy)
+    monkeypatch.setattr(EventCopy, "_copy", spy)
     _write(tmp_path / "second.jsonl", _events(10))
     with unit_of_work() as session:
         result = ingest_files(session, [tmp_path / "second.jsonl"])

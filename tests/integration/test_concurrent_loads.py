@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from billing_core.inputs import usage
+from billing_core.inputs import usage, usage_write
 from billing_core.inputs.usage import ingest_files, retrying_deadlocks
+from billing_core.store.postgres import EventCopy
 from tests.helpers import import_yaml
 
 CATALOG = """
@@ -33,7 +34,7 @@ def test_loads_that_deadlock_are_run_again_alone_and_count_each_event_once(
     if store.backend != "postgres":
         pytest.skip("SQLite has one writer at a time: its loads queue, they cannot deadlock")
     import_yaml(CATALOG)
-    monkeypatch.setattr(usage, "BATCH", 50)
+    monkeypatch.setattr(usage_write, "BATCH", 50)
     first, second = list(range(50)), list(range(50, 100))
     paths = [_file(tmp_path, "a.csv", first + second), _file(tmp_path, "b.csv", second + first)]
 
@@ -41,7 +42,7 @@ def test_loads_that_deadlock_are_run_again_alone_and_count_each_event_once(
     # second batch waits for rows the other load wrote, a deadlock.
     both_wrote_once = threading.Barrier(2, timeout=30)
     writers_seen: set[int] = set()
-    copy_direct = usage._Writer._copy_direct
+    copy_direct = EventCopy._copy_direct
 
     def in_step(self, ids, lines):
         done = copy_direct(self, ids, lines)
@@ -50,7 +51,7 @@ def test_loads_that_deadlock_are_run_again_alone_and_count_each_event_once(
             both_wrote_once.wait()
         return done
 
-    monkeypatch.setattr(usage._Writer, "_copy_direct", in_step)
+    monkeypatch.setattr(EventCopy, "_copy_direct", in_step)
     deadlocks = []
     is_deadlock = usage.is_deadlock
 

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from billing_core.cli.app import app
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.engine import unit_of_work
+from billing_core.store.usage_totals import Window, aggregate
 from tests.helpers import close, import_yaml, lines, one
 
 CATALOG = """
@@ -663,9 +663,9 @@ def test_an_ingest_killed_mid_load_leaves_nothing_and_a_rerun_counts_each_event_
 def test_an_unclosed_quote_refuses_its_file_even_with_skip_invalid(catalog, tmp_path, monkeypatch):
     """Past the careful reading's own limit (lowered here) the rest of the file cannot be
     told apart from the quoted field: none of it is loaded, whatever it looks like."""
-    import billing_core.inputs.usage
+    import billing_core.inputs.usage_csv
 
-    monkeypatch.setattr(billing_core.inputs.usage, "CAREFUL_FIELD_LIMIT", 200 * 1024)
+    monkeypatch.setattr(billing_core.inputs.usage_csv, "CAREFUL_FIELD_LIMIT", 200 * 1024)
     path = write_csv(
         tmp_path / "unclosed.csv",
         HEADER + ",note",

@@ -23,7 +23,6 @@ ID_KEYS = {
     "subscriptions": "id",
     "credits": "id",
 }
-AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
 POOL_MODES = ("breakdown", "summary", "child")
 TIMINGS = ("in_advance", "in_arrears")
 

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from billing_core.domain import pricing
 from billing_core.domain.money import shown
 from billing_core.inputs.catalog_entry import (
-    AGGREGATIONS,
     ID_KEYS,
     MAX_INT,
     SECTIONS,
@@ -27,6 +26,7 @@ from billing_core.inputs.catalog_entry import (
     sorted_keys,
 )
 from billing_core.inputs.catalog_subscription import subscription
+from billing_core.store.aggregations import AGGREGATIONS
 from billing_core.store.models import (
     CreditGrant,
     Customer,
@@ -176,7 +176,7 @@ def _metric(e: Entry, catalog: Catalog) -> None:
     code = e.text("code", max_length=column_length(Metric, "code"))
     aggregation = e.choice("aggregation", AGGREGATIONS, None)
     metric_field = e.text("field", required=False, max_length=column_length(Metric, "field"))
-    if aggregation == "count":
+    if aggregation in AGGREGATIONS and not AGGREGATIONS[aggregation].reads_field:
         metric_field = None
     elif metric_field is None:
         metric_field = "quantity"

@@ -25,15 +25,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Result
 
-from billing_core.config import normalize_database_url
-from billing_core.inputs.usage import (
-    CSV_COLUMNS,
-    ingest_records,
-    parse_timestamp,
-    read_properties,
-    retrying_deadlocks,
-    stored_problem,
-)
+from billing_core.config import Settings, normalize_database_url
+from billing_core.inputs.usage import ingest_records, retrying_deadlocks
+from billing_core.inputs.usage_json import read_properties, stored_problem
+from billing_core.inputs.usage_text import CSV_COLUMNS
+from billing_core.inputs.usage_validate import parse_timestamp
 from billing_core.report import StepReport
 from billing_core.store.engine import safe_url
 from billing_core.store.models import UsageLoad, UsageSource
@@ -166,70 +162,85 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
         return
     engine = sa.create_engine(normalize_database_url(url), poolclass=sa.pool.NullPool)
     try:
-
-        def load(session):
-            state = session.get(UsageSource, SOURCE, with_for_update=True)
-            if state is None:
-                state = UsageSource(name=SOURCE, kind=KIND)
-                session.add(state)
-            start = state.watermark or EPOCH
-            span = _Span(start)
-            bad = _BadRows()
-            with engine.connect() as source:
-                result = source.execution_options(stream_results=True, yield_per=FETCH).execute(
-                    statement, {"watermark": start}
-                )
-                columns = set(result.keys())
-                missing = [c for c in REQUIRED if c not in columns]
-                if missing:
-                    result.close()
-                    report.warnings.append(
-                        f"sql usage source refused: the query returns no {', '.join(missing)} "
-                        f"column (it needs {', '.join(REQUIRED)}, quantity optional); "
-                        "nothing read from it"
-                    )
-                    return None
-                loaded = ingest_records(
-                    session,
-                    [(SOURCE, _records(result, span))],
-                    skip_invalid=True,
-                    source=SOURCE,
-                    rejects=bad,
-                )
-            # Skipped rows hold the watermark at the earliest of them (read again next time);
-            # one without a usable timestamp cannot be placed, so the watermark stays put.
-            end, end_at = span.text, span.at
-            if bad.unplaced:
-                end, end_at = start, _instant(start)
-            elif bad.at is not None:
-                end, end_at = bad.text or start, bad.at
-            if end_at < _instant(start):
-                end = start
-            now = datetime.now(UTC)
-            if loaded.read:
-                session.add(
-                    UsageLoad(
-                        source=SOURCE,
-                        key=f"watermark {start} -> {end}"[:512],
-                        close_run_id=close_run_id,
-                        events_read=loaded.read,
-                        events_loaded=loaded.loaded,
-                        duplicates=loaded.duplicates,
-                        rejected=loaded.rejected,
-                        loaded_at=now,
-                    )
-                )
-            state.kind = KIND
-            state.watermark = end
-            state.updated_at = now
-            return loaded, end
-
-        outcome = retrying_deadlocks(load)
+        outcome = retrying_deadlocks(
+            lambda session: _load(session, engine, statement, close_run_id, report)
+        )
         if outcome is None:
             return
         loaded, end = outcome
     finally:
         engine.dispose()
+    _report(report, url, loaded, end)
+
+
+def _load(
+    session: Any, engine: sa.Engine, statement: Any, close_run_id: int | None, report: StepReport
+) -> tuple[Any, str] | None:
+    """One load of the source's rows with the new watermark; None if the query is refused."""
+    state = session.get(UsageSource, SOURCE, with_for_update=True)
+    if state is None:
+        state = UsageSource(name=SOURCE, kind=KIND)
+        session.add(state)
+    start = state.watermark or EPOCH
+    span = _Span(start)
+    bad = _BadRows()
+    with engine.connect() as source:
+        result = source.execution_options(stream_results=True, yield_per=FETCH).execute(
+            statement, {"watermark": start}
+        )
+        columns = set(result.keys())
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            result.close()
+            report.warnings.append(
+                f"sql usage source refused: the query returns no {', '.join(missing)} "
+                f"column (it needs {', '.join(REQUIRED)}, quantity optional); "
+                "nothing read from it"
+            )
+            return None
+        loaded = ingest_records(
+            session,
+            [(SOURCE, _records(result, span))],
+            skip_invalid=True,
+            source=SOURCE,
+            rejects=bad,
+        )
+    end = _end(start, span, bad)
+    now = datetime.now(UTC)
+    if loaded.read:
+        session.add(
+            UsageLoad(
+                source=SOURCE,
+                key=f"watermark {start} -> {end}"[:512],
+                close_run_id=close_run_id,
+                events_read=loaded.read,
+                events_loaded=loaded.loaded,
+                duplicates=loaded.duplicates,
+                rejected=loaded.rejected,
+                loaded_at=now,
+            )
+        )
+    state.kind = KIND
+    state.watermark = end
+    state.updated_at = now
+    return loaded, end
+
+
+def _end(start: str, span: _Span, bad: _BadRows) -> str:
+    """The new watermark. Skipped rows hold it at the earliest of them (read again next
+    time); one without a usable timestamp cannot be placed, so the watermark stays put."""
+    end, end_at = span.text, span.at
+    if bad.unplaced:
+        end, end_at = start, _instant(start)
+    elif bad.at is not None:
+        end, end_at = bad.text or start, bad.at
+    if end_at < _instant(start):
+        end = start
+    return end
+
+
+def _report(report: StepReport, url: str, loaded: Any, end: str) -> None:
+    """What the load brought, in the step's report; the skipped rows named."""
     report.read += loaded.read
     report.written += loaded.loaded
     details = report.details
@@ -248,3 +259,14 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
             + f"; the watermark stays at {end} so they are read again once fixed "
             "(or excluded by the query)"
         )
+
+
+class SqlQuery:
+    """The SQL usage source, as the collect step lists it."""
+
+    def configured(self, settings: Settings) -> bool:
+        return bool(settings.usage_sql_url)
+
+    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None:
+        if settings.usage_sql_url and settings.usage_sql_query:
+            collect_sql(settings.usage_sql_url, settings.usage_sql_query, close_run_id, report)

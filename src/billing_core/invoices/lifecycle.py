@@ -15,7 +15,7 @@ from sqlmodel import Session
 from billing_core.domain.money import money_str, plain
 from billing_core.invoices.identity import live as live_identity
 from billing_core.steps.credits import rollback
-from billing_core.store.engine import is_postgres
+from billing_core.store import postgres
 from billing_core.store.models import (
     Customer,
     Invoice,
@@ -92,8 +92,8 @@ def discard_draft(session: Session, invoice: Any, reason: str, now: datetime) ->
 
 def _get(session: Session, invoice_id: int, lock: bool = False) -> Any:
     stmt = sa.select(Invoice.__table__).where(Invoice.__table__.c.id == invoice_id)
-    if lock and is_postgres(session):
-        stmt = stmt.with_for_update()
+    if lock:
+        stmt = postgres.for_update(session, stmt)
     row = session.execute(stmt).first()
     if row is None:
         raise InvoiceError(f"no invoice {invoice_id}")
@@ -147,9 +147,8 @@ def issue(
     if exclude_families:
         stmt = stmt.where(v.family_id.not_in(sorted(exclude_families)))
     stmt = stmt.order_by(v.billing_date, v.billed_customer_id, v.id)
-    if is_postgres(session):
-        # Two issuing runs at once: the second waits here, then skips what the first took.
-        stmt = stmt.with_for_update()
+    # Two issuing runs at once: the second waits here, then skips what the first took.
+    stmt = postgres.for_update(session, stmt)
     drafts = list(session.execute(stmt))
     if ids is not None:
         not_draft = sorted(set(ids) - {d.id for d in drafts})

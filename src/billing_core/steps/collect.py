@@ -1,4 +1,4 @@
-"""The close's usage-collection step: pull from the configured sources.
+"""The close's usage-collection step: pull from the configured sources (`SOURCES`).
 
 - Inbox folder (`BILLING_USAGE_INBOX`): every CSV or JSON Lines file is loaded once, then
   moved to `archive/`; a file with bad rows is moved to `rejected/` with a `.errors.txt`
@@ -13,10 +13,12 @@ import hashlib
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
-from billing_core.config import get_settings
+from billing_core.config import Settings, get_settings
+from billing_core.inputs.sql_source import SqlQuery
 from billing_core.inputs.usage import (
     UsageRefused,
     ingest_files,
@@ -85,22 +87,41 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
         report.details["files"] = report.details.get("files", 0) + 1
 
 
-def collect(close_run_id: int | None = None) -> StepReport:
-    """Pull usage from every configured source; returns what each brought."""
-    settings = get_settings()
-    report = StepReport("collect usage")
-    if settings.usage_inbox is not None:
+class Inbox:
+    """The inbox folder, as the collect step lists it."""
+
+    def configured(self, settings: Settings) -> bool:
+        return settings.usage_inbox is not None
+
+    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None:
         inbox = Path(settings.usage_inbox)
         if inbox.is_dir():
             collect_inbox(inbox, close_run_id, report)
         else:
             report.warnings.append(f"usage inbox {inbox} does not exist: nothing collected")
-    if settings.usage_sql_url and settings.usage_sql_query:
-        from billing_core.inputs.sql_source import collect_sql
 
-        collect_sql(settings.usage_sql_url, settings.usage_sql_query, close_run_id, report)
+
+class Source(Protocol):
+    """A usage source: whether the settings name it, and one collect from it."""
+
+    def configured(self, settings: Settings) -> bool: ...
+
+    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None: ...
+
+
+# Every usage source, in the order a collect reads them.
+SOURCES: dict[str, Source] = {"inbox": Inbox(), "sql": SqlQuery()}
+
+
+def collect(close_run_id: int | None = None) -> StepReport:
+    """Pull usage from every configured source; returns what each brought."""
+    settings = get_settings()
+    report = StepReport("collect usage")
+    configured = [source for source in SOURCES.values() if source.configured(settings)]
+    for source in configured:
+        source.collect(settings, close_run_id, report)
     refresh_statistics(report.written)
-    if settings.usage_inbox is None and not settings.usage_sql_url:
+    if not configured:
         report.details["sources"] = "none configured (usage arrives by `billing usage ingest`)"
     report.details.setdefault("collected_at", datetime.now(UTC).isoformat())
     return report

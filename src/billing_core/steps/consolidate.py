@@ -21,7 +21,7 @@ from billing_core.domain.money import ZERO
 from billing_core.domain.tax import jurisdiction_for, tax_line
 from billing_core.invoices.lifecycle import discard_draft
 from billing_core.report import StepReport
-from billing_core.store.engine import is_postgres
+from billing_core.store import postgres
 from billing_core.store.models import Charge, Invoice, InvoiceCharge, InvoiceLine, charges_joined
 from billing_core.store.reference import ALL, Scope, load_customers, tax_rates
 from billing_core.store.rows import delete_in, dicts, insert_rows
@@ -386,25 +386,7 @@ def consolidate(
 
 def _insert_invoices(session: Session, rows: list[dict]) -> list[int]:
     """Insert invoice rows; their ids, in order."""
-    t = Invoice.__table__
-    if is_postgres(session):
-        # Ids drawn from the sequence up front, then one COPY.
-        ids = list(
-            session.execute(
-                sa.text(
-                    "SELECT nextval(pg_get_serial_sequence('invoices', 'id')) "
-                    "FROM generate_series(1, :n)"
-                ),
-                {"n": len(rows)},
-            ).scalars()
-        )
-        insert_rows(session, Invoice, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
-        return ids
-    return list(
-        session.execute(
-            sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), rows
-        ).scalars()
-    )
+    return postgres.insert_ids(session, Invoice, rows)
 
 
 def _assign_charges(session: Session, assign: list[tuple[int, int, int | None]]) -> None:

@@ -14,9 +14,9 @@ from sqlmodel import Session
 
 from billing_core.domain.model import Reference, SubscriptionInfo
 from billing_core.domain.schedules import window_utc
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.models import BillingPeriod
 from billing_core.store.rows import select_in
+from billing_core.store.usage_totals import Window, aggregate
 
 
 @dataclass

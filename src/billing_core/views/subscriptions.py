@@ -30,9 +30,9 @@ from billing_core.domain.rating import (
     usage_amount,
 )
 from billing_core.domain.schedules import ONE_DAY, lifecycle, window_utc
-from billing_core.inputs.usage import Window, aggregate
 from billing_core.store.models import Charge, Customer, Invoice, Subscription, charges_joined
 from billing_core.store.reference import Scope, frozen_dates, load_reference
+from billing_core.store.usage_totals import Window, aggregate
 
 KIND_ORDER = {"fixed": 0, "usage": 1, "minimum": 2}
 

@@ -1,0 +1,125 @@
+"""Valid usage events written in batches: COPY on PostgreSQL (`store.postgres.EventCopy`),
+multi-row inserts on SQLite; the late-usage touches of the load with them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlmodel import Session
+
+from billing_core.store import postgres
+from billing_core.store.models import UsageEvent, UsageTouch
+from billing_core.store.rows import insert_rows
+
+BATCH = 20_000
+
+
+class Writer:
+    """Batches valid events into the store, skipping event ids already present, and notes
+    each customer and metric's earliest and latest event (the late-usage touches)."""
+
+    def __init__(self, session: Session, source: str):
+        self.session = session
+        self.now = datetime.now(UTC)
+        # (customer, metric) -> earliest and latest timestamps seen: late-usage touches.
+        self.touched: dict[tuple[str, str], list[datetime]] = {}
+        self.sink = postgres.event_copy(session, source, self.now, BATCH) or _Inserts(
+            session, source, self.now
+        )
+        self.put = self.sink.add
+
+    def add(self, row: dict) -> None:
+        timestamp = row["timestamp"]
+        key = (row["customer_id"], row["metric_code"])
+        span = self.touched.get(key)
+        if span is None:
+            self.touched[key] = [timestamp, timestamp]
+        elif timestamp < span[0]:
+            span[0] = timestamp
+        elif timestamp > span[1]:
+            span[1] = timestamp
+        self.put(row, key)
+
+    def close(self) -> None:
+        """Wait for the batches under way; raise what writing them failed with."""
+        self.sink.close()
+
+    def abandon(self) -> None:
+        """Stop writing without waiting for the batches under way (the load failed)."""
+        self.sink.abandon()
+
+    def finish(self) -> int:
+        self.sink.flush()
+        self.sink.close()
+        loaded = self.sink.loaded
+        if loaded:
+            insert_rows(
+                self.session,
+                UsageTouch,
+                [
+                    {
+                        "customer_id": c,
+                        "metric_code": m,
+                        "earliest": lo,
+                        "latest": hi,
+                        "created_at": self.now,
+                    }
+                    for (c, m), (lo, hi) in self.touched.items()
+                ],
+            )
+        return loaded
+
+
+class _Inserts:
+    """SQLite's batches: multi-row inserts that skip event ids already present."""
+
+    def __init__(self, session: Session, source: str, now: datetime):
+        self.session = session
+        self.source = source
+        self.now = now
+        self.batch: list[dict] = []
+        self.loaded = 0
+
+    def add(self, row: dict, key: tuple[str, str]) -> None:
+        self.batch.append(row)
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self._insert(self.batch)
+            self.batch = []
+
+    def close(self) -> None:
+        pass  # every batch is written when it is flushed
+
+    def abandon(self) -> None:
+        pass
+
+    def _insert(self, rows: list[dict]) -> None:
+        table = UsageEvent.__table__
+        from sqlalchemy.dialects.sqlite import insert
+
+        stmt = insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        result = self.session.execute(
+            stmt,
+            [
+                {
+                    **r,
+                    "properties": _json_ready(r["properties"]),
+                    "source": self.source,
+                    "ingested_at": self.now,
+                }
+                for r in rows
+            ],
+        )
+        self.loaded += result.rowcount or 0
+
+
+def _json_ready(properties: dict | None) -> dict | None:
+    """Properties as the JSON column can store them: decimals (JSON Lines numbers) and other
+    non-JSON values as text, as COPY writes them on PostgreSQL."""
+    if properties is None:
+        return None
+    return json.loads(json.dumps(properties, default=str))
