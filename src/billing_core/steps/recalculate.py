@@ -6,6 +6,7 @@ after the close date are left for a later close.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import sqlalchemy as sa
@@ -18,23 +19,9 @@ from billing_core.store.models import BillingPeriod, Charge, Invoice, charges_jo
 from billing_core.store.reference import ALL, Scope, frozen_dates, load_reference
 from billing_core.store.rows import records
 
-COMPARED = (
-    "kind",
-    "subscription_id",
-    "price_code",
-    "timing",
-    "serviced_customer_id",
-    "billed_customer_id",
-    "family_id",
-    "pool",
-    "pool_owner_id",
-    "period_start",
-    "period_end",
-    "full_start",
-    "full_end",
-    "due_date",
-    "billing_date",
-)
+# What a recalculation compares with the stored slot of the same key: every field of a
+# planned slot but its key (its identity).
+COMPARED = tuple(f.name for f in dataclasses.fields(Slot) if f.name != "slot_key")
 
 
 def frozen_charge_keys(session: Session, scope: Scope = ALL) -> set[str]:

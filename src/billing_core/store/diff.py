@@ -35,7 +35,7 @@ def write_diff(
     meets, see `select_keys`), and it is updated in place rather than written twice.
     A row that differs from its stored one in a `compared` column is updated (those and
     the `also` columns); a stored row that is not wanted and `is_stale(key, row)` goes.
-    Rows are read by column name, or by attribute with `by_attribute` (named tuples, slots);
+    Rows are read by column name, or by attribute with `by_attribute` (named tuples, planned slots);
     `as_insert` turns a wanted row into the dict to insert (default: it is one).
     """
     table = model.__table__

@@ -2,9 +2,9 @@
 preview of the periods, billing dates and amounts a close would produce.
 
 Both only read. The preview runs the close's own pure planner over the store's catalog and
-prices flat fees, minimums and the usage recorded so far with rating's own functions; the one
-thing it touches is the session's temporary table of usage windows, which the unit of work
-rolls back with everything else.
+prices flat fees, minimums and the usage recorded so far with rating's own functions
+(domain.rating); the one thing it touches is the session's temporary table of usage
+windows, which the unit of work rolls back with everything else.
 """
 
 from __future__ import annotations
