@@ -190,7 +190,7 @@ def _rebuild_after_import(families: set[str]) -> str | None:
 
 def _warn_missing_previews(reports: list) -> None:
     """The import stands when draft previews cannot be written: one warning line."""
-    from billing_core.steps.close import documents_missing
+    from billing_core.steps.documents import documents_missing
 
     missing = documents_missing(reports)
     if missing:
@@ -256,7 +256,8 @@ def close(
 
     _quiet_tracebacks()
 
-    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
+    from billing_core.steps.failures import CloseFailed
     from billing_core.store.locks import CloseLocked, LockLost
 
     try:
@@ -289,7 +290,8 @@ def backfill(
 
     _quiet_tracebacks()
 
-    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
+    from billing_core.steps.failures import CloseFailed
 
     try:
         result = backfill_flow(start=start, end=end, issue=issue)
@@ -326,7 +328,7 @@ def _print_close(result: dict) -> None:
 
 def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
     from billing_core.domain.money import money_str
-    from billing_core.steps.close import summary_rows
+    from billing_core.steps.documents import summary_rows
 
     rows = summary_rows(invoice_ids, through)
     table = Table(title=f"Invoices through {through}" if through else "Invoices")
@@ -485,6 +487,7 @@ def invoices_issue(
     """Number and freeze drafts; their final documents are written."""
     from billing_core.invoices.lifecycle import InvoiceError
     from billing_core.steps import close as steps
+    from billing_core.steps.documents import documents_problem
 
     _store()
     day = _date(through, "--through")
@@ -495,7 +498,7 @@ def invoices_issue(
     issued = report.details["invoice_ids"]
     rendered = steps.render(None, invoice_ids=issued) if issued else None
     out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
-    problem = steps.documents_problem([report, rendered] if rendered else [report])
+    problem = documents_problem([report, rendered] if rendered else [report])
     if problem:
         _fail(problem)
 
@@ -764,7 +767,7 @@ def demo(
     """The main job on a fresh SQLite store: sample catalog and usage, months closed and
     issued, documents written, a summary printed."""
     from billing_core.cli.demo import run_demo
-    from billing_core.steps.close import DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
 
     try:
         run_demo(folder, out)

@@ -90,7 +90,7 @@ def run_demo(folder: Path, console: Console) -> None:
     from billing_core.domain.money import money_str
     from billing_core.inputs.catalog import import_catalog, load_file, parse
     from billing_core.inputs.usage import ingest_files
-    from billing_core.steps.close import summary_rows
+    from billing_core.steps.documents import summary_rows
     from billing_core.store.engine import unit_of_work, upgrade
     from billing_core.store.models import InvoiceDocument
     from flows.period_close import period_close
