@@ -1,4 +1,5 @@
-"""The period close: six retryable steps over the billing store, in order.
+"""The period close: six retryable steps over the billing store, in order (the order of
+`billing_core.steps.close.STEPS`: each step is a task of its own, called here by name).
 
 Rating, consolidation, credits and rendering run in shards of customer families fanned out
 with `.map()` on the configured task runner (threads, or Dask for a cluster).

@@ -180,35 +180,27 @@ class _Planner:
 
     def subscription(self, sub: SubscriptionInfo) -> None:
         """One subscription's slots, period part by period part: its items', its minimum's."""
-        family = self.ref.customers[sub.customer_id].family_id
+        ref, through = self.ref, self.through
+        family = ref.customers[sub.customer_id].family_id
         billed = billed_customer_of(sub, self.hierarchy)
         own = billed == sub.customer_id
-        day = anchor_day(sub, self.ref, self.hierarchy)
-        minimum_done: set[date] = set()
-        _, phase_numbers = phases_of(sub)
-        for part in periods_through(sub, day, self.through):
-            self._items(sub, part, phase_numbers[part.phase], billed, own, family)
-            if sub.minimum is not None and part.service_start not in minimum_done:
-                minimum_done.add(part.service_start)
-                self._minimum(sub, part, billed, own, family)
-
-    def _items(
-        self, sub: SubscriptionInfo, part: Period, phase: int, billed: str, own: bool, family: str
-    ) -> None:
-        prices = self.ref.prices
-        through = self.through
+        day = anchor_day(sub, ref, self.hierarchy)
         all_dates, own_dates = self.all_dates, self.own_dates
         slots = self.result.slots
-        for item in sub.items_in_phase(phase):
-            price = prices.get(item.price_code)
-            if price is None:
-                continue
-            due = part.due_date(item.timing)
-            all_dates[billed].add(due)
-            if own:
-                own_dates[billed].add(due)
-            if item.pool is None:
-                if due <= through:
+        minimum_done: set[date] = set()
+        _, phase_numbers = phases_of(sub)
+        for part in periods_through(sub, day, through):
+            for item in sub.items_in_phase(phase_numbers[part.phase]):
+                price = ref.prices.get(item.price_code)
+                if price is None:
+                    continue
+                due = part.due_date(item.timing)
+                all_dates[billed].add(due)
+                if own:
+                    own_dates[billed].add(due)
+                if item.pool is not None:
+                    self._pool(sub, item, price.metric_code, part, due, billed, family)
+                elif due <= through:
                     slots.append(
                         _slot(
                             sub,
@@ -224,8 +216,9 @@ class _Planner:
                             due,
                         )
                     )
-                continue
-            self._pool(sub, item, price.metric_code, part, due, billed, family)
+            if sub.minimum is not None and part.service_start not in minimum_done:
+                minimum_done.add(part.service_start)
+                self._minimum(sub, part, billed, own, family)
 
     def _pool(
         self,
