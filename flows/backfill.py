@@ -8,7 +8,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from billing_core.steps.close import CloseFailed, DocumentsNotWritten, billing_dates_between
+from billing_core.steps.close import billing_dates_between
+from billing_core.steps.documents import DocumentsNotWritten
+from billing_core.steps.failures import CloseFailed
 from flows.period_close import configured_close
 from flows.runtime import close_turn
 

@@ -1,4 +1,5 @@
-"""The period close: six retryable steps over the billing store, in order.
+"""The period close: six retryable steps over the billing store, in order (the order of
+`billing_core.steps.close.STEPS`: each step is a task of its own, called here by name).
 
 Rating, consolidation, credits and rendering run in shards of customer families fanned out
 with `.map()` on the configured task runner (threads, or Dask for a cluster).
@@ -16,6 +17,16 @@ from prefect.states import Failed, State
 
 from billing_core.config import get_settings
 from billing_core.steps import close as steps
+from billing_core.steps import close_runs
+from billing_core.steps import shards as sharding
+from billing_core.steps.documents import (
+    DocumentsNotWritten,
+    documents,
+    documents_problem,
+    summary_rows,
+)
+from billing_core.steps.failures import CloseFailed, Failures
+from billing_core.store.reference import one_catalog_read
 from flows.runtime import (
     close_turn,
     log_report,
@@ -69,11 +80,11 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
 render_invoices = render_invoices.with_options(refresh_cache=True)
 
 
-def _fan_out(task, through: date, shards: list, failed: steps.Failures) -> dict | None:
+def _fan_out(task, through: date, shards: list, failed: Failures) -> dict | None:
     """Run a step over every shard and report it as one; show progress while it runs. A
     shard that failed some families still reports the others; any other failure stops
     the close."""
-    shards = steps.without(shards, failed)
+    shards = sharding.without(shards, failed)
     if not shards:
         return None
     futures = task.map(unmapped(through), shards)
@@ -95,39 +106,39 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
     settings = get_settings()
     run = str(flow_run.get_id() or "")
     # A retried run closes the date its first attempt chose, whenever it is retried.
-    through = through or steps.recorded_through(run) or today()
-    failed = steps.Failures()
-    with close_turn(f"flow run {run or 'local'}", run), steps.one_catalog_read():
-        run_id = steps.start_run(through, issue, run or None)
+    through = through or close_runs.recorded_through(run) or today()
+    failed = Failures()
+    with close_turn(f"flow run {run or 'local'}", run), one_catalog_read():
+        run_id = close_runs.start_run(through, issue, run or None)
         try:
             state = recalculate_schedules(through, return_state=True)
             reports = [
                 failed.note(outcome(state.result(raise_on_failure=False))),
                 collect_usage(through, run_id),
             ]
-            shards = steps.shards(settings.shards) if settings.shards > 1 else [None]
+            shards = sharding.shards(settings.shards) if settings.shards > 1 else [None]
             get_run_logger().info(f"{len(shards)} shard(s) of customer families")
             for task in (rate_usage, consolidate_rollups, apply_credits):
                 reports.append(_fan_out(task, through, shards, failed))
             if issue:
                 reports.append(issue_invoices(through, sorted(failed) or None))
             if len(shards) > 1:  # documents weigh differently from customers
-                shards = steps.render_shards(through, settings.shards)
+                shards = sharding.render_shards(through, settings.shards)
             reports.append(_fan_out(render_invoices, through, shards, failed))
             reports = [r for r in reports if r is not None]
-            steps.record_steps(run_id, reports)
+            close_runs.record_steps(run_id, reports)
         except BaseException:
-            steps.finish_run(run_id, "failed", dict(failed))
+            close_runs.finish_run(run_id, "failed", dict(failed))
             raise
         # Documents that could not be written: the close is recorded, and ends failed.
-        problem = steps.documents_problem(reports)
+        problem = documents_problem(reports)
         ended = "failed" if failed or problem else "completed"
-        steps.finish_run(run_id, ended, dict(failed))
+        close_runs.finish_run(run_id, ended, dict(failed))
     publish_step_summaries(reports, through)
-    publish_invoices(steps.summary_rows(through=through), steps.documents(through=through), through)
+    publish_invoices(summary_rows(through=through), documents(through=through), through)
     if failed:
         publish_failures(failed, through)
-        raise steps.CloseFailed(dict(failed), through, documents=problem)
+        raise CloseFailed(dict(failed), through, documents=problem)
     result = {
         "close_run_id": run_id,
         "through": through.isoformat(),
@@ -135,7 +146,7 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
         "steps": reports,
     }
     if problem:
-        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, result))
+        return Failed(message=problem, data=DocumentsNotWritten(problem, result))
     return result
 
 

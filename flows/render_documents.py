@@ -11,6 +11,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from billing_core.steps import close as steps
+from billing_core.steps.documents import (
+    DocumentsNotWritten,
+    documents,
+    documents_problem,
+    summary_rows,
+)
+from billing_core.steps.failures import FamilyFailures
 from flows.runtime import close_turn, log_report, outcome, publish_invoices, step, today
 
 
@@ -35,12 +42,10 @@ def render_documents(
         report = outcome(
             render(through, invoice_ids, return_state=True).result(raise_on_failure=False)
         )
-    publish_invoices(
-        steps.summary_rows(invoice_ids, through), steps.documents(through=through), through
-    )
+    publish_invoices(summary_rows(invoice_ids, through), documents(through=through), through)
     if report.get("failures"):
-        raise steps.FamilyFailures(report)
-    problem = steps.documents_problem([report])
+        raise FamilyFailures(report)
+    problem = documents_problem([report])
     if problem:  # what could be written is recorded; the run ends failed
-        return Failed(message=problem, data=steps.DocumentsNotWritten(problem, report))
+        return Failed(message=problem, data=DocumentsNotWritten(problem, report))
     return report

@@ -27,7 +27,7 @@ STEP_CACHE = INPUTS + TASK_SOURCE + RUN_ID
 def _worth_retrying(task, task_run, state) -> bool:
     """A step is retried after a hiccup, not after it lost the close lock or finished
     every family but some (their data needs a fix, then a Retry of the flow run)."""
-    from billing_core.steps.close import FamilyFailures
+    from billing_core.steps.failures import FamilyFailures
     from billing_core.store.locks import CloseLocked, LockLost
 
     return not isinstance(state.data, FamilyFailures | LockLost | CloseLocked)
@@ -45,7 +45,7 @@ def step(name: str):
         def fenced_step(*args, **kwargs):
             from prefect.runtime import flow_run
 
-            from billing_core.steps.close import FamilyFailures
+            from billing_core.steps.failures import FamilyFailures
             from billing_core.store.locks import join_close
 
             with join_close(flow_run.get_id()):
@@ -69,7 +69,7 @@ def step(name: str):
 def outcome(value) -> dict:
     """A step's report from its result: a report, or the report a step that failed some
     families carried; any other failure is raised."""
-    from billing_core.steps.close import FamilyFailures
+    from billing_core.steps.failures import FamilyFailures
 
     if isinstance(value, FamilyFailures):
         return value.report

@@ -189,7 +189,7 @@ def test_a_local_dask_cluster_is_started_without_dasks_profiler(monkeypatch):
 
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_shards_never_split_a_family(store, count):
-    from billing_core.steps.close import shards
+    from billing_core.steps.shards import shards
 
     import_yaml(FAMILIES)
     parts = shards(count)
@@ -221,7 +221,7 @@ subscriptions:
 
 
 def test_render_shards_weigh_the_documents_to_write(store):
-    from billing_core.steps.close import render_shards, shards
+    from billing_core.steps.shards import render_shards, shards
 
     import_yaml(DOCUMENTS)
     close("2026-02-01")

@@ -9,9 +9,9 @@ from decimal import Decimal
 from typer.testing import CliRunner
 
 from billing_core.cli.app import app
+from billing_core.invoices.ledger import credit_overview, ledger
 from billing_core.invoices.lifecycle import transition
 from billing_core.steps import close as steps
-from billing_core.steps.credits import credit_overview, ledger
 from billing_core.store.engine import unit_of_work
 from tests.helpers import close, import_yaml, ingest_csv, invoices, lines, one
 

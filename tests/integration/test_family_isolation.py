@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from billing_core.steps import close as steps
-from billing_core.steps.close import CloseFailed
+from billing_core.steps.failures import CloseFailed
 from billing_core.store.engine import dispose_engines
 from tests.helpers import close, import_yaml, ingest_csv, invoices
 from tests.integration.test_close import POOLED, USAGE

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from billing_core.domain.hierarchy import Hierarchy, Node
 from billing_core.domain.model import CustomerInfo
-from billing_core.steps.consolidate import build_lines, totals
+from billing_core.steps.lines import build_lines, totals
 
 D = Decimal
 

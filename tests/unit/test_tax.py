@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from billing_core.domain.model import CustomerInfo
 from billing_core.domain.tax import jurisdiction_for, tax_line
-from billing_core.steps.consolidate import build_lines
+from billing_core.steps.lines import build_lines
 
 D = Decimal
 

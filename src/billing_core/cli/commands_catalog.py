@@ -49,7 +49,7 @@ def _rebuild_after_import(families: set[str]) -> str | None:
     through = latest_draft_date(families)
     if through is None:
         return None
-    from billing_core.steps.close import CloseFailed
+    from billing_core.steps.failures import CloseFailed
 
     try:
         reports = close_locally(through, families=families)
@@ -75,7 +75,7 @@ def _rebuild_after_import(families: set[str]) -> str | None:
 
 def _warn_missing_previews(reports: list) -> None:
     """The import stands when draft previews cannot be written: one warning line."""
-    from billing_core.steps.close import documents_missing
+    from billing_core.steps.documents import documents_missing
 
     missing = documents_missing(reports)
     if missing:

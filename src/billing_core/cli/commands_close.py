@@ -25,7 +25,8 @@ def close(
 
     _quiet_tracebacks()
 
-    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
+    from billing_core.steps.failures import CloseFailed
     from billing_core.store.locks import CloseLocked, LockLost
 
     try:
@@ -57,7 +58,8 @@ def backfill(
 
     _quiet_tracebacks()
 
-    from billing_core.steps.close import CloseFailed, DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
+    from billing_core.steps.failures import CloseFailed
 
     try:
         result = backfill_flow(start=start, end=end, issue=issue)
@@ -94,7 +96,7 @@ def _print_close(result: dict) -> None:
 
 def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
     from billing_core.domain.money import money_str
-    from billing_core.steps.close import summary_rows
+    from billing_core.steps.documents import summary_rows
 
     rows = summary_rows(invoice_ids, through)
     table = Table(title=f"Invoices through {through}" if through else "Invoices")

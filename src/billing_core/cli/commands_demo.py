@@ -18,7 +18,7 @@ def demo(
     """The main job on a fresh SQLite store: sample catalog and usage, months closed and
     issued, documents written, a summary printed."""
     from billing_core.cli.demo import run_demo
-    from billing_core.steps.close import DocumentsNotWritten
+    from billing_core.steps.documents import DocumentsNotWritten
 
     try:
         run_demo(folder, out)

@@ -157,6 +157,7 @@ def invoices_issue(
     """Number and freeze drafts; their final documents are written."""
     from billing_core.invoices.lifecycle import InvoiceError
     from billing_core.steps import close as steps
+    from billing_core.steps.documents import documents_problem
 
     require_store()
     day = parse_date(through, "--through")
@@ -167,7 +168,7 @@ def invoices_issue(
     issued = report.details["invoice_ids"]
     rendered = steps.render(None, invoice_ids=issued) if issued else None
     out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
-    problem = steps.documents_problem([report, rendered] if rendered else [report])
+    problem = documents_problem([report, rendered] if rendered else [report])
     if problem:
         fail(problem)
 

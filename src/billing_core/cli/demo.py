@@ -124,7 +124,7 @@ def _close_months(console: Console) -> None:
 def _print_summary(folder: Path, console: Console) -> None:
     """Every invoice with its total and its document (relative to the demo folder)."""
     from billing_core.domain.money import money_str
-    from billing_core.steps.close import summary_rows
+    from billing_core.steps.documents import summary_rows
 
     rows = summary_rows()
     docs = _documents(folder)

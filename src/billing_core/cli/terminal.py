@@ -142,7 +142,7 @@ def show_credits(
     session: Session, console: Console, customer: str | None = None, with_ledger: bool = False
 ) -> None:
     """Print the credit grants with what they gave and what is left (and the ledger)."""
-    from billing_core.steps.credits import credit_overview, ledger
+    from billing_core.invoices.ledger import credit_overview, ledger
 
     grants = credit_overview(session, customer)
     console.print(_grants_table(grants, customer))

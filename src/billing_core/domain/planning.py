@@ -10,7 +10,7 @@ from datetime import date
 from functools import lru_cache
 
 from billing_core.domain.hierarchy import Hierarchy
-from billing_core.domain.model import Reference, SubscriptionInfo
+from billing_core.domain.model import ItemInfo, Reference, SubscriptionInfo
 from billing_core.domain.schedules import Calendar, Period, periods_with_phases
 
 
@@ -155,21 +155,39 @@ def pool_members(
 
 def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
     """Slots due on or before `through`, each placed on its billed customer's calendar."""
-    result = Plan()
-    hierarchy = ref.hierarchy()
-    own_metrics = own_metric_prices(ref)
-    own_dates: dict[str, set[date]] = defaultdict(set)
-    all_dates: dict[str, set[date]] = defaultdict(set)
-    warned: set[str] = set()
-    child_shares: list[tuple[Slot, str]] = []
-
+    planner = _Planner(ref, through)
     for sub in sorted(ref.subscriptions.values(), key=lambda s: s.id):
         if sub.status == "draft" or sub.customer_id not in ref.customers:
             continue
-        customer = ref.customers[sub.customer_id]
-        billed = billed_customer_of(sub, hierarchy)
+        planner.subscription(sub)
+    return planner.placed(taken)
+
+
+class _Planner:
+    """A plan's slots as the subscriptions give them, and the dates each payer bills on
+    (`all_dates`; `own_dates` those of its own subscriptions)."""
+
+    def __init__(self, ref: Reference, through: date):
+        self.ref = ref
+        self.through = through
+        self.result = Plan()
+        self.hierarchy = ref.hierarchy()
+        self.own_metrics = own_metric_prices(ref)
+        self.own_dates: dict[str, set[date]] = defaultdict(set)
+        self.all_dates: dict[str, set[date]] = defaultdict(set)
+        self.warned: set[str] = set()
+        # A child-mode pool member's share, with the payer of the pool item.
+        self.child_shares: list[tuple[Slot, str]] = []
+
+    def subscription(self, sub: SubscriptionInfo) -> None:
+        """One subscription's slots, period part by period part: its items', its minimum's."""
+        ref, through = self.ref, self.through
+        family = ref.customers[sub.customer_id].family_id
+        billed = billed_customer_of(sub, self.hierarchy)
         own = billed == sub.customer_id
-        day = anchor_day(sub, ref, hierarchy)
+        day = anchor_day(sub, ref, self.hierarchy)
+        all_dates, own_dates = self.all_dates, self.own_dates
+        slots = self.result.slots
         minimum_done: set[date] = set()
         _, phase_numbers = phases_of(sub)
         for part in periods_through(sub, day, through):
@@ -181,119 +199,139 @@ def plan(ref: Reference, through: date, taken: dict[str, set[date]]) -> Plan:
                 all_dates[billed].add(due)
                 if own:
                     own_dates[billed].add(due)
-                if item.pool is None:
-                    if due <= through:
-                        result.slots.append(
-                            _slot(
-                                sub,
-                                "item",
-                                item.price_code,
-                                item.timing,
-                                sub.customer_id,
-                                billed,
-                                customer.family_id,
-                                None,
-                                None,
-                                part,
-                                due,
-                            )
-                        )
-                    continue
-                members, left_out = pool_members(
-                    sub.customer_id, price.metric_code, hierarchy, own_metrics
-                )
-                for customer_id in left_out:
-                    message = (
-                        f"pool {sub.id}/{item.price_code}: {customer_id} has its own "
-                        f"price on metric {price.metric_code}; it is rated on its own "
-                        "and left out of the pool"
-                    )
-                    if message not in warned:
-                        warned.add(message)
-                        result.warnings.append(message)
-                for member in members:
-                    payer = member if item.pool == "child" and member != sub.customer_id else billed
-                    if payer == billed:
-                        all_dates[payer].add(due)
-                    if due <= through:
-                        slot = _slot(
+                if item.pool is not None:
+                    self._pool(sub, item, price.metric_code, part, due, billed, family)
+                elif due <= through:
+                    slots.append(
+                        _slot(
                             sub,
                             "item",
                             item.price_code,
                             item.timing,
-                            member,
-                            payer,
-                            customer.family_id,
-                            item.pool,
                             sub.customer_id,
+                            billed,
+                            family,
+                            None,
+                            None,
                             part,
                             due,
                         )
-                        if payer == billed:
-                            result.slots.append(slot)
-                        else:
-                            child_shares.append((slot, billed))
+                    )
             if sub.minimum is not None and part.service_start not in minimum_done:
                 minimum_done.add(part.service_start)
-                whole = Period(
-                    part.service_start,
-                    part.service_end,
-                    part.service_start,
-                    part.service_end,
-                    part.full_start,
-                    part.full_end,
-                )
-                due = whole.due_date("in_arrears")
-                all_dates[billed].add(due)
-                if own:
-                    own_dates[billed].add(due)
-                if due <= through:
-                    result.slots.append(
-                        _slot(
-                            sub,
-                            "minimum",
-                            None,
-                            "in_arrears",
-                            sub.customer_id,
-                            billed,
-                            customer.family_id,
-                            None,
-                            None,
-                            whole,
-                            due,
-                        )
-                    )
+                self._minimum(sub, part, billed, own, family)
 
-    def calendar(payer: str) -> Calendar:
-        info = ref.customers.get(payer)
+    def _pool(
+        self,
+        sub: SubscriptionInfo,
+        item: ItemInfo,
+        metric: str | None,
+        part: Period,
+        due: date,
+        billed: str,
+        family: str,
+    ) -> None:
+        """A pooled item's slots: one per member, paid by the member itself in child mode."""
+        members, left_out = pool_members(sub.customer_id, metric, self.hierarchy, self.own_metrics)
+        for customer_id in left_out:
+            message = (
+                f"pool {sub.id}/{item.price_code}: {customer_id} has its own "
+                f"price on metric {metric}; it is rated on its own "
+                "and left out of the pool"
+            )
+            if message not in self.warned:
+                self.warned.add(message)
+                self.result.warnings.append(message)
+        for member in members:
+            payer = member if item.pool == "child" and member != sub.customer_id else billed
+            if payer == billed:
+                self.all_dates[payer].add(due)
+            if due <= self.through:
+                slot = _slot(
+                    sub,
+                    "item",
+                    item.price_code,
+                    item.timing,
+                    member,
+                    payer,
+                    family,
+                    item.pool,
+                    sub.customer_id,
+                    part,
+                    due,
+                )
+                if payer == billed:
+                    self.result.slots.append(slot)
+                else:
+                    self.child_shares.append((slot, billed))
+
+    def _minimum(
+        self, sub: SubscriptionInfo, part: Period, billed: str, own: bool, family: str
+    ) -> None:
+        """The minimum's slot of a service period (whole, whatever its phases)."""
+        whole = Period(
+            part.service_start,
+            part.service_end,
+            part.service_start,
+            part.service_end,
+            part.full_start,
+            part.full_end,
+        )
+        due = whole.due_date("in_arrears")
+        self.all_dates[billed].add(due)
+        if own:
+            self.own_dates[billed].add(due)
+        if due <= self.through:
+            self.result.slots.append(
+                _slot(
+                    sub,
+                    "minimum",
+                    None,
+                    "in_arrears",
+                    sub.customer_id,
+                    billed,
+                    family,
+                    None,
+                    None,
+                    whole,
+                    due,
+                )
+            )
+
+    def _calendar(self, payer: str, taken: dict[str, set[date]]) -> Calendar:
+        info = self.ref.customers.get(payer)
         return Calendar(
             info.billing_day if info else None,
-            own_dates.get(payer, ()),
-            all_dates[payer],
+            self.own_dates.get(payer, ()),
+            self.all_dates[payer],
             taken.get(payer, ()),
         )
 
-    for payer in set(all_dates):
-        result.calendars[payer] = calendar(payer)
-    # A child-mode pool member's share is due on the pool item's billing date (the pool
-    # owner's payer's), then lands on the member's own calendar. That due date is the
-    # item's date on the owner's payer's calendar whatever that payer has issued since:
-    # an issued invoice of the owner's payer says where the owner's charges went, not when
-    # the member's share falls due (else issuing it would push the share a period later).
-    members_paying: set[str] = set()
-    for slot, owner_payer in child_shares:
-        item_date = result.calendars[owner_payer].scheduled(slot.due_date)
-        if item_date is None or item_date > through:
-            continue
-        slot.due_date = item_date
-        all_dates[slot.billed_customer_id].add(item_date)
-        members_paying.add(slot.billed_customer_id)
-        result.slots.append(slot)
-    for payer in members_paying:
-        result.calendars[payer] = calendar(payer)
-    for slot in result.slots:
-        slot.billing_date = result.calendars[slot.billed_customer_id].place(slot.due_date)
-    return result
+    def placed(self, taken: dict[str, set[date]]) -> Plan:
+        """The plan: each payer's calendar, and each slot's billing date on its payer's."""
+        result = self.result
+        for payer in set(self.all_dates):
+            result.calendars[payer] = self._calendar(payer, taken)
+        # A child-mode pool member's share is due on the pool item's billing date (the pool
+        # owner's payer's), then lands on the member's own calendar. That due date is the
+        # item's date on the owner's payer's calendar whatever that payer has issued since:
+        # an issued invoice of the owner's payer says where the owner's charges went, not
+        # when the member's share falls due (else issuing it would push the share a period
+        # later).
+        members_paying: set[str] = set()
+        for slot, owner_payer in self.child_shares:
+            item_date = result.calendars[owner_payer].scheduled(slot.due_date)
+            if item_date is None or item_date > self.through:
+                continue
+            slot.due_date = item_date
+            self.all_dates[slot.billed_customer_id].add(item_date)
+            members_paying.add(slot.billed_customer_id)
+            result.slots.append(slot)
+        for payer in members_paying:
+            result.calendars[payer] = self._calendar(payer, taken)
+        for slot in result.slots:
+            slot.billing_date = result.calendars[slot.billed_customer_id].place(slot.due_date)
+        return result
 
 
 def _slot(

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from billing_core.domain.money import money_str, plain
 from billing_core.invoices.identity import live as live_identity
-from billing_core.steps.credits import rollback
+from billing_core.invoices.ledger import rollback
 from billing_core.store import postgres
 from billing_core.store.models import (
     Customer,
@@ -24,6 +24,7 @@ from billing_core.store.models import (
     InvoiceSequence,
 )
 from billing_core.store.reference import issuer as load_issuer
+from billing_core.store.rows import chunks
 
 ONE_DAY = timedelta(days=1)
 
@@ -138,10 +139,7 @@ def issue(
     stmt = sa.select(Invoice.__table__).where(v.status == "draft")
     if ids is not None:
         stmt = stmt.where(v.id.in_(ids))
-        found = {r.id for r in session.execute(sa.select(v.id).where(v.id.in_(ids)))}
-        missing = sorted(set(ids) - found)
-        if missing:
-            raise InvoiceError(f"no invoice {', '.join(map(str, missing))}")
+        _refuse_unknown(session, ids)
     if through is not None:
         stmt = stmt.where(v.billing_date <= through)
     if exclude_families:
@@ -151,16 +149,36 @@ def issue(
     stmt = postgres.for_update(session, stmt)
     drafts = list(session.execute(stmt))
     if ids is not None:
-        not_draft = sorted(set(ids) - {d.id for d in drafts})
-        if not_draft:
-            statuses = {
-                r.id: r.status
-                for r in session.execute(sa.select(v.id, v.status).where(v.id.in_(not_draft)))
-            }
-            raise InvoiceError(
-                "only drafts can be issued: "
-                + ", ".join(f"{i} is {statuses[i]}" for i in not_draft)
-            )
+        _refuse_not_drafts(session, ids, drafts)
+    return _number_and_freeze(session, drafts, store_name, now)
+
+
+def _refuse_unknown(session: Session, ids: list[int]) -> None:
+    v = Invoice.__table__.c
+    found = {r.id for r in session.execute(sa.select(v.id).where(v.id.in_(ids)))}
+    missing = sorted(set(ids) - found)
+    if missing:
+        raise InvoiceError(f"no invoice {', '.join(map(str, missing))}")
+
+
+def _refuse_not_drafts(session: Session, ids: list[int], drafts: list[Any]) -> None:
+    v = Invoice.__table__.c
+    not_draft = sorted(set(ids) - {d.id for d in drafts})
+    if not_draft:
+        statuses = {
+            r.id: r.status
+            for r in session.execute(sa.select(v.id, v.status).where(v.id.in_(not_draft)))
+        }
+        raise InvoiceError(
+            "only drafts can be issued: " + ", ".join(f"{i} is {statuses[i]}" for i in not_draft)
+        )
+
+
+def _number_and_freeze(
+    session: Session, drafts: list[Any], store_name: str, now: datetime
+) -> list[Any]:
+    """Number the drafts in order and freeze each with who it is from and to."""
+    v = Invoice.__table__.c
     issuer = load_issuer(session, store_name)
     drop_draft_documents(session, [d.id for d in drafts])
     # Who each invoice is from and to, as the catalog has it now: frozen with it.
@@ -189,8 +207,7 @@ def drop_draft_documents(session: Session, invoice_ids: list[int]) -> None:
     """Remove draft previews before invoices are frozen (their final documents replace
     them, and the store refuses changes to a frozen invoice's rows)."""
     d = InvoiceDocument.__table__.c
-    for i in range(0, len(invoice_ids), 900):
-        part = invoice_ids[i : i + 900]
+    for part in chunks(invoice_ids):
         unlink_after_commit(
             session,
             list(
@@ -248,8 +265,7 @@ def list_invoices(
 def lines_of(session: Session, invoice_ids: list[int]) -> dict[int, list[Any]]:
     ln = InvoiceLine.__table__.c
     out: dict[int, list[Any]] = defaultdict(list)
-    for i in range(0, len(invoice_ids), 900):
-        part = invoice_ids[i : i + 900]
+    for part in chunks(invoice_ids):
         for line in session.execute(
             sa.select(InvoiceLine.__table__)
             .where(ln.invoice_id.in_(part))

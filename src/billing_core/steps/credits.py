@@ -16,7 +16,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.money import ZERO
+from billing_core.invoices.ledger import ledger_net, rollback
+from billing_core.invoices.lifecycle import lines_of
 from billing_core.report import StepReport
+from billing_core.steps.lines import build_lines
 from billing_core.store.models import (
     Charge,
     CreditGrant,
@@ -27,49 +30,7 @@ from billing_core.store.models import (
     InvoiceLine,
 )
 from billing_core.store.reference import ALL, Scope, grants, load_customers, tax_rates
-from billing_core.store.rows import delete_in, insert_rows
-
-
-def _ledger_net(session: Session, invoice_ids: list[int]) -> dict[int, dict[str, Decimal]]:
-    """invoice -> grant -> net amount of its ledger entries (negative = consumed)."""
-    out: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))
-    if not invoice_ids:
-        return out
-    lg = CreditLedgerEntry.__table__.c
-    for part in _chunks(invoice_ids):
-        for row in session.execute(
-            sa.select(lg.invoice_id, lg.grant_id, lg.amount).where(lg.invoice_id.in_(part))
-        ):
-            out[row.invoice_id][row.grant_id] += row.amount
-    return out
-
-
-def _chunks(values: list, size: int = 900):
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
-
-
-def rollback(
-    session: Session, invoice_id: int, billing_date: date, note: str, now: datetime | None = None
-) -> Decimal:
-    """Give back what a draft consumed (a positive entry per grant); returns the total."""
-    now = now or datetime.now(UTC)
-    net = _ledger_net(session, [invoice_id]).get(invoice_id, {})
-    rows = [
-        {
-            "grant_id": grant_id,
-            "amount": -amount,
-            "kind": "rollback",
-            "invoice_id": invoice_id,
-            "billing_date": billing_date,
-            "note": note,
-            "created_at": now,
-        }
-        for grant_id, amount in sorted(net.items())
-        if amount != 0
-    ]
-    insert_rows(session, CreditLedgerEntry, rows)
-    return sum((-r["amount"] for r in rows), ZERO)
+from billing_core.store.rows import chunks, delete_in, insert_rows
 
 
 def balances(session: Session, grant_ids: list[str]) -> dict[str, Decimal]:
@@ -77,7 +38,7 @@ def balances(session: Session, grant_ids: list[str]) -> dict[str, Decimal]:
     g = CreditGrant.__table__.c
     lg = CreditLedgerEntry.__table__.c
     out = {}
-    for part in _chunks(sorted(grant_ids)):
+    for part in chunks(sorted(grant_ids)):
         out.update(
             {
                 r.id: r.amount
@@ -195,15 +156,12 @@ def _parts_of(lines: list[Any]) -> list[tuple[str, str | None, Decimal]] | None:
 
 def _rebuilt_parts(session: Session, drafts: list[Any], scope: Scope) -> dict[int, list[tuple]]:
     """Parts of drafts with merged lines, from the charges they were built of."""
-    # rollup imports invoices, which imports this module.
-    from billing_core.steps.consolidate import build_lines
-
     if not drafts:
         return {}
     ch = Charge.__table__.c
     link = InvoiceCharge.__table__
     charges: dict[int, list[dict]] = defaultdict(list)
-    for part in _chunks([d.id for d in drafts]):
+    for part in chunks([d.id for d in drafts]):
         for row in session.execute(
             sa.select(Charge.__table__, link.c.invoice_id)
             .join(link, link.c.charge_id == ch.id)
@@ -249,27 +207,42 @@ def apply_credits(
     if not all_grants and not _has_credit_lines(session, [d.id for d in drafts]):
         return report
     ids = [d.id for d in drafts]
-    current = _ledger_net(session, ids)
+    current = ledger_net(session, ids)
     balance = balances(session, [g.id for g in all_grants])
     # What these drafts hold now goes back into the pool before they are re-planned.
     for consumed in current.values():
         for grant_id, amount in consumed.items():
             if grant_id in balance:
                 balance[grant_id] -= amount
-    lines_by_invoice: dict[int, list[Any]] = defaultdict(list)
-    ln = InvoiceLine.__table__.c
-    for part in _chunks(ids):
-        for line in session.execute(
-            sa.select(InvoiceLine.__table__)
-            .where(ln.invoice_id.in_(part))
-            .order_by(ln.invoice_id, ln.position)
-        ):
-            lines_by_invoice[line.invoice_id].append(line)
-    parts = {d.id: _parts_of(lines_by_invoice[d.id]) for d in drafts}
-    # Merged lines are rebuilt from their charges, but only where a grant could apply.
+    lines_by_invoice = lines_of(session, ids)
     by_holder: dict[str, list[Any]] = defaultdict(list)
     for grant in all_grants:
         by_holder[grant.customer_id].append(grant)
+    parts = _invoice_parts(session, drafts, lines_by_invoice, by_holder, scope)
+    for invoice in drafts:
+        holders = {x for x, _, _ in parts[invoice.id] or ()} | {invoice.billed_customer_id}
+        usable = [
+            g
+            for holder in sorted(holders)
+            for g in by_holder.get(holder, ())
+            if usable_on(g, invoice.billing_date, invoice.currency)
+        ]
+        plan = plan_credits(parts[invoice.id] or (), invoice.billed_customer_id, usable, balance)
+        if _reapply(session, invoice, lines_by_invoice[invoice.id], plan, current, now):
+            report.written += 1
+    return report
+
+
+def _invoice_parts(
+    session: Session,
+    drafts: list[Any],
+    lines_by_invoice: dict[int, list[Any]],
+    by_holder: dict[str, list[Any]],
+    scope: Scope,
+) -> dict[int, list[tuple] | None]:
+    """Each draft's parts, read off its lines; merged lines are rebuilt from their
+    charges, but only where a grant could apply (else None)."""
+    parts = {d.id: _parts_of(lines_by_invoice[d.id]) for d in drafts}
     c = Customer.__table__.c
     g = CreditGrant.__table__.c
     by_family: dict[str, list[Any]] = defaultdict(list)
@@ -292,175 +265,88 @@ def apply_credits(
             scope,
         )
     )
-    for invoice in drafts:
-        lines = lines_by_invoice[invoice.id]
-        holders = {x for x, _, _ in parts[invoice.id] or ()} | {invoice.billed_customer_id}
-        usable = [
-            g
-            for holder in sorted(holders)
-            for g in by_holder.get(holder, ())
-            if usable_on(g, invoice.billing_date, invoice.currency)
-        ]
-        plan = plan_credits(parts[invoice.id] or (), invoice.billed_customer_id, usable, balance)
-        wanted = {g.id: -amount for g, amount in plan}
-        have = {k: a for k, a in current.get(invoice.id, {}).items() if a != 0}
-        if wanted == have:
-            continue
-        rollback(session, invoice.id, invoice.billing_date, "credits re-applied", now)
-        delete_in(session, ln.id, [x.id for x in lines if x.kind == "credit"])
-        position = max((x.position for x in lines if x.kind != "credit"), default=0)
-        rows, entries = [], []
-        for grant, amount in plan:
-            position += 1
-            rows.append(
-                {
-                    "invoice_id": invoice.id,
-                    "position": position,
-                    "serviced_customer_id": grant.customer_id,
-                    "subscription_id": grant.subscription_id,
-                    "price_code": None,
-                    "product": f"Credit {grant.id}",
-                    "bundle": None,
-                    "kind": "credit",
-                    "description": f"Credit {grant.id}"
-                    + (
-                        f" on subscription {grant.subscription_id}" if grant.subscription_id else ""
-                    ),
-                    "period_start": None,
-                    "period_end": None,
-                    "quantity": None,
-                    "unit_price": None,
-                    "amount": -amount,
-                    "charge_id": None,
-                    "grant_id": grant.id,
-                    "tax_rate": None,
-                    "jurisdiction": None,
-                    "taxed_position": None,
-                }
-            )
-            entries.append(
-                {
-                    "grant_id": grant.id,
-                    "amount": -amount,
-                    "kind": "consumption",
-                    "invoice_id": invoice.id,
-                    "billing_date": invoice.billing_date,
-                    "note": None,
-                    "created_at": now,
-                }
-            )
-        insert_rows(session, InvoiceLine, rows)
-        insert_rows(session, CreditLedgerEntry, entries)
-        credit_total = -sum((a for _, a in plan), ZERO)
-        session.execute(
-            sa.update(Invoice.__table__)
-            .where(v.id == invoice.id)
-            .values(
-                credit_total=credit_total,
-                total=invoice.subtotal + invoice.discount_total + invoice.tax_total + credit_total,
-            )
+    return parts
+
+
+def _reapply(
+    session: Session,
+    invoice: Any,
+    lines: list[Any],
+    plan: list[tuple[Any, Decimal]],
+    current: dict[int, dict[str, Decimal]],
+    now: datetime,
+) -> bool:
+    """Give a draft the credit lines and consumption of `plan` in place of those it has;
+    False when it has them already."""
+    wanted = {g.id: -amount for g, amount in plan}
+    have = {k: a for k, a in current.get(invoice.id, {}).items() if a != 0}
+    if wanted == have:
+        return False
+    rollback(session, invoice.id, invoice.billing_date, "credits re-applied", now)
+    ln = InvoiceLine.__table__.c
+    delete_in(session, ln.id, [x.id for x in lines if x.kind == "credit"])
+    position = max((x.position for x in lines if x.kind != "credit"), default=0)
+    rows, entries = [], []
+    for grant, amount in plan:
+        position += 1
+        rows.append(_credit_line(invoice.id, position, grant, amount))
+        entries.append(
+            {
+                "grant_id": grant.id,
+                "amount": -amount,
+                "kind": "consumption",
+                "invoice_id": invoice.id,
+                "billing_date": invoice.billing_date,
+                "note": None,
+                "created_at": now,
+            }
         )
-        report.written += 1
-    return report
+    insert_rows(session, InvoiceLine, rows)
+    insert_rows(session, CreditLedgerEntry, entries)
+    credit_total = -sum((a for _, a in plan), ZERO)
+    v = Invoice.__table__.c
+    session.execute(
+        sa.update(Invoice.__table__)
+        .where(v.id == invoice.id)
+        .values(
+            credit_total=credit_total,
+            total=invoice.subtotal + invoice.discount_total + invoice.tax_total + credit_total,
+        )
+    )
+    return True
+
+
+def _credit_line(invoice_id: int, position: int, grant: Any, amount: Decimal) -> dict:
+    """The line a grant's consumption shows on an invoice."""
+    return {
+        "invoice_id": invoice_id,
+        "position": position,
+        "serviced_customer_id": grant.customer_id,
+        "subscription_id": grant.subscription_id,
+        "price_code": None,
+        "product": f"Credit {grant.id}",
+        "bundle": None,
+        "kind": "credit",
+        "description": f"Credit {grant.id}"
+        + (f" on subscription {grant.subscription_id}" if grant.subscription_id else ""),
+        "period_start": None,
+        "period_end": None,
+        "quantity": None,
+        "unit_price": None,
+        "amount": -amount,
+        "charge_id": None,
+        "grant_id": grant.id,
+        "tax_rate": None,
+        "jurisdiction": None,
+        "taxed_position": None,
+    }
 
 
 def _has_credit_lines(session: Session, invoice_ids: list[int]) -> bool:
     ln = InvoiceLine.__table__.c
-    for part in _chunks(invoice_ids):
+    for part in chunks(invoice_ids):
         if session.execute(
             sa.select(ln.id).where(ln.invoice_id.in_(part), ln.kind == "credit").limit(1)
         ).first():
             return True
     return False
-
-
-def credit_overview(session: Session, customer: str | None = None) -> list[dict]:
-    """Every grant (or one customer's) with what it gave, net of rollbacks, and what is
-    left."""
-    g = CreditGrant.__table__.c
-    lg = CreditLedgerEntry.__table__.c
-    stmt = sa.select(CreditGrant.__table__).order_by(g.customer_id, g.id)
-    if customer is not None:
-        stmt = stmt.where(g.customer_id == customer)
-    grants_ = list(session.execute(stmt))
-    used: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    returned: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    entries: dict[str, int] = defaultdict(int)
-    for part in _chunks([x.id for x in grants_]):
-        for row in session.execute(
-            sa.select(lg.grant_id, lg.kind, lg.amount).where(lg.grant_id.in_(part))
-        ):
-            entries[row.grant_id] += 1
-            if row.kind == "consumption":
-                used[row.grant_id] += -row.amount
-            else:
-                returned[row.grant_id] += row.amount
-    out = []
-    for grant in grants_:
-        consumed = used[grant.id] - returned[grant.id]
-        out.append(
-            {
-                "id": grant.id,
-                "customer": grant.customer_id,
-                "subscription": grant.subscription_id,
-                "currency": grant.currency,
-                "amount": grant.amount,
-                "consumed": consumed,
-                "rolled_back": returned[grant.id],
-                "balance": grant.amount - consumed,
-                "effective": grant.effective,
-                "expires": grant.expires,
-                "priority": grant.priority,
-                "entries": entries[grant.id],
-            }
-        )
-    return out
-
-
-def ledger(session: Session, customer: str | None = None) -> list[dict]:
-    """Every ledger entry (or one customer's grants'), oldest first, with the invoice it
-    belongs to (its number once issued) and the grant's balance after it."""
-    g = CreditGrant.__table__.c
-    lg = CreditLedgerEntry.__table__.c
-    v = Invoice.__table__.c
-    stmt = (
-        sa.select(
-            lg.id,
-            lg.grant_id,
-            lg.kind,
-            lg.amount,
-            lg.billing_date,
-            lg.invoice_id,
-            lg.note,
-            g.customer_id,
-            g.currency,
-            g.amount.label("granted"),
-            v.number,
-            v.status,
-        )
-        .join(CreditGrant.__table__, g.id == lg.grant_id)
-        .outerjoin(Invoice.__table__, v.id == lg.invoice_id)
-        .order_by(lg.grant_id, lg.id)
-    )
-    if customer is not None:
-        stmt = stmt.where(g.customer_id == customer)
-    out = []
-    balance: dict[str, Decimal] = {}
-    for row in session.execute(stmt):
-        balance[row.grant_id] = balance.get(row.grant_id, row.granted) + row.amount
-        out.append(
-            {
-                "grant": row.grant_id,
-                "customer": row.customer_id,
-                "currency": row.currency,
-                "kind": row.kind,
-                "amount": row.amount,
-                "balance": balance[row.grant_id],
-                "billing_date": row.billing_date,
-                "invoice_id": row.invoice_id,
-                "invoice_number": row.number,
-                "invoice_status": row.status,
-                "note": row.note,
-            }
-        )
-    return out

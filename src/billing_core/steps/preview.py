@@ -15,10 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.invoices.contexts import contexts
-from billing_core.steps import consolidate as rollup
-from billing_core.steps import credits
-from billing_core.steps import rate as rating
-from billing_core.steps import recalculate as recalculation
+from billing_core.steps.close import STEPS
 from billing_core.store.models import Charge, Customer, Invoice, InvoiceCharge
 from billing_core.store.reference import Scope
 
@@ -44,8 +41,9 @@ class Preview:
 def preview(
     session: Session, customer_id: str, through: date, store_name: str = "billing"
 ) -> Preview:
-    """Run recalculation, rating, consolidation and credits for the customer's family in
-    this session and read the drafts they leave. The caller rolls the session back."""
+    """Run the close's steps that build the drafts (recalculation, rating, consolidation
+    and credits) for the customer's family in this session and read the drafts they leave.
+    The caller rolls the session back."""
     c = Customer.__table__.c
     customer = session.execute(
         sa.select(c.id, c.name, c.family_id).where(c.id == customer_id)
@@ -54,13 +52,9 @@ def preview(
         raise PreviewError(f"no customer {customer_id!r}")
     scope = Scope.of([customer.family_id])
     result = Preview(customer.id, customer.name, through)
-    for step in (
-        recalculation.recalculate(session, through, scope),
-        rating.rate(session, through, scope),
-        rollup.consolidate(session, through, scope),
-        credits.apply_credits(session, through, scope),
-    ):
-        result.warnings += step.warnings
+    for step in STEPS:
+        if step.builds:
+            result.warnings += step.run(session, through, scope).warnings
     v = Invoice.__table__.c
     drafts = v.status == "draft", v.billing_date <= through, v.family_id == customer.family_id
     found = list(

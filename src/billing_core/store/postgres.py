@@ -368,27 +368,18 @@ def for_update(session: Session, stmt: sa.Select) -> sa.Select:
     return stmt.with_for_update() if is_postgres(session) else stmt
 
 
-def insert_ids(session: Session, model: Any, rows: list[dict]) -> list[int]:
-    """Insert rows with a serial id; their ids, in order."""
-    t = model.__table__
-    if is_postgres(session):
-        from billing_core.store.rows import insert_rows
-
-        # Ids drawn from the sequence up front, then one COPY.
-        ids = list(
-            session.execute(
-                sa.text(
-                    f"SELECT nextval(pg_get_serial_sequence('{t.name}', 'id')) "
-                    "FROM generate_series(1, :n)"
-                ),
-                {"n": len(rows)},
-            ).scalars()
-        )
-        insert_rows(session, model, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
-        return ids
+def serial_ids(session: Session, table: sa.Table, count: int) -> list[int] | None:
+    """`count` ids drawn from the table's serial sequence up front (PostgreSQL), so the rows
+    can go in by one COPY; None on SQLite."""
+    if not is_postgres(session):
+        return None
     return list(
         session.execute(
-            sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), rows
+            sa.text(
+                f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": count},
         ).scalars()
     )
 

@@ -24,6 +24,7 @@ A SQLite store has no roles: the file's permissions are its guard.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -64,43 +65,88 @@ def grants(url: str, role: str, apply: bool = False) -> Grants:
     out = Grants()
     quote = engine.dialect.identifier_preparer.quote
     with engine.connect() as connection:
-        schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
-        database = connection.execute(sa.text("SELECT current_database()")).scalar_one()
-        inspector = sa.inspect(connection)
-        tables = sorted(inspector.get_table_names(schema))
-        sequences = sorted(inspector.get_sequence_names(schema))
-        me = connection.execute(sa.text("SELECT current_user")).scalar_one()
-        found = connection.execute(
-            sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = :role"), {"role": role}
-        ).first()
-        owner = _owner(connection, schema)
-        if found is None:
-            if apply:
-                raise RoleError(
-                    f"role {role} does not exist: create it first "
-                    f"(CREATE ROLE {quote(role)} LOGIN PASSWORD '…')"
-                )
-            out.warnings.append(f"role {role} does not exist yet: create it before applying")
-        else:
-            _check_role(connection, role, bool(found.rolsuper), owner)
-            if _can_create(connection, role, schema):
-                out.warnings.append(
-                    f"role {role} can create objects in schema {schema} (through PUBLIC or a "
-                    f"grant): as the owner, REVOKE CREATE ON SCHEMA {quote(schema)} "
-                    "FROM PUBLIC"
-                )
-        if apply and not _owns(connection, me, owner):
+        store = _inspect(connection)
+        _check(connection, store, role, apply, quote, out)
+    statements = _statements(store, quote(role), quote)
+    out.statements = [s + ";" for s in statements]
+    if apply:
+        try:
+            with engine.begin() as connection:
+                for statement in statements:
+                    connection.execute(sa.text(statement))
+        except sa.exc.DBAPIError as error:
+            reason = str(error.orig).strip().splitlines()[0]
+            raise RoleError(f"{safe_url(url)}: the grants were not applied: {reason}") from None
+    return out
+
+
+@dataclass
+class _Store:
+    """What the grants name: the store's schema, database, tables and sequences, its
+    owner, and the role connected."""
+
+    schema: str
+    database: str
+    tables: list[str]
+    sequences: list[str]
+    me: str
+    owner: str
+
+
+def _inspect(connection: sa.Connection) -> _Store:
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
+    database = connection.execute(sa.text("SELECT current_database()")).scalar_one()
+    inspector = sa.inspect(connection)
+    tables = sorted(inspector.get_table_names(schema))
+    sequences = sorted(inspector.get_sequence_names(schema))
+    me = connection.execute(sa.text("SELECT current_user")).scalar_one()
+    return _Store(schema, database, tables, sequences, me, _owner(connection, schema))
+
+
+def _check(
+    connection: sa.Connection,
+    store: _Store,
+    role: str,
+    apply: bool,
+    quote: Callable[[str], str],
+    out: Grants,
+) -> None:
+    """Refuse a role or a connection the grants cannot be given with; warn of the rest."""
+    schema, owner = store.schema, store.owner
+    found = connection.execute(
+        sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = :role"), {"role": role}
+    ).first()
+    if found is None:
+        if apply:
             raise RoleError(
-                f"connected as {me}, who does not own the store (its owner is {owner}): "
-                "run `billing db grant --apply` with the owner's BILLING_DATABASE_URL"
+                f"role {role} does not exist: create it first "
+                f"(CREATE ROLE {quote(role)} LOGIN PASSWORD '…')"
             )
-    who = quote(role)
+        out.warnings.append(f"role {role} does not exist yet: create it before applying")
+    else:
+        _check_role(connection, role, bool(found.rolsuper), owner)
+        if _can_create(connection, role, schema):
+            out.warnings.append(
+                f"role {role} can create objects in schema {schema} (through PUBLIC or a "
+                f"grant): as the owner, REVOKE CREATE ON SCHEMA {quote(schema)} "
+                "FROM PUBLIC"
+            )
+    if apply and not _owns(connection, store.me, owner):
+        raise RoleError(
+            f"connected as {store.me}, who does not own the store (its owner is {owner}): "
+            "run `billing db grant --apply` with the owner's BILLING_DATABASE_URL"
+        )
+
+
+def _statements(store: _Store, who: str, quote: Callable[[str], str]) -> list[str]:
+    """The grants to the (quoted) role `who`, its earlier privileges revoked first."""
+    schema, tables = store.schema, store.tables
     names = [f"{quote(schema)}.{quote(t)}" for t in tables]
     writable = [n for t, n in zip(tables, names, strict=True) if t not in READ_ONLY]
     read_only = [n for t, n in zip(tables, names, strict=True) if t in READ_ONLY]
-    sequence_names = [f"{quote(schema)}.{quote(s)}" for s in sequences]
+    sequence_names = [f"{quote(schema)}.{quote(s)}" for s in store.sequences]
     statements = [
-        f"GRANT CONNECT, TEMPORARY ON DATABASE {quote(database)} TO {who}",
+        f"GRANT CONNECT, TEMPORARY ON DATABASE {quote(store.database)} TO {who}",
         f"GRANT USAGE ON SCHEMA {quote(schema)} TO {who}",
     ]
     if names:
@@ -114,21 +160,11 @@ def grants(url: str, role: str, apply: bool = False) -> Grants:
             f"REVOKE ALL ON SEQUENCE {', '.join(sequence_names)} FROM {who}",
             f"GRANT {SEQUENCE_PRIVILEGES} ON SEQUENCE {', '.join(sequence_names)} TO {who}",
         ]
-    later = f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote(owner)} IN SCHEMA {quote(schema)}"
-    statements += [
+    later = f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote(store.owner)} IN SCHEMA {quote(schema)}"
+    return statements + [
         f"{later} GRANT {ROW_PRIVILEGES} ON TABLES TO {who}",
         f"{later} GRANT {SEQUENCE_PRIVILEGES} ON SEQUENCES TO {who}",
     ]
-    out.statements = [s + ";" for s in statements]
-    if apply:
-        try:
-            with engine.begin() as connection:
-                for statement in statements:
-                    connection.execute(sa.text(statement))
-        except sa.exc.DBAPIError as error:
-            reason = str(error.orig).strip().splitlines()[0]
-            raise RoleError(f"{safe_url(url)}: the grants were not applied: {reason}") from None
-    return out
 
 
 def _check_name(role: str) -> None:

@@ -129,3 +129,17 @@ def select_keys(
             yield from (row for row in rows if row._mapping[column] in wanted)
             return
     yield from select_in(session, stmt, column, keys)
+
+
+def insert_ids(session: Session, model: Any, rows: list[dict]) -> list[int]:
+    """Insert rows with a serial id; their ids, in order."""
+    t = model.__table__
+    ids = postgres.serial_ids(session, t, len(rows))
+    if ids is not None:
+        insert_rows(session, model, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+        return ids
+    return list(
+        session.execute(
+            sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), rows
+        ).scalars()
+    )
