@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from billing_core.domain.charge import pick
 from billing_core.domain.money import ZERO
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
@@ -25,7 +26,7 @@ from billing_core.store.models import Charge, InvoiceCharge
 from billing_core.store.rows import chunks
 
 # What the breakdown page reads of a charge (not its stored pricing: that is heavy).
-BREAKDOWN_COLUMNS = (
+BREAKDOWN_COLUMNS = pick(
     "kind",
     "metric_code",
     "serviced_customer_id",
