@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -79,6 +80,22 @@ def _changes(catalog: Catalog, m: Merged) -> _Changes:
     return _Changes(customer_rows, moved, affected)
 
 
+def _by_value(value):
+    """A stored price compared by what its numbers are worth, not how they are written
+    ("10.00" and "10.0" are one price, as they were in numeric columns)."""
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    if isinstance(value, str):
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            return value
+        return number if number.is_finite() else value
+    return value
+
+
 def _touch_the_rest(catalog: Catalog, m: Merged, touch) -> None:
     """Touch the customers of subscriptions, prices, credits and tax rates that changed."""
     for row in catalog.subscriptions.values():
@@ -92,7 +109,7 @@ def _touch_the_rest(catalog: Catalog, m: Merged, touch) -> None:
             if sid in m.subscriptions:
                 using[item["price_code"]].add(m.subscriptions[sid]["customer_id"])
     for code, row in catalog.prices.items():
-        if m.old["prices"].get(code) != row:
+        if _by_value(m.old["prices"].get(code)) != _by_value(row):
             touch(*using[code])
     for gid, row in catalog.credits.items():
         before = m.old["credits"].get(gid)
