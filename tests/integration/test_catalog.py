@@ -110,6 +110,14 @@ def test_import_upserts_by_id(store):
     assert store.scalar("SELECT product FROM prices WHERE code = 'fee'") == "Fee v2"
 
 
+def test_a_price_is_changed_by_its_value_not_by_how_it_is_written(store):
+    import_yaml(BASE)
+    same = BASE.replace('amount: "10.00"', 'amount: "10.0"')
+    assert import_yaml(same, name="same.yaml").affected_families == set()
+    dearer = BASE.replace('amount: "10.00"', 'amount: "10.01"')
+    assert import_yaml(dearer, name="dearer.yaml").affected_families == {"hq"}
+
+
 def test_metric_meaning_is_fixed_once_usage_exists(store):
     from tests.helpers import ingest_csv
 
