@@ -40,9 +40,8 @@ def usage_amount(terms: dict, currency: str, quantity: Decimal) -> Decimal:
 
 def usage_unit_price(price: PriceInfo, quantity: Decimal, amount: Decimal) -> Decimal | None:
     """The unit price a usage line shows: the price's own per unit, else the average."""
-    if price.model == "per_unit":
-        return Decimal(price.terms["unit_price"])
-    return average_unit_price(amount, quantity)
+    own = pricing.unit_price(price.terms)
+    return own if own is not None else average_unit_price(amount, quantity)
 
 
 def pool_shares(

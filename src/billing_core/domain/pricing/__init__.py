@@ -48,4 +48,9 @@ def amount(terms: Terms, quantity: Decimal) -> Decimal:
     return model(terms["model"]).amount(terms, quantity)
 
 
-__all__ = ["MODELS", "PriceModel", "Terms", "UnknownModel", "amount", "model"]
+def unit_price(terms: Terms) -> Decimal | None:
+    """The stored terms' price of one unit, if their model has one."""
+    return model(terms["model"]).unit_price(terms)
+
+
+__all__ = ["MODELS", "PriceModel", "Terms", "UnknownModel", "amount", "model", "unit_price"]

@@ -35,6 +35,10 @@ class PriceModel:
         """The exact amount for `quantity` units (for flat: one whole period)."""
         raise NotImplementedError
 
+    def unit_price(self, terms: Terms) -> Decimal | None:
+        """The price of one unit when the model has one (else a line shows an average)."""
+        return None
+
     def normalize(self, terms: Terms) -> Terms:
         """The stored form of validated terms: each decimal as its exact string (as the
         catalog reads it: at most 12 decimal places), nothing else."""

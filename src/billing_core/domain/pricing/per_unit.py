@@ -16,3 +16,6 @@ class PerUnit(PriceModel):
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
         return quantity * dec(terms["unit_price"])
+
+    def unit_price(self, terms: Terms) -> Decimal | None:
+        return dec(terms["unit_price"])
