@@ -6,8 +6,8 @@ from datetime import date
 from decimal import Decimal
 
 from billing_core.domain.hierarchy import Hierarchy, Node
+from billing_core.domain.lines import build_lines, totals
 from billing_core.domain.model import CustomerInfo
-from billing_core.steps.lines import build_lines, totals
 
 D = Decimal
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+from billing_core.domain.lines import build_lines
 from billing_core.domain.model import CustomerInfo
 from billing_core.domain.tax import jurisdiction_for, tax_line
-from billing_core.steps.lines import build_lines
 
 D = Decimal
 

@@ -1,5 +1,5 @@
 """Roll-up consolidation: charges into one draft invoice per billed customer and billing
-date (its lines are built by `billing_core.steps.lines`); a draft that comes out the same is
+date (its lines are built by `billing_core.domain.lines`); a draft that comes out the same is
 kept, one that differs is rebuilt.
 """
 
@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.charge import GROUPING_FIELDS, LINE_FIELDS, pick
+from billing_core.domain.lines import build_lines, content_hash, totals
 from billing_core.domain.model import CustomerInfo
 from billing_core.invoices.lifecycle import discard_draft
 from billing_core.report import StepReport
-from billing_core.steps.lines import build_lines, content_hash, totals
 from billing_core.store.models import Charge, Invoice, InvoiceCharge, InvoiceLine, charges_joined
 from billing_core.store.reference import ALL, Scope, load_customers, tax_rates
 from billing_core.store.rows import delete_in, dicts, insert_ids, insert_rows

@@ -15,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from billing_core.domain.lines import build_lines
 from billing_core.domain.money import ZERO
 from billing_core.invoices.ledger import ledger_net, rollback
 from billing_core.invoices.lifecycle import lines_of
 from billing_core.report import StepReport
-from billing_core.steps.lines import build_lines
 from billing_core.store.models import (
     Charge,
     CreditGrant,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 
+from billing_core.domain.charge import average_unit_price
 from billing_core.domain.model import CustomerInfo
 from billing_core.domain.money import ZERO
 from billing_core.domain.tax import jurisdiction_for, tax_line
@@ -65,8 +66,6 @@ def _merge(lines: list[dict], serviced: str) -> dict:
         else None,
     )
     if len(lines) > 1 and quantity:
-        from billing_core.steps.rate import average_unit_price
-
         first["unit_price"] = (
             lines[0]["unit_price"]
             if first["kind"] == "fixed" and len({x["unit_price"] for x in lines}) == 1
