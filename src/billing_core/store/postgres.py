@@ -4,6 +4,9 @@ and the aggregation's PostgreSQL variants.
 
 Callers ask this module instead of branching on the store: each function here does the
 PostgreSQL thing, or nothing (or the portable thing) on SQLite.
+
+Longer than the other modules (about 430 lines) on purpose: every PostgreSQL-only path in
+one file is what lets the rest of the code read the same on both stores.
 """
 
 from __future__ import annotations

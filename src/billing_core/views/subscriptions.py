@@ -176,6 +176,15 @@ def _billed_charges(session: Session, scope: Scope, keys: list[str]) -> dict[str
     return out
 
 
+def _line_order(line: PreviewLine) -> tuple:
+    return (
+        line.period_start,
+        KIND_ORDER[line.kind],
+        line.price_code or "",
+        line.serviced_customer_id,
+    )
+
+
 def preview_subscription(
     session: Session, subscription_id: str, through: date, today: date | None = None
 ) -> Preview:
@@ -224,14 +233,7 @@ def preview_subscription(
                 commitments.get(slot.slot_key),
             )
         )
-    result.lines.sort(
-        key=lambda x: (
-            x.period_start,
-            KIND_ORDER[x.kind],
-            x.price_code or "",
-            x.serviced_customer_id,
-        )
-    )
+    result.lines.sort(key=_line_order)
     if sub.discounts:
         result.notes.append(
             "discounts are applied when the period is rated and are not included above "
