@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
+import click
 import typer
+from typer.core import TyperArgument, TyperOption
 
 from billing_core.cli import (
     commands_catalog,
@@ -25,6 +27,29 @@ from billing_core.cli import (
     commands_usage,
 )
 from billing_core.cli.common import err
+
+
+def _value_label(param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+    """What an option's value is, as help shows it: its metavar (DATE, FILE, STATUS...),
+    else its kind in words; nothing for a flag. (Typer would show Python types:
+    `<bool>`, `<list[Path]>`, `<str>`.)"""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return None
+    if param.metavar is not None:
+        return param.metavar
+    kind = param.type
+    if isinstance(kind, click.Path):
+        word = "FOLDER" if kind.dir_okay and not kind.file_okay else "FILE"
+    elif isinstance(kind, click.types.IntParamType):
+        word = "NUMBER"
+    else:
+        word = "TEXT"
+    return word + ("..." if param.nargs != 1 else "")
+
+
+TyperOption.display_type_rich = _value_label  # type: ignore[method-assign]
+# An argument's metavar (INVOICE, FILE...) already says what it takes.
+TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
 app = typer.Typer(
     no_args_is_help=True,

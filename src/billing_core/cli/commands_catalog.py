@@ -10,7 +10,9 @@ import typer
 from billing_core.cli.common import err, fail, out, require_store
 
 
-def import_(file: Annotated[Path, typer.Argument(help="YAML or JSON catalog")]) -> None:
+def import_(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="YAML or JSON catalog")],
+) -> None:
     """Import a catalog: validated whole, then upserted by id."""
     from billing_core.inputs.catalog import CatalogError, import_catalog, load_file, parse
     from billing_core.store.engine import unit_of_work

@@ -14,7 +14,8 @@ from billing_core.cli.common import err, fail, out, parse_date, require_store
 
 def close(
     through: Annotated[
-        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+        str | None,
+        typer.Option(metavar="DATE", help="close billing dates up to this day (default: today)"),
     ] = None,
     issue: Annotated[bool, typer.Option("--issue", help="issue the drafts closed")] = False,
 ) -> None:
@@ -44,8 +45,8 @@ def close(
 
 
 def backfill(
-    from_: Annotated[str, typer.Option("--from", help="first billing date")],
-    to: Annotated[str, typer.Option("--to", help="last billing date")],
+    from_: Annotated[str, typer.Option("--from", metavar="DATE", help="first billing date")],
+    to: Annotated[str, typer.Option("--to", metavar="DATE", help="last billing date")],
     issue: Annotated[bool, typer.Option("--issue", help="issue each date's drafts")] = False,
 ) -> None:
     """One close per billing date in the range, in order (same result as one close)."""

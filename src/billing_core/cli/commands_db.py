@@ -27,7 +27,7 @@ def db_upgrade() -> None:
 
 @db_app.command("grant")
 def db_grant(
-    role: Annotated[str, typer.Argument(help="the application role (PostgreSQL)")],
+    role: Annotated[str, typer.Argument(metavar="ROLE", help="the application role (PostgreSQL)")],
     apply: Annotated[
         bool, typer.Option("--apply", help="run the statements (connected as the store's owner)")
     ] = False,

@@ -11,9 +11,9 @@ from billing_core.cli.common import fail, out
 
 
 def demo(
-    folder: Annotated[Path, typer.Option(help="where the demo store and documents go")] = Path(
-        "billing-demo"
-    ),
+    folder: Annotated[
+        Path, typer.Option(metavar="FOLDER", help="where the demo store and documents go")
+    ] = Path("billing-demo"),
 ) -> None:
     """The main job on a fresh SQLite store: sample catalog and usage, months closed and
     issued, documents written, a summary printed."""

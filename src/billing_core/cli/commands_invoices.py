@@ -14,39 +14,45 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.common import (
+    check_status,
+    err,
+    fail,
+    out,
+    parse_date,
+    require_customer,
+    require_store,
+)
 
 invoices_app = typer.Typer(no_args_is_help=True, help="Review, issue and export invoices.")
+InvoiceArgument = Annotated[
+    str, typer.Argument(metavar="INVOICE", help="invoice number (INV-2026-000001) or id")
+]
 
 
 @invoices_app.command("list")
 def invoices_list(
-    status: Annotated[str | None, typer.Option(help="draft, issued, paid, void, canceled")] = None,
-    customer: Annotated[str | None, typer.Option(help="billed customer id")] = None,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help="draft, issued, paid, void or canceled")
+    ] = None,
+    customer: Annotated[
+        str | None, typer.Option(metavar="CUSTOMER", help="billed customer id")
+    ] = None,
 ) -> None:
-    """Invoices with their status and totals."""
+    """Invoices with their status and totals: subtotal + discounts + tax + credits = total."""
     from billing_core.domain.money import money_str
     from billing_core.invoices.lifecycle import list_invoices
     from billing_core.store.engine import unit_of_work
 
     require_store()
+    check_status(status)
     with unit_of_work() as session:
+        require_customer(session, customer)
         rows = list_invoices(session, status, customer)
+    amounts = ("subtotal", "discounts", "tax", "credits", "total")
     table = Table()
-    for col in (
-        "id",
-        "number",
-        "status",
-        "billed customer",
-        "billing date",
-        "subtotal",
-        "tax",
-        "credits",
-        "total",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("id", "subtotal", "tax", "credits", "total") else "left"
-        )
+    for col in ("id", "number", "status", "billed customer", "billing date", *amounts):
+        table.add_column(col, justify="right" if col in ("id", *amounts) else "left")
     for r in rows:
         table.add_row(
             str(r.id),
@@ -55,24 +61,36 @@ def invoices_list(
             r.billed_customer_id,
             r.billing_date.isoformat(),
             money_str(r.subtotal, r.currency),
+            money_str(r.discount_total, r.currency),
             money_str(r.tax_total, r.currency),
             money_str(r.credit_total, r.currency),
             f"{money_str(r.total, r.currency)} {r.currency}",
         )
     out.print(table)
+    if not rows:
+        out.print("no invoices" + _filtered(status, customer))
+
+
+def _filtered(status: str | None, customer: str | None) -> str:
+    said = [f"status {status}"] if status else []
+    said += [f"billed customer {customer}"] if customer else []
+    return f" with {' and '.join(said)}" if said else ""
 
 
 @invoices_app.command("show")
 def invoices_show(
-    invoice_id: Annotated[int, typer.Argument(help="invoice id")],
+    invoice: Annotated[str, typer.Argument(metavar="INVOICE", help="invoice number or id")],
     output: Annotated[
         Path | None,
-        typer.Option(help="also write the document to this .html or .pdf file (a copy for review)"),
+        typer.Option(
+            metavar="FILE",
+            help="also write the document to this .html or .pdf file (a copy for review)",
+        ),
     ] = None,
 ) -> None:
     """One invoice, grouped by serviced customer as on the document."""
     from billing_core.cli.terminal import show_invoice
-    from billing_core.invoices.lifecycle import InvoiceError
+    from billing_core.invoices.lifecycle import InvoiceError, resolve
     from billing_core.store.engine import store_name, unit_of_work
 
     require_store()
@@ -80,6 +98,7 @@ def invoices_show(
         fail(f"--output must end in .html or .pdf: {output}", code=2)
     with unit_of_work() as session:
         try:
+            invoice_id = resolve(session, invoice)
             show_invoice(session, invoice_id, out, store_name=store_name())
             if output is not None:
                 from billing_core.invoices.documents import write_document
@@ -97,9 +116,10 @@ def invoices_show(
 
 @invoices_app.command("preview")
 def invoices_preview(
-    customer: Annotated[str, typer.Argument(help="customer id")],
+    customer: Annotated[str, typer.Argument(metavar="CUSTOMER", help="customer id")],
     through: Annotated[
-        str | None, typer.Option(help="close billing dates up to this day (default: today)")
+        str | None,
+        typer.Option(metavar="DATE", help="close billing dates up to this day (default: today)"),
     ] = None,
 ) -> None:
     """The invoices a close through --through would build for CUSTOMER; writes nothing."""
@@ -133,14 +153,14 @@ def invoices_preview(
     out.print("preview only: nothing was written")
 
 
-def _transition(invoice_id: int, to: str) -> None:
-    from billing_core.invoices.lifecycle import InvoiceError, transition
+def _transition(reference: str, to: str) -> None:
+    from billing_core.invoices.lifecycle import InvoiceError, resolve, transition
     from billing_core.store.engine import unit_of_work
 
     require_store()
     try:
         with unit_of_work() as session:
-            invoice = transition(session, invoice_id, to)
+            invoice = transition(session, resolve(session, reference), to)
             session.commit()
     except InvoiceError as error:
         fail(str(error))
@@ -149,19 +169,26 @@ def _transition(invoice_id: int, to: str) -> None:
 
 @invoices_app.command("issue")
 def invoices_issue(
-    ids: Annotated[list[int] | None, typer.Argument(help="draft ids (default: all due)")] = None,
+    invoices: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[INVOICE]...", help="draft ids (default: every draft due)"),
+    ] = None,
     through: Annotated[
-        str | None, typer.Option(help="issue drafts billed up to this day (default: today)")
+        str | None,
+        typer.Option(metavar="DATE", help="issue drafts billed up to this day (default: today)"),
     ] = None,
 ) -> None:
     """Number and freeze drafts; their final documents are written."""
-    from billing_core.invoices.lifecycle import InvoiceError
+    from billing_core.invoices.lifecycle import InvoiceError, resolve
     from billing_core.steps import close as steps
     from billing_core.steps.documents import documents_problem
+    from billing_core.store.engine import unit_of_work
 
     require_store()
     day = parse_date(through, "--through")
     try:
+        with unit_of_work() as session:
+            ids = [resolve(session, reference) for reference in invoices or []]
         report = steps.issue(through=day if ids else (day or date.today()), ids=ids or None)
     except InvoiceError as error:
         fail(str(error))
@@ -174,21 +201,21 @@ def invoices_issue(
 
 
 @invoices_app.command("void")
-def invoices_void(invoice_id: int) -> None:
+def invoices_void(invoice: InvoiceArgument) -> None:
     """Void an issued invoice (its credit consumption is not given back)."""
-    _transition(invoice_id, "void")
+    _transition(invoice, "void")
 
 
 @invoices_app.command("pay")
-def invoices_pay(invoice_id: int) -> None:
+def invoices_pay(invoice: InvoiceArgument) -> None:
     """Mark an issued invoice paid."""
-    _transition(invoice_id, "paid")
+    _transition(invoice, "paid")
 
 
 @invoices_app.command("cancel")
-def invoices_cancel(invoice_id: int) -> None:
+def invoices_cancel(invoice: InvoiceArgument) -> None:
     """Cancel a draft (its credit consumption is given back; its charges are withdrawn)."""
-    _transition(invoice_id, "canceled")
+    _transition(invoice, "canceled")
 
 
 # The columns of the CSV export: each invoice's, repeated on each of its lines, then the
@@ -222,9 +249,15 @@ LINE_FIELDS = [
 
 @invoices_app.command("export")
 def invoices_export(
-    format_: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
-    output: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
-    status: Annotated[str | None, typer.Option(help="only invoices with this status")] = None,
+    format_: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="json or csv")
+    ] = "json",
+    output: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="file to write (default: stdout)")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help="only invoices with this status")
+    ] = None,
 ) -> None:
     """Every invoice with its lines, as the export contract describes."""
     from billing_core.invoices.lifecycle import export
@@ -233,6 +266,7 @@ def invoices_export(
     require_store()
     if format_ not in ("json", "csv"):
         fail(f"--format must be json or csv, got {format_!r}", code=2)
+    check_status(status)
     with unit_of_work() as session:
         data = export(session, status)
     text = json.dumps(data, indent=2) + "\n" if format_ == "json" else _export_csv(data)

@@ -18,10 +18,15 @@ subscriptions_app = typer.Typer(no_args_is_help=True, help="Billing schedules.")
 
 @subscriptions_app.command("list")
 def subscriptions_list(
-    customer: Annotated[str | None, typer.Option(help="only this customer's")] = None,
-    status: Annotated[str | None, typer.Option(help="draft, upcoming, active or completed")] = None,
+    customer: Annotated[
+        str | None, typer.Option(metavar="CUSTOMER", help="only this customer's")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help="draft, upcoming, active or completed")
+    ] = None,
     on: Annotated[
-        str | None, typer.Option(help="the day the status is read on (default: today)")
+        str | None,
+        typer.Option(metavar="DATE", help="the day the status is read on (default: today)"),
     ] = None,
 ) -> None:
     """Billing schedules with their status: draft, upcoming, active or completed."""
@@ -59,9 +64,12 @@ def subscriptions_list(
 def subscriptions_preview(
     subscription_id: Annotated[str, typer.Argument(metavar="ID", help="subscription id")],
     through: Annotated[
-        str | None, typer.Option(help="preview closes up to this day (default: today)")
+        str | None,
+        typer.Option(metavar="DATE", help="preview closes up to this day (default: today)"),
     ] = None,
-    format_: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    format_: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="table or json")
+    ] = "table",
 ) -> None:
     """The periods, billing dates and prorated amounts a close would produce; writes
     nothing."""

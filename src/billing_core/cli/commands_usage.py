@@ -14,7 +14,7 @@ usage_app = typer.Typer(no_args_is_help=True, help="Load metered usage.")
 
 @usage_app.command("ingest")
 def usage_ingest(
-    files: Annotated[list[Path], typer.Argument(help="CSV or JSON Lines files")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="CSV or JSON Lines files")],
     skip_invalid: Annotated[
         Path | None,
         typer.Option(

@@ -44,3 +44,24 @@ def parse_date(value: str | None, name: str) -> date | None:
     except ValueError:
         fail(f"{name}: not a date (YYYY-MM-DD): {value!r}", code=2)
     return None
+
+
+def check_status(status: str | None) -> None:
+    """Refuse an invoice status that does not exist (an empty table would look like an answer)."""
+    from billing_core.invoices.lifecycle import STATUSES
+
+    if status is not None and status not in STATUSES:
+        fail(f"--status: no invoice status {status!r} (one of {', '.join(STATUSES)})", code=2)
+
+
+def require_customer(session, customer: str | None, option: str = "--customer") -> None:
+    """Refuse a customer id the catalog does not hold."""
+    if customer is None:
+        return
+    import sqlalchemy as sa
+
+    from billing_core.store.models import Customer
+
+    c = Customer.__table__.c
+    if session.execute(sa.select(c.id).where(c.id == customer)).first() is None:
+        fail(f"{option}: no customer {customer!r} in the catalog")

@@ -27,6 +27,7 @@ from billing_core.store.reference import issuer as load_issuer
 from billing_core.store.rows import chunks
 
 ONE_DAY = timedelta(days=1)
+STATUSES = ("draft", "issued", "paid", "void", "canceled")
 
 
 class InvoiceError(ValueError):
@@ -99,6 +100,24 @@ def _get(session: Session, invoice_id: int, lock: bool = False) -> Any:
     if row is None:
         raise InvoiceError(f"no invoice {invoice_id}")
     return row
+
+
+def resolve(session: Session, reference: str) -> int:
+    """The id of the invoice a user named by its number (`INV-2026-000001`) or its id."""
+    v = Invoice.__table__.c
+    text = reference.strip()
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        found = (
+            session.execute(sa.select(v.id).where(v.id == number)).scalar()
+            if number < 2**63  # a larger number is no id (and no PostgreSQL bigint)
+            else None
+        )
+    else:
+        found = session.execute(sa.select(v.id).where(v.number == text)).scalar()
+    if found is None:
+        raise InvoiceError(f"no invoice {reference!r} (give its number or its id)")
+    return found
 
 
 def next_number(session: Session, issuer_id: str, prefix: str, year: int) -> str:
