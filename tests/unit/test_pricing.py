@@ -133,6 +133,10 @@ def test_every_model_stores_its_terms_as_exact_strings_and_rates_them_the_same(n
 
 
 def test_stored_decimals_keep_their_digits():
+    assert pricing.model("flat").normalize({"amount": "-0.00"}) == {"amount": "0.00"}
+    assert pricing.model("graduated").normalize(
+        {"tiers": [{"up_to": "-0", "unit_price": "-0", "flat_fee": "-0.0"}, {"unit_price": "1"}]}
+    )["tiers"][0] == {"up_to": "0", "unit_price": "0", "flat_fee": "0.0"}
     assert pricing.model("per_unit").normalize({"unit_price": "0.00157"}) == {
         "unit_price": "0.00157"
     }

@@ -43,7 +43,7 @@ class PriceModel:
         """The stored form of validated terms: each decimal as its exact string (as the
         catalog reads it: at most 12 decimal places), nothing else."""
         return {
-            f: f"{parse_decimal(terms[f], f):f}" for f in self.fields if terms.get(f) is not None
+            f: stored(parse_decimal(terms[f], f)) for f in self.fields if terms.get(f) is not None
         }
 
     def located(self, problem: str) -> tuple[str | None, str]:
@@ -71,6 +71,12 @@ def decimal_field(
         problems.append(f"{name} must be {'positive' if positive else 'zero or more'}")
         return None
     return number
+
+
+def stored(value: Decimal) -> str:
+    """A decimal as a price's terms keep it: its exact digits, and a zero without a sign
+    (a catalog's "-0" would otherwise print as -0.00 on an invoice)."""
+    return f"{value.copy_abs() if value.is_zero() else value:f}"
 
 
 def dec(value: Any) -> Decimal:

@@ -3,7 +3,7 @@
 from decimal import ROUND_CEILING, Decimal
 
 from billing_core.domain.money import parse_decimal
-from billing_core.domain.pricing.base import PriceModel, Terms, dec, decimal_field
+from billing_core.domain.pricing.base import PriceModel, Terms, dec, decimal_field, stored
 
 # The most units a package holds (what a 32-bit integer holds).
 MOST_UNITS = 2_147_483_647
@@ -28,7 +28,7 @@ class Package(PriceModel):
     def normalize(self, terms: Terms) -> Terms:
         return {
             "package_size": str(int(parse_decimal(terms["package_size"], "package_size"))),
-            "package_price": f"{parse_decimal(terms['package_price'], 'package_price'):f}",
+            "package_price": stored(parse_decimal(terms["package_price"], "package_price")),
         }
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from billing_core.domain.money import MoneyError, parse_decimal
-from billing_core.domain.pricing.base import PriceModel, Terms, dec
+from billing_core.domain.pricing.base import PriceModel, Terms, dec, stored
 
 ZERO = Decimal(0)
 
@@ -86,11 +86,11 @@ def normalize_tiers(terms: Terms) -> list[dict]:
     out = []
     for tier in terms["tiers"]:
         item = {
-            "up_to": None if tier.get("up_to") is None else f"{dec(tier['up_to']):f}",
-            "unit_price": f"{dec(tier['unit_price']):f}",
+            "up_to": None if tier.get("up_to") is None else stored(dec(tier["up_to"])),
+            "unit_price": stored(dec(tier["unit_price"])),
         }
         if tier.get("flat_fee") is not None:
-            item["flat_fee"] = f"{dec(tier['flat_fee']):f}"
+            item["flat_fee"] = stored(dec(tier["flat_fee"]))
         out.append(item)
     return out
 
