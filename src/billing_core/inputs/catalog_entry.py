@@ -13,6 +13,9 @@ from typing import Any
 from billing_core.domain.limits import FIRST_DAY, LAST_DAY, TEXT_BYTES
 from billing_core.domain.money import MINOR_UNITS, MoneyError, parse_decimal, shown
 
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# The longest payment terms a catalog may set, in days (ten years).
+MAX_TERMS_DAYS = 3650
 SECTIONS = ("issuer", "tax_rates", "customers", "metrics", "prices", "subscriptions", "credits")
 ID_KEYS = {
     "issuer": "name",
@@ -157,6 +160,41 @@ class Entry:
             self.fail(problem, name)
             return default
         return text
+
+    def lines(self, name: str) -> list[str] | None:
+        """A list of text lines (an address, payment instructions); one string is one
+        line."""
+        value = self.raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.fail("must be a list of lines", name)
+            return None
+        out = [self.text_of(line, f"{name}[{j}]") for j, line in enumerate(value)]
+        return [line for line in out if line is not None]
+
+    def email(self, name: str = "email", max_length: int | None = None) -> str | None:
+        """An address mail can go to: one @ with text either side, no spaces."""
+        value = self.text(name, required=False, max_length=max_length)
+        if value is not None and not EMAIL.fullmatch(value):
+            self.fail(f"not an email address: {shown(value)}", name)
+            return None
+        return value
+
+    def locale(self, name: str = "locale") -> str | None:
+        """A locale Babel knows (en_US, de_DE, ja_JP), as Babel writes it."""
+        from babel import Locale, UnknownLocaleError
+
+        value = self.text(name, required=False, max_length=32)
+        if value is None:
+            return None
+        try:
+            return str(Locale.parse(value.replace("-", "_")))
+        except (UnknownLocaleError, ValueError, TypeError):
+            self.fail(f"unknown locale {shown(value)} (e.g. en_US, de_DE)", name)
+            return None
 
     def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
         value = self.text(name, required=default is None, default=default)

@@ -16,6 +16,7 @@ from billing_core.domain.money import shown
 from billing_core.inputs.catalog_entry import (
     ID_KEYS,
     MAX_INT,
+    MAX_TERMS_DAYS,
     SECTIONS,
     Entry,
     column_length,
@@ -96,15 +97,17 @@ def _entries(data: dict, section: str, catalog: Catalog) -> Iterator[Entry]:
 
 
 def _issuer(e: Entry, catalog: Catalog) -> None:
-    e.known("name", "invoice_prefix", "address")
-    address = e.raw.get("address") or []
-    if isinstance(address, str):
-        address = [address]
-    if not isinstance(address, list) or not all(isinstance(a, str) for a in address):
-        e.fail("must be a list of lines", "address")
-        address = []
-    for j, line in enumerate(address):
-        e.text_of(line, f"address[{j}]")
+    e.known(
+        "name",
+        "invoice_prefix",
+        "address",
+        "tax_id",
+        "email",
+        "timezone",
+        "locale",
+        "payment_terms_days",
+        "payment_instructions",
+    )
     prefix = e.text(
         "invoice_prefix",
         required=False,
@@ -117,16 +120,40 @@ def _issuer(e: Entry, catalog: Catalog) -> None:
         "id": "default",
         "name": e.text("name"),
         "invoice_prefix": prefix,
-        "address": address,
+        "address": e.lines("address") or [],
+        "tax_id": e.text("tax_id", required=False, max_length=column_length(Issuer, "tax_id")),
+        "email": e.email(max_length=column_length(Issuer, "email")),
+        "timezone": _timezone(e, None),
+        "locale": e.locale(),
+        "payment_terms_days": e.integer("payment_terms_days", 0, MAX_TERMS_DAYS, None),
+        "payment_instructions": e.lines("payment_instructions"),
     }
 
 
+def _timezone(e: Entry, default: str | None) -> str | None:
+    timezone = e.text(
+        "timezone", required=False, default=default, max_length=column_length(Customer, "timezone")
+    )
+    if timezone is None:
+        return None
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        e.fail(f"unknown time zone {shown(timezone)}", "timezone")
+    return timezone
+
+
 def _tax_rate(e: Entry, catalog: Catalog) -> None:
-    e.known("jurisdiction", "rate")
+    e.known("jurisdiction", "rate", "name", "note")
     jurisdiction = e.text("jurisdiction", max_length=column_length(TaxRate, "jurisdiction"))
     rate = e.decimal("rate", at_most=Decimal(1))
     if jurisdiction:
-        catalog.tax_rates[jurisdiction] = {"jurisdiction": jurisdiction, "rate": rate}
+        catalog.tax_rates[jurisdiction] = {
+            "jurisdiction": jurisdiction,
+            "rate": rate,
+            "name": e.text("name", required=False, max_length=column_length(TaxRate, "name")),
+            "note": e.text("note", required=False),
+        }
 
 
 def _customer(e: Entry, catalog: Catalog) -> None:
@@ -141,15 +168,14 @@ def _customer(e: Entry, catalog: Catalog) -> None:
         "billing_day",
         "tax_basis",
         "rollup_lines",
+        "address",
+        "tax_id",
+        "email",
+        "locale",
+        "payment_terms_days",
     )
     cid = e.text("id", max_length=column_length(Customer, "id"))
-    timezone = e.text(
-        "timezone", required=False, default="UTC", max_length=column_length(Customer, "timezone")
-    )
-    try:
-        ZoneInfo(timezone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        e.fail(f"unknown time zone {shown(timezone)}", "timezone")
+    timezone = _timezone(e, "UTC")
     parent = e.text("parent", required=False, max_length=column_length(Customer, "parent_id"))
     if parent is not None and parent == cid:
         e.fail("a customer cannot be its own parent (cycle)", "parent")
@@ -166,6 +192,11 @@ def _customer(e: Entry, catalog: Catalog) -> None:
         "billing_day": e.integer("billing_day", 1, 31, None),
         "tax_basis": e.choice("tax_basis", ("billed", "serviced"), "billed"),
         "rollup_lines": e.choice("rollup_lines", ("breakdown", "summary"), "breakdown"),
+        "address": e.lines("address"),
+        "tax_id": e.text("tax_id", required=False, max_length=column_length(Customer, "tax_id")),
+        "email": e.email(max_length=column_length(Customer, "email")),
+        "locale": e.locale(),
+        "payment_terms_days": e.integer("payment_terms_days", 0, MAX_TERMS_DAYS, None),
     }
     if cid:
         catalog.customers[cid] = row
@@ -243,6 +274,7 @@ def _credit(e: Entry, catalog: Catalog) -> None:
         "effective",
         "expires",
         "priority",
+        "name",
     )
     gid = e.text("id", max_length=column_length(CreditGrant, "id"))
     effective = e.day("effective")
@@ -262,6 +294,7 @@ def _credit(e: Entry, catalog: Catalog) -> None:
         "effective": effective,
         "expires": expires,
         "priority": e.integer("priority", 0, MAX_INT, 100),
+        "name": e.text("name", required=False),
     }
     if gid:
         catalog.credits[gid] = row

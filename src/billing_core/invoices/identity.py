@@ -132,7 +132,9 @@ def live(
     m = Metric.__table__.c
     metric_names = dict(session.execute(sa.select(m.code, m.name)).all())
     rates = {
-        row["jurisdiction"]: json_safe({k: v for k, v in row.items() if k != "jurisdiction"})
+        row["jurisdiction"]: json_safe(
+            {k: v for k, v in row.items() if k != "jurisdiction" and v is not None}
+        )
         for row in session.execute(sa.select(TaxRate.__table__)).mappings()
     }
     out = {}

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.money import money_str, plain
+from billing_core.domain.terms import dates_of
 from billing_core.invoices.identity import live as live_identity
 from billing_core.invoices.ledger import rollback
 from billing_core.store import postgres
@@ -321,6 +322,7 @@ def line_dict(line: Any, currency: str) -> dict:
 def invoice_dict(invoice: Any, lines: list[Any]) -> dict:
     """An invoice as the export contract spells it."""
     currency = invoice.currency
+    dated = dates_of(invoice.issued_at, invoice.identity)
     return {
         "id": invoice.id,
         "number": invoice.number,
@@ -334,6 +336,8 @@ def invoice_dict(invoice: Any, lines: list[Any]) -> dict:
         "credit_total": money_str(invoice.credit_total, currency),
         "total": money_str(invoice.total, currency),
         "issued_at": invoice.issued_at.isoformat() if invoice.issued_at else None,
+        "issue_date": dated[0].isoformat() if dated else None,
+        "due_date": dated[1].isoformat() if dated else None,
         "lines": [line_dict(line, currency) for line in lines],
     }
 

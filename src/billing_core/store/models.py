@@ -36,12 +36,20 @@ class Issuer(SQLModel, table=True):
     name: str
     invoice_prefix: str = Field(max_length=32)
     address: list[str] | None = _json()
+    tax_id: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=320)
+    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=32)
+    payment_terms_days: int | None = None
+    payment_instructions: list[str] | None = _json()
 
 
 class TaxRate(SQLModel, table=True):
     __tablename__ = "tax_rates"
     jurisdiction: str = Field(primary_key=True, max_length=64)
     rate: Decimal = _money()
+    name: str | None = Field(default=None, max_length=64)  # e.g. VAT
+    note: str | None = None  # e.g. a reverse-charge sentence
 
 
 class Customer(SQLModel, table=True):
@@ -58,6 +66,12 @@ class Customer(SQLModel, table=True):
     rollup_lines: str = Field(default="breakdown", max_length=16)
     # The root of the customer's tree: shards never split a family.
     family_id: str = Field(index=True, max_length=128)
+    # Who the invoice is to (SPEC §7.1), frozen with an issued invoice.
+    address: list[str] | None = _json()
+    tax_id: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=320)
+    locale: str | None = Field(default=None, max_length=32)
+    payment_terms_days: int | None = None
 
 
 class Metric(SQLModel, table=True):
@@ -123,6 +137,7 @@ class CreditGrant(SQLModel, table=True):
     effective: date
     expires: date | None = None
     priority: int = 100
+    name: str | None = None
 
 
 # --- usage ---------------------------------------------------------------------------

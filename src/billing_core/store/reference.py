@@ -192,13 +192,16 @@ def tax_rates(session: Session) -> dict[str, Decimal]:
 
 
 def issuer(session: Session, store_name: str, issuer_id: str = "default") -> dict:
-    """The catalog's issuer (its whole row), or a default one named after the store with
-    prefix INV."""
+    """The catalog's issuer (its row, without the keys it leaves unset), or a default one
+    named after the store with prefix INV."""
     table = Issuer.__table__
     found = session.execute(sa.select(table).where(table.c.id == issuer_id)).mappings().first()
     if found is None:
         return {"id": issuer_id, "name": store_name, "invoice_prefix": "INV", "address": []}
-    return {**found, "address": list(found["address"] or [])}
+    return {
+        **{k: v for k, v in found.items() if v is not None},
+        "address": list(found["address"] or []),
+    }
 
 
 def grants(session: Session, scope: Scope = ALL) -> list[Any]:

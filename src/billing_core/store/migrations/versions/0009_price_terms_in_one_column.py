@@ -2,7 +2,7 @@
 
 Revision ID: 0009
 Revises: 0008
-Create Date: 2026-12-09
+Create Date: 2026-12-07
 
 `prices.terms` holds what the price's model rates with (see billing_core.domain.pricing),
 each decimal as its exact string: `{"amount": "500.00"}`, `{"unit_price": "0.00157"}`,

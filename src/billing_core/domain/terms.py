@@ -1,0 +1,43 @@
+"""When an invoice is dated and due (SPEC §7.1): the invoice date is the day it was issued
+in the issuer's time zone; it is due its payment terms later (the billed customer's, else
+the issuer's, else 30 days)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+DEFAULT_TERMS_DAYS = 30
+
+
+def terms_days(customer_days: int | None, issuer_days: int | None) -> int:
+    """The payment terms that apply: the billed customer's, else the issuer's, else 30."""
+    if customer_days is not None:
+        return customer_days
+    return issuer_days if issuer_days is not None else DEFAULT_TERMS_DAYS
+
+
+def invoice_date(issued_at: datetime, timezone: str | None) -> date:
+    """The day an invoice was issued, on the issuer's calendar (UTC without a zone)."""
+    return issued_at.astimezone(ZoneInfo(timezone or "UTC")).date()
+
+
+def due_date(issued: date, days: int) -> date:
+    return issued + timedelta(days=days)
+
+
+def terms_label(days: int) -> str:
+    """The terms as an invoice prints them."""
+    return "Due on receipt" if days == 0 else f"Net {days}"
+
+
+def dates_of(issued_at: datetime | None, identity: dict | None) -> tuple[date, date, int] | None:
+    """(invoice date, due date, terms in days) of an issued invoice from its frozen
+    identity; None for a draft."""
+    if issued_at is None:
+        return None
+    identity = identity or {}
+    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
+    days = terms_days(billed.get("payment_terms_days"), issuer.get("payment_terms_days"))
+    issued = invoice_date(issued_at, issuer.get("timezone"))
+    return issued, due_date(issued, days), days

@@ -1,0 +1,114 @@
+"""Who an invoice is from and to (SPEC §7.1): the catalog's keys for the issuer, the
+billed customer, tax rates and credit grants, refused with one line when wrong, frozen
+with an issued invoice, and its invoice and due dates in the export."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from billing_core.inputs.catalog import CatalogError
+from billing_core.invoices.lifecycle import issue
+from billing_core.store.engine import unit_of_work
+from tests.helpers import close, import_yaml, invoices
+
+CATALOG = """
+issuer: {name: Acme Cloud Ltd, invoice_prefix: INV, address: [1 Main St, Springfield IL 62701, US],
+         tax_id: US12-3456789, email: billing@acme.example, timezone: America/Chicago,
+         locale: en_US, payment_terms_days: 30,
+         payment_instructions: [Pay by bank transfer, "IBAN: GB33 BUKB 2020 1555 5555 55"]}
+tax_rates: [{jurisdiction: DE, rate: "0.19", name: VAT},
+            {jurisdiction: EU-RC, rate: "0", name: VAT,
+             note: "Reverse charge: VAT to be accounted for by the recipient."}]
+customers:
+  - {id: kessler, name: Kessler GmbH, currency: EUR, jurisdiction: DE,
+     address: [Hauptstr. 1, 10115 Berlin, DE], tax_id: DE123456789, email: ap@kessler.example,
+     locale: de_DE, payment_terms_days: 14}
+prices:
+  - {code: fee, product: Platform, currency: EUR, model: flat, amount: "100.00"}
+subscriptions:
+  - {id: s-kessler, customer: kessler, start: 2026-01-01, cadence: monthly, billing_day: 1,
+     items: [{price: fee, timing: in_advance}]}
+credits:
+  - {id: promo, name: Launch credit, customer: kessler, amount: "25.00", currency: EUR,
+     effective: 2026-01-01}
+"""
+
+
+def snapshot(store, invoice_id: int) -> dict:
+    identity = store.scalar("SELECT identity FROM invoices WHERE id = :i", i=invoice_id)
+    return json.loads(identity) if isinstance(identity, str) else identity
+
+
+def test_the_parties_are_frozen_with_the_invoice_and_dated_in_the_export(store):
+    import_yaml(CATALOG)
+    close("2026-02-01")
+    jan, feb = invoices()
+    with unit_of_work() as session:
+        # 03:00 UTC on 1 February is still 31 January in Chicago, where the issuer is.
+        issue(session, ids=[jan["id"]], now=datetime(2026, 2, 1, 3, 0, tzinfo=UTC))
+        session.commit()
+    frozen = snapshot(store, jan["id"])
+    assert frozen["issuer"]["tax_id"] == "US12-3456789"
+    assert frozen["issuer"]["payment_instructions"][1] == "IBAN: GB33 BUKB 2020 1555 5555 55"
+    assert frozen["billed"]["address"] == ["Hauptstr. 1", "10115 Berlin", "DE"]
+    assert frozen["billed"]["tax_id"] == "DE123456789"
+    assert frozen["billed"]["locale"] == "de_DE"
+    assert frozen["tax_rates"]["DE"] == {"rate": "0.19", "name": "VAT"}
+    assert store.scalar("SELECT name FROM credit_grants WHERE id = 'promo'") == "Launch credit"
+
+    # The catalog changes after issue; the issued invoice keeps who it was to.
+    import_yaml(CATALOG.replace("tax_id: DE123456789", "tax_id: DE999999999"), name="changed.yaml")
+    assert snapshot(store, jan["id"])["billed"]["tax_id"] == "DE123456789"
+
+    exported = {i["id"]: i for i in invoices()}
+    assert exported[jan["id"]]["issue_date"] == "2026-01-31"
+    assert exported[jan["id"]]["due_date"] == "2026-02-14"  # the customer's 14 days
+    assert exported[feb["id"]]["issue_date"] is None
+    assert exported[feb["id"]]["due_date"] is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        (
+            "email: ap@kessler.example",
+            "email: ap at kessler",
+            "customers[0] (kessler).email: not an email address: 'ap at kessler'",
+        ),
+        (
+            "locale: de_DE",
+            "locale: xx_YY",
+            "customers[0] (kessler).locale: unknown locale 'xx_YY' (e.g. en_US, de_DE)",
+        ),
+        (
+            "payment_terms_days: 14}",
+            "payment_terms_days: -1}",
+            "customers[0] (kessler).payment_terms_days:",
+        ),
+        (
+            "address: [Hauptstr. 1, 10115 Berlin, DE]",
+            "address: {street: Hauptstr. 1}",
+            "customers[0] (kessler).address: must be a list of lines",
+        ),
+        (
+            "timezone: America/Chicago",
+            "timezone: Mars/Base",
+            "issuer (Acme Cloud Ltd).timezone: unknown time zone 'Mars/Base'",
+        ),
+        ("name: Launch credit,", "name: [1, 2],", "credits[0] (promo).name: must be text"),
+        ("name: VAT}", "nome: VAT}", "tax_rates[0] (DE).nome: unknown key"),
+    ],
+)
+def test_a_wrong_value_is_refused_in_one_line_and_changes_nothing(store, old, new, problem):
+    assert old in CATALOG
+    with pytest.raises(CatalogError) as refused:
+        import_yaml(CATALOG.replace(old, new))
+    assert len(refused.value.problems) == 1, refused.value.problems
+    assert refused.value.problems[0].startswith(problem), refused.value.problems
+    assert "\n" not in refused.value.problems[0]
+    with unit_of_work() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM customers")).scalar() == 0
