@@ -4,13 +4,17 @@ with an issued invoice, and its invoice and due dates in the export."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from billing_core.inputs.catalog import CatalogError
+from billing_core.invoices.documents import write_document
 from billing_core.invoices.lifecycle import issue
 from billing_core.store.engine import unit_of_work
 from tests.helpers import close, import_yaml, invoices
@@ -38,12 +42,18 @@ credits:
 """
 
 
+def document(invoice_id: int, path: Path) -> str:
+    with unit_of_work() as session:
+        write_document(session, invoice_id, path, "billing")
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", path.read_text())))
+
+
 def snapshot(store, invoice_id: int) -> dict:
     identity = store.scalar("SELECT identity FROM invoices WHERE id = :i", i=invoice_id)
     return json.loads(identity) if isinstance(identity, str) else identity
 
 
-def test_the_parties_are_frozen_with_the_invoice_and_dated_in_the_export(store):
+def test_the_parties_are_frozen_with_the_invoice_and_dated_in_the_export(store, tmp_path):
     import_yaml(CATALOG)
     close("2026-02-01")
     jan, feb = invoices()
@@ -64,11 +74,36 @@ def test_the_parties_are_frozen_with_the_invoice_and_dated_in_the_export(store):
     import_yaml(CATALOG.replace("tax_id: DE123456789", "tax_id: DE999999999"), name="changed.yaml")
     assert snapshot(store, jan["id"])["billed"]["tax_id"] == "DE123456789"
 
+    sent = document(jan["id"], tmp_path / "jan.html")
+    for shown in (
+        "Invoice date 31 Jan 2026",
+        "Due date 14 Feb 2026",
+        "Terms Net 14",
+        "Tax ID US12-3456789",
+        "billing@acme.example",
+        "Hauptstr. 1 10115 Berlin DE Tax ID DE123456789 ap@kessler.example",
+        "Payment Pay by bank transfer IBAN: GB33 BUKB 2020 1555 5555 55",
+        "VAT 19% (DE)",
+    ):
+        assert shown in sent, shown
+    draft = document(feb["id"], tmp_path / "feb.html")
+    assert "Invoice date Draft" in draft and "Due date Draft" in draft
+    assert "Terms Net 14" in draft
+
     exported = {i["id"]: i for i in invoices()}
     assert exported[jan["id"]]["issue_date"] == "2026-01-31"
     assert exported[jan["id"]]["due_date"] == "2026-02-14"  # the customer's 14 days
     assert exported[feb["id"]]["issue_date"] is None
     assert exported[feb["id"]]["due_date"] is None
+
+
+def test_a_tax_rate_prints_its_name_and_note(store, tmp_path):
+    import_yaml(CATALOG.replace("name: VAT}", 'name: VAT, note: "Tax point: the invoice date."}'))
+    close("2026-01-01")
+    (jan,) = invoices()
+    sent = document(jan["id"], tmp_path / "jan.html")
+    assert "VAT 19% (DE) on €100.00" in sent
+    assert "Tax point: the invoice date." in sent
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from billing_core.domain.charge import pick
 from billing_core.domain.money import ZERO
+from billing_core.domain.terms import dates_of, terms_days, terms_label
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -89,10 +90,12 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
     by_customer: dict[str, list[Any]] = defaultdict(list)
     for line in lines:
         by_customer[line.serviced_customer_id].append(line)
+    rates: dict[str, dict] = identity.get("tax_rates", {})
     sections = [
-        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency)
+        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency, rates)
         for customer_id in _section_order(by_customer, billed, names)
     ]
+    used = {line.jurisdiction for line in lines if line.kind == "tax"}
     return {
         "invoice": {
             "id": invoice.id,
@@ -101,14 +104,45 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
             "reference": invoice.number or f"Draft {invoice.id}",
             "billing_date": day(invoice.billing_date),
             "currency": currency,
+            **_dates(invoice, identity),
         },
-        "issuer": {**issuer, "address": list(issuer.get("address") or [])},
-        "billed": {**identity["billed"], "id": billed},
+        "issuer": {
+            **dict.fromkeys(("tax_id", "email", "payment_instructions")),
+            **issuer,
+            "address": list(issuer.get("address") or []),
+        },
+        "billed": {
+            **dict.fromkeys(("address", "tax_id", "email")),
+            **identity["billed"],
+            "id": billed,
+        },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
         "totals": _totals(invoice, currency),
         "breakdown": _breakdown(charges, billed, names, identity["metrics"]),
+        "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
+
+
+def _dates(invoice: Any, identity: dict) -> dict:
+    """Invoice date, due date and terms as the document prints them (a draft has no dates
+    yet, but its terms are known)."""
+    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
+    dated = dates_of(invoice.issued_at, identity) if invoice.status != "draft" else None
+    days = terms_days(billed.get("payment_terms_days"), issuer.get("payment_terms_days"))
+    return {
+        "issue_date": day(dated[0]) if dated else None,
+        "due_date": day(dated[1]) if dated else None,
+        "terms": terms_label(dated[2] if dated else days),
+    }
+
+
+def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict]) -> str:
+    """`VAT 19% (DE)` with the rate's name; `Tax DE 19%` without one."""
+    name = rates.get(jurisdiction, {}).get("name")
+    if name:
+        return f"{name} {percent(rate)} ({jurisdiction})"
+    return f"Tax {jurisdiction} {percent(rate)}"
 
 
 def _section(
@@ -118,6 +152,7 @@ def _section(
     names: dict[str, str],
     billed: str,
     currency: str,
+    rates: dict[str, dict],
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
     taxes: dict[tuple, list[Decimal]] = {}
@@ -144,7 +179,7 @@ def _section(
         "rows": rows,
         "taxes": [
             {
-                "label": f"Tax {jurisdiction} {percent(rate)}",
+                "label": _tax_label(jurisdiction, rate, rates),
                 "base": money(base, currency),
                 "amount": money(amount, currency),
             }
