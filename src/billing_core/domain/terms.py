@@ -31,13 +31,18 @@ def terms_label(days: int) -> str:
     return "Due on receipt" if days == 0 else f"Net {days}"
 
 
+def terms_of(identity: dict | None) -> int:
+    """The payment terms of an invoice's identity (frozen at issue, or a draft's live one)."""
+    identity = identity or {}
+    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
+    return terms_days(billed.get("payment_terms_days"), issuer.get("payment_terms_days"))
+
+
 def dates_of(issued_at: datetime | None, identity: dict | None) -> tuple[date, date, int] | None:
     """(invoice date, due date, terms in days) of an issued invoice from its frozen
     identity; None for a draft."""
     if issued_at is None:
         return None
-    identity = identity or {}
-    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
-    days = terms_days(billed.get("payment_terms_days"), issuer.get("payment_terms_days"))
-    issued = invoice_date(issued_at, issuer.get("timezone"))
+    days = terms_of(identity)
+    issued = invoice_date(issued_at, ((identity or {}).get("issuer") or {}).get("timezone"))
     return issued, due_date(issued, days), days

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core.domain.charge import pick
 from billing_core.domain.money import ZERO
-from billing_core.domain.terms import dates_of, terms_days, terms_label
+from billing_core.domain.terms import dates_of, terms_label, terms_of
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -127,14 +127,11 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
 def _dates(invoice: Any, identity: dict) -> dict:
     """Invoice date, due date and terms as the document prints them (a draft has no dates
     yet, but its terms are known)."""
-    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
-    dated = dates_of(invoice.issued_at, identity) if invoice.status != "draft" else None
-    days = terms_days(billed.get("payment_terms_days"), issuer.get("payment_terms_days"))
-    return {
-        "issue_date": day(dated[0]) if dated else None,
-        "due_date": day(dated[1]) if dated else None,
-        "terms": terms_label(dated[2] if dated else days),
-    }
+    dated = dates_of(invoice.issued_at, identity)
+    if dated is None:
+        return {"issue_date": None, "due_date": None, "terms": terms_label(terms_of(identity))}
+    issued, due, days = dated
+    return {"issue_date": day(issued), "due_date": day(due), "terms": terms_label(days)}
 
 
 def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict]) -> str:

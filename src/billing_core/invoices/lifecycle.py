@@ -18,7 +18,6 @@ from billing_core.invoices.identity import live as live_identity
 from billing_core.invoices.ledger import rollback
 from billing_core.store import postgres
 from billing_core.store.models import (
-    Customer,
     Invoice,
     InvoiceDocument,
     InvoiceLine,
@@ -293,11 +292,6 @@ def lines_of(session: Session, invoice_ids: list[int]) -> dict[int, list[Any]]:
         ):
             out[line.invoice_id].append(line)
     return out
-
-
-def customer_names(session: Session) -> dict[str, str]:
-    c = Customer.__table__.c
-    return dict(session.execute(sa.select(c.id, c.name)).all())
 
 
 def line_dict(line: Any, currency: str) -> dict:
