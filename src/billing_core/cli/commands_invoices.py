@@ -114,6 +114,28 @@ def invoices_show(
         out.print(f"wrote {output}")
 
 
+@invoices_app.command("explain")
+def invoices_explain(
+    invoice: InvoiceArgument,
+    line: Annotated[
+        int | None, typer.Option(metavar="N", help="only this line (as numbered in the output)")
+    ] = None,
+) -> None:
+    """How each line's amount came about, step by step, and the usage events behind it."""
+    from billing_core.cli.terminal import print_explanation
+    from billing_core.invoices.audit import explain_invoice
+    from billing_core.invoices.lifecycle import InvoiceError, resolve
+    from billing_core.store.engine import store_name, unit_of_work
+
+    require_store()
+    with unit_of_work() as session:
+        try:
+            data = explain_invoice(session, resolve(session, invoice), store_name(), line)
+        except InvoiceError as error:
+            fail(str(error))
+    print_explanation(out, data)
+
+
 @invoices_app.command("preview")
 def invoices_preview(
     customer: Annotated[str, typer.Argument(metavar="CUSTOMER", help="customer id")],

@@ -138,6 +138,54 @@ def _usage_table(breakdown: list[dict]) -> Table:
     return usage
 
 
+def print_explanation(console: Console, data: dict) -> None:
+    """`billing invoices explain`: each line, its steps, and the events behind usage."""
+    console.print(
+        Text(f"Invoice {data['reference']}", "bold")
+        + Text(f"  {data['billed']} ({data['billed_id']})  total {data['total']}")
+    )
+    for line in data["lines"]:
+        head = Text(f"\nline {line['position']}  ", "bold") + Text(line["label"], "bold")
+        head += Text(f"  {line['customer_id']}  {line['period']}", "dim")
+        console.print(head)
+        if line["quantity"]:
+            console.print(f"  {line['quantity']} × {line['unit_price']} → {line['amount']}")
+        else:
+            console.print(f"  {line['amount']}")
+        for part in line["charges"]:
+            _print_part(console, part, several=len(line["charges"]) > 1)
+
+
+def _print_part(console: Console, part: dict, several: bool) -> None:
+    indent = "    " if several else "  "
+    if several:
+        console.print(
+            f"  {part['customer']} ({part['customer_id']}): {part['quantity']}, {part['amount']}"
+        )
+    if part["counted"]:
+        console.print(Text(f"{indent}counted: {part['counted']}", "dim"))
+    for step in part["steps"]:
+        console.print(f"{indent}{step}")
+    events = part["events"]
+    if events is not None:
+        console.print(f"{indent}window {events['window_utc']}")
+        console.print(f"{indent}       {events['window_local']}")
+        if events["count"]:
+            console.print(
+                f"{indent}events {events['count']:,}: first {events['first']}, "
+                f"last {events['last']}; they give {events['now']} now"
+            )
+        else:
+            console.print(f"{indent}events 0 in the window")
+        if events["late"]:
+            console.print(f"{indent}{events['late']:,} of them arrived after this line was rated")
+    for adj in part["adjustments"]:
+        console.print(
+            f"{indent}late usage billed as an adjustment: {adj['quantity']} more, "
+            f"{adj['amount']}, billing date {adj['billing_date']} on {adj['invoice']}"
+        )
+
+
 def show_credits(
     session: Session, console: Console, customer: str | None = None, with_ledger: bool = False
 ) -> None:

@@ -17,8 +17,11 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.charge import pick
+from billing_core.domain.explain import Explanation
+from billing_core.domain.explain import of_charge as explain_charge
 from billing_core.domain.money import ZERO
 from billing_core.domain.terms import dates_of, terms_label, terms_of
+from billing_core.invoices.explanations import average, counted, steps, summary
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -29,15 +32,24 @@ from billing_core.store.rows import chunks
 # What the breakdown page reads of a charge (not its stored pricing: that is heavy).
 BREAKDOWN_COLUMNS = pick(
     "kind",
+    "subscription_id",
+    "price_code",
     "metric_code",
     "serviced_customer_id",
     "product",
     "pool",
     "period_start",
     "period_end",
+    "full_start",
+    "full_end",
+    "currency",
     "quantity",
+    "amount",
+    "pricing",
     "charge_key",
 )
+# What identifies a pool's period: its members' charges share these.
+POOL_KEY = ("subscription_id", "price_code", "period_start", "period_end")
 
 
 def contexts(session: Session, invoices: list[Any], store_name: str = "billing") -> dict[int, dict]:
@@ -47,6 +59,7 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
     ids = sorted(i.id for i in invoices)
     lines = lines_of(session, ids)
     charges = _breakdown_charges(session, ids)
+    pools = pool_totals(session, ids)
     # An issued invoice shows the identity frozen with it; a draft, the catalog's now.
     identities = identity_of(
         session,
@@ -54,7 +67,7 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
         store_name,
         {i.id: mentions_of(lines[i.id], charges[i.id]) for i in invoices},
     )
-    return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id]) for i in invoices}
+    return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id], pools) for i in invoices}
 
 
 def _breakdown_charges(session: Session, ids: list[int]) -> dict[int, list[Any]]:
@@ -64,7 +77,7 @@ def _breakdown_charges(session: Session, ids: list[int]) -> dict[int, list[Any]]
     charges: dict[int, list[Any]] = defaultdict(list)
     for part in chunks(ids):
         for charge in session.execute(
-            sa.select(link.invoice_id, *(ch[name] for name in BREAKDOWN_COLUMNS))
+            sa.select(link.invoice_id, ch.id, *(ch[name] for name in BREAKDOWN_COLUMNS))
             .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
             .where(link.invoice_id.in_(part))
         ):
@@ -72,12 +85,52 @@ def _breakdown_charges(session: Session, ids: list[int]) -> dict[int, list[Any]]
     return charges
 
 
+def pool_totals(session: Session, ids: list[int]) -> dict[tuple, tuple[Decimal, Decimal]]:
+    """(total quantity, total amount) of every pool period the invoices bill a share of,
+    over all its members' charges, on whatever invoice each is."""
+    ch = Charge.__table__.c
+    link = InvoiceCharge.__table__.c
+    member = Charge.__table__.alias("member")
+    totals: dict[tuple, tuple[Decimal, Decimal]] = {}
+    for part in chunks(ids):
+        pooled = (
+            sa.select(*(ch[k] for k in POOL_KEY))
+            .distinct()
+            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
+            .where(link.invoice_id.in_(part), ch.pool.is_not(None), ch.kind == "usage")
+            .subquery()
+        )
+        rows = session.execute(
+            sa.select(*(member.c[k] for k in POOL_KEY), member.c.quantity, member.c.amount)
+            .join(pooled, sa.and_(*(member.c[k] == pooled.c[k] for k in POOL_KEY)))
+            .where(member.c.kind == "usage", member.c.pool.is_not(None))
+        )
+        sums: dict[tuple, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+        for row in rows:
+            key = tuple(row[: len(POOL_KEY)])
+            sums[key][0] += row.quantity
+            sums[key][1] += row.amount
+        totals.update({key: (q, a) for key, (q, a) in sums.items()})
+    return totals
+
+
+def _explanation(charge: Any, pools: dict[tuple, tuple[Decimal, Decimal]]) -> Explanation | None:
+    pool = pools.get(tuple(getattr(charge, k) for k in POOL_KEY)) if charge.pool else None
+    return explain_charge(charge, pool)
+
+
 def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
     """The billed customer's own section first, then the others by name."""
     return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
-def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) -> dict:
+def context(
+    invoice: Any,
+    lines: list[Any],
+    charges: list[Any],
+    identity: dict,
+    pools: dict[tuple, tuple[Decimal, Decimal]] | None = None,
+) -> dict:
     """Everything a document or the terminal shows, grouped and formatted the way finance
     reads it. Only what is frozen with an issued invoice goes in (its lines, charges and
     the identity snapshot taken at issue), so a final document reads the same whenever it
@@ -91,8 +144,19 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
     for line in lines:
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
+    explained = {c.id: _explanation(c, pools or {}) for c in charges}
+    notes = _line_notes(lines, charges, explained, currency)
     sections = [
-        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency, rates)
+        _section(
+            customer_id,
+            by_customer[customer_id],
+            by_position,
+            names,
+            billed,
+            currency,
+            rates,
+            notes,
+        )
         for customer_id in _section_order(by_customer, billed, names)
     ]
     used = {line.jurisdiction for line in lines if line.kind == "tax"}
@@ -119,7 +183,7 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         "sections": sections,
         "multiple_sections": len(sections) > 1,
         "totals": _totals(invoice, currency),
-        "breakdown": _breakdown(charges, billed, names, identity["metrics"]),
+        "breakdown": _breakdown(charges, billed, names, identity, explained),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
 
@@ -150,6 +214,7 @@ def _section(
     billed: str,
     currency: str,
     rates: dict[str, dict],
+    notes: dict[int, tuple[str | None, bool]],
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
     taxes: dict[tuple, list[Decimal]] = {}
@@ -168,7 +233,7 @@ def _section(
                 }
             )
         else:
-            rows.append(_row(line, currency))
+            rows.append(_row(line, currency, *notes.get(line.position, (None, False))))
     return {
         "customer_id": customer_id,
         "name": names.get(customer_id, customer_id),
@@ -189,17 +254,26 @@ def _section(
     }
 
 
-def _row(line: Any, currency: str) -> dict:
-    """A charged line as the document lists it (quantity and unit price when itemized)."""
+def _row(line: Any, currency: str, how: str | None = None, averaged: bool = False) -> dict:
+    """A charged line as the document lists it (quantity and unit price when itemized; a
+    unit price that is an average says so)."""
     itemized = line.kind in ("fixed", "usage", "adjustment")
+    unit_price = ""
+    if itemized and line.unit_price is not None:
+        unit_price = (
+            average(line.unit_price, currency)
+            if averaged
+            else money(line.unit_price, currency, exact=True)
+        )
     return {
         "product": line.product or "",
         "bundle": line.bundle,
         "kind": line.kind,
-        "note": _note(line),
+        "note": _note(line) or how,
         "period": period(line.period_start, line.period_end),
         "quantity": quantity(line.quantity) if itemized else "",
-        "unit_price": money(line.unit_price, currency, exact=True) if itemized else "",
+        "unit_price": unit_price,
+        "average": bool(unit_price) and averaged,
         "amount": money(line.amount, currency),
     }
 
@@ -210,6 +284,29 @@ def _note(line: Any) -> str | None:
     if line.kind == "minimum":
         return "Shortfall against the minimum commitment"
     return None
+
+
+def _line_notes(
+    lines: list[Any], charges: list[Any], explained: dict[int, Explanation | None], currency: str
+) -> dict[int, tuple[str | None, bool]]:
+    """Per line position: a short note on how its amount came about (a part period, a
+    pool's share, packages, tiers), and whether its unit price is an average. A line of
+    several charges (a pool's summary, merged periods) is an average when its price is."""
+    by_price: dict[str | None, Explanation] = {}
+    for charge in charges:
+        found = explained.get(charge.id)
+        if found is not None:
+            by_price.setdefault(charge.price_code, found)
+    out: dict[int, tuple[str | None, bool]] = {}
+    for line in lines:
+        if line.kind not in ("fixed", "usage", "adjustment"):
+            continue
+        own = explained.get(line.charge_id) if line.charge_id is not None else None
+        found = own or by_price.get(line.price_code)
+        if found is not None:
+            how = summary(own, currency) if own is not None else None
+            out[line.position] = (how, line.kind != "fixed" and found.averaged)
+    return out
 
 
 def _totals(invoice: Any, currency: str) -> list[dict]:
@@ -238,11 +335,24 @@ def _totals(invoice: Any, currency: str) -> list[dict]:
 
 
 def _breakdown(
-    charges: list[Any], billed: str, names: dict[str, str], metric_names: dict[str, str]
+    charges: list[Any],
+    billed: str,
+    names: dict[str, str],
+    identity: dict,
+    explained: dict[int, Explanation | None],
 ) -> list[dict]:
-    """Usage per serviced customer, then per metric: quantities and service periods."""
+    """Usage per serviced customer, then per metric: what was counted, the quantities and
+    service periods, and how each was priced, step by step; then the part periods of
+    flat fees as days of days."""
+    metric_names: dict[str, str] = identity["metrics"]
+    rules: dict[str, list] = identity.get("metric_rules", {})
     usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    prorated: dict[str, list[Any]] = defaultdict(list)
     for charge in charges:
+        found = explained.get(charge.id)
+        if charge.kind == "fixed" and found is not None and found.proration is not None:
+            prorated[charge.serviced_customer_id].append(charge)
+            continue
         if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
             continue
         if charge.quantity == 0:
@@ -253,31 +363,63 @@ def _breakdown(
             "customer_id": customer_id,
             "name": names.get(customer_id, customer_id),
             "metrics": [
-                _metric(code, usage[customer_id][code], metric_names)
+                _metric(code, usage[customer_id][code], metric_names, rules, explained)
                 for code in sorted(
                     usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
                 )
             ],
+            "prorated": [
+                {
+                    "product": c.product,
+                    "period": period(c.period_start, c.period_end),
+                    "amount": money(c.amount, c.currency),
+                    "how": steps(explained[c.id], c.currency),
+                }
+                for c in sorted(prorated[customer_id], key=lambda c: (c.period_start, c.product))
+            ],
         }
-        for customer_id in _section_order(usage, billed, names)
+        for customer_id in _section_order({*usage, *prorated}, billed, names)
     ]
 
 
-def _metric(code: str, charges: list[Any], metric_names: dict[str, str]) -> dict:
-    """One metric's usage for one customer: a row per service period, and their total."""
+def _metric(
+    code: str,
+    charges: list[Any],
+    metric_names: dict[str, str],
+    rules: dict[str, list],
+    explained: dict[int, Explanation | None],
+) -> dict:
+    """One metric's usage for one customer: a row per service period with how it was
+    priced, and their total."""
     found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
-    rows = [
-        {
-            "product": c.product,
-            "period": period(c.period_start, c.period_end),
-            "quantity": quantity(c.quantity),
-            "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
-        }
-        for c in found
-    ]
+    rows = []
+    for c in found:
+        how = explained.get(c.id)
+        rows.append(
+            {
+                "product": c.product,
+                "period": period(c.period_start, c.period_end),
+                "quantity": quantity(c.quantity),
+                "amount": money(c.amount, c.currency),
+                "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
+                "how": steps(how, c.currency) if how is not None else _late(c),
+            }
+        )
     return {
         "name": metric_names.get(code, code),
         "code": code,
+        "counted": counted(rules.get(code)),
         "rows": rows,
         "total": quantity(sum((c.quantity for c in found), ZERO)) if len(found) > 1 else None,
     }
+
+
+def _late(charge: Any) -> list[str]:
+    """What a late-usage adjustment's row says: the units that arrived after the period
+    was billed, re-rated with the price that billed it."""
+    if charge.kind != "adjustment":
+        return []
+    return [
+        f"{quantity(charge.quantity)} more counted after this period was billed; the "
+        f"period re-rated with its price comes to {money(charge.amount, charge.currency)} more"
+    ]

@@ -130,7 +130,9 @@ def live(
         for row in select_in(session, sa.select(c.id, *(c[f] for f in fields)), c.id, wanted)
     }
     m = Metric.__table__.c
-    metric_names = dict(session.execute(sa.select(m.code, m.name)).all())
+    metric_rows = session.execute(sa.select(m.code, m.name, m.aggregation, m.field)).all()
+    metric_names = {row.code: row.name for row in metric_rows}
+    metric_rules = {row.code: [row.aggregation, row.field] for row in metric_rows}
     rates = {
         row["jurisdiction"]: json_safe(
             {k: v for k, v in row.items() if k != "jurisdiction" and v is not None}
@@ -156,6 +158,10 @@ def live(
             "billed": billed_entry,
             "customers": names,
             "metrics": {code: metric_names.get(code, code) for code in sorted(found.metrics)},
+            # What each metric counts (its aggregation and field), as the breakdown says.
+            "metric_rules": {
+                code: metric_rules[code] for code in sorted(found.metrics) if code in metric_rules
+            },
             "tax_rates": {j: rates[j] for j in sorted(found.jurisdictions) if j in rates},
         }
     return out

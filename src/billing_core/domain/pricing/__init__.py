@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from billing_core.domain.pricing.base import PriceModel, Terms
+from billing_core.domain.pricing.base import Part, PriceModel, Terms
 from billing_core.domain.pricing.flat import Flat
 from billing_core.domain.pricing.graduated import Graduated
 from billing_core.domain.pricing.package import Package
@@ -48,9 +48,24 @@ def amount(terms: Terms, quantity: Decimal) -> Decimal:
     return model(terms["model"]).amount(terms, quantity)
 
 
+def explain(terms: Terms, quantity: Decimal) -> tuple[Part, ...]:
+    """How the stored terms price `quantity`, step by step (the parts add up to `amount`)."""
+    return model(terms["model"]).explain(terms, quantity)
+
+
 def unit_price(terms: Terms) -> Decimal | None:
     """The stored terms' price of one unit, if their model has one."""
     return model(terms["model"]).unit_price(terms)
 
 
-__all__ = ["MODELS", "PriceModel", "Terms", "UnknownModel", "amount", "model", "unit_price"]
+__all__ = [
+    "MODELS",
+    "Part",
+    "PriceModel",
+    "Terms",
+    "UnknownModel",
+    "amount",
+    "explain",
+    "model",
+    "unit_price",
+]

@@ -7,12 +7,32 @@ each decimal as its exact string. The model is the only place that knows them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
 
 from billing_core.domain.money import MoneyError, parse_decimal
 
 Terms = dict[str, Any]
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One step of how a price applied to a quantity: `quantity` × `unit_price`, plus a
+    tier's `flat_fee`, is `amount` (exact). A tier's part says which tier (`tier`, from 1)
+    and its bounds (`above`, `up_to`; None when open); a package's part counts packages of
+    `package_size`."""
+
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    flat_fee: Decimal = ZERO
+    tier: int | None = None
+    above: Decimal | None = None
+    up_to: Decimal | None = None
+    package_size: Decimal | None = None
+    whole: bool = False  # a volume tier: every unit at the one tier's price
 
 
 class PriceModel:
@@ -38,6 +58,14 @@ class PriceModel:
     def unit_price(self, terms: Terms) -> Decimal | None:
         """The price of one unit when the model has one (else a line shows an average)."""
         return None
+
+    def explain(self, terms: Terms, quantity: Decimal) -> tuple[Part, ...]:
+        """How the price applies to `quantity`, step by step: the parts' amounts add up
+        to `amount(terms, quantity)` exactly (checked for every model by the tests)."""
+        own = self.unit_price(terms)
+        if own is not None:
+            return (Part(quantity, own, quantity * own),)
+        raise NotImplementedError
 
     def normalize(self, terms: Terms) -> Terms:
         """The stored form of validated terms: each decimal as its exact string (as the

@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-from billing_core.domain.pricing.base import PriceModel, Terms, dec, decimal_field
+from billing_core.domain.pricing.base import Part, PriceModel, Terms, dec, decimal_field
 
 
 class Flat(PriceModel):
@@ -17,3 +17,6 @@ class Flat(PriceModel):
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
         return dec(terms["amount"]) * quantity
+
+    def explain(self, terms: Terms, quantity: Decimal) -> tuple[Part, ...]:
+        return (Part(quantity, dec(terms["amount"]), self.amount(terms, quantity)),)

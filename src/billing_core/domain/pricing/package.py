@@ -3,7 +3,14 @@
 from decimal import ROUND_CEILING, Decimal
 
 from billing_core.domain.money import parse_decimal
-from billing_core.domain.pricing.base import PriceModel, Terms, dec, decimal_field, stored
+from billing_core.domain.pricing.base import (
+    Part,
+    PriceModel,
+    Terms,
+    dec,
+    decimal_field,
+    stored,
+)
 
 # The most units a package holds (what a 32-bit integer holds).
 MOST_UNITS = 2_147_483_647
@@ -32,5 +39,13 @@ class Package(PriceModel):
         }
 
     def amount(self, terms: Terms, quantity: Decimal) -> Decimal:
-        packages = (quantity / dec(terms["package_size"])).to_integral_value(ROUND_CEILING)
-        return packages * dec(terms["package_price"])
+        return self.packages(terms, quantity) * dec(terms["package_price"])
+
+    def packages(self, terms: Terms, quantity: Decimal) -> Decimal:
+        """How many packages `quantity` units take (a started package counts whole)."""
+        return (quantity / dec(terms["package_size"])).to_integral_value(ROUND_CEILING)
+
+    def explain(self, terms: Terms, quantity: Decimal) -> tuple[Part, ...]:
+        packages, price = self.packages(terms, quantity), dec(terms["package_price"])
+        size = dec(terms["package_size"])
+        return (Part(packages, price, packages * price, package_size=size),)
