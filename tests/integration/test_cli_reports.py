@@ -231,3 +231,24 @@ def test_bad_options_are_refused_in_one_line(store, options, message):
     done = run("reports", "revenue", *args)
     assert done.exit_code == 2, done.output
     assert done.output.strip() == message
+
+
+def test_the_report_sums_exact_decimals_on_both_stores(store):
+    """SQLite's own SUM reads text decimals as floats (0.10 + 0.20 is not 0.30 there)."""
+    import sqlalchemy as sa
+
+    from billing_core.store.types import DecimalType, decimal_sum
+
+    amounts = sa.union_all(
+        *(
+            sa.select(sa.literal(value and Decimal(value), DecimalType()).label("amount"))
+            for value in ("0.10", "0.20", "1000000000000.000000000001", None)
+        )
+    ).subquery()
+    with store.session() as session:
+        total = session.execute(sa.select(decimal_sum(amounts.c.amount))).scalar()
+        nothing = session.execute(
+            sa.select(decimal_sum(amounts.c.amount)).where(amounts.c.amount.is_(None))
+        ).scalar()
+    assert total == Decimal("1000000000000.300000000001")
+    assert nothing is None
