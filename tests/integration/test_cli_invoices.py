@@ -130,3 +130,42 @@ def test_help_names_what_each_value_is_not_its_python_type():
     assert "DATE" in run("close", "--help").output
     assert "FILE..." in run("usage", "ingest", "--help").output
     assert "INVOICE" in run("invoices", "void", "--help").output
+
+
+def documented_csv_columns() -> list[str]:
+    """The CSV export's columns as docs/formats.md lists them: the first column of the table
+    that follows the export's "CSV:" paragraph."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text("utf-8")
+    section = text.split("## Export (", 1)[1].split("\n## ", 1)[0]
+    table = section.split("\nCSV:", 1)[1].split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    return [re.match(r"\| `([a-z_]+)` \|", line).group(1) for line in rows]
+
+
+def test_the_csv_export_has_the_columns_docs_formats_lists(issued):
+    import csv
+    import io
+    import json
+
+    columns = documented_csv_columns()
+    assert columns[:2] == ["invoice_id", "number"] and "line_amount" in columns
+    done = run("invoices", "export", "--format", "csv")
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert rows and list(rows[0]) == columns
+    # Every field of the JSON export is a column, renamed only where a row (a line) needs it.
+    data = json.loads(run("invoices", "export", "--format", "json").stdout)
+    renamed = {"id": "invoice_id", "amount": "line_amount"}
+    lines = [(invoice, line) for invoice in data for line in invoice["lines"]]
+    assert len(rows) == len(lines)
+    for row, (invoice, line) in zip(rows, lines, strict=True):
+        fields = {k: v for k, v in invoice.items() if k != "lines"} | line
+        assert {renamed.get(k, k) for k in fields} == set(columns)
+        for key, value in fields.items():
+            assert row[renamed.get(key, key)] == ("" if value is None else str(value)), key
+    jan = next(row for row in rows if row["number"] == "NWB-2026-000001")
+    assert jan["issue_date"] and jan["due_date"]
+    feb = next(row for row in rows if row["billing_date"] == "2026-02-01")
+    assert (feb["number"], feb["issue_date"], feb["due_date"]) == ("", "", "")

@@ -23,6 +23,7 @@ from billing_core.cli import (
     commands_db,
     commands_demo,
     commands_invoices,
+    commands_reports,
     commands_subscriptions,
     commands_usage,
 )
@@ -62,6 +63,7 @@ app.add_typer(commands_usage.usage_app, name="usage")
 app.add_typer(commands_invoices.invoices_app, name="invoices")
 app.add_typer(commands_subscriptions.subscriptions_app, name="subscriptions")
 app.add_typer(commands_credits.credits_app, name="credits")
+app.add_typer(commands_reports.reports_app, name="reports")
 app.command("import")(commands_catalog.import_)
 app.command("close")(commands_close.close)
 app.command("backfill")(commands_close.backfill)

@@ -240,8 +240,10 @@ def invoices_cancel(invoice: InvoiceArgument) -> None:
     _transition(invoice, "canceled")
 
 
-# The columns of the CSV export: each invoice's, repeated on each of its lines, then the
-# line's.
+# The columns of the CSV export, as docs/formats.md lists them (a test holds the two
+# together): the JSON export's fields of each invoice, repeated on each of its lines, then
+# the line's, in the JSON's order. A row is a line, so the invoice's `id` is named
+# `invoice_id` and the line's `amount` `line_amount`.
 INVOICE_FIELDS = [
     "id",
     "number",
@@ -254,6 +256,9 @@ INVOICE_FIELDS = [
     "tax_total",
     "credit_total",
     "total",
+    "issued_at",
+    "issue_date",
+    "due_date",
 ]
 LINE_FIELDS = [
     "serviced_customer",
@@ -261,11 +266,17 @@ LINE_FIELDS = [
     "price",
     "product",
     "kind",
+    "description",
     "period_start",
     "period_end",
     "quantity",
     "unit_price",
     "amount",
+    "grant",
+    "tax_rate",
+]
+CSV_COLUMNS = ["invoice_id" if f == "id" else f for f in INVOICE_FIELDS] + [
+    "line_amount" if f == "amount" else f for f in LINE_FIELDS
 ]
 
 
@@ -304,10 +315,7 @@ def _export_csv(data: list[dict]) -> str:
 
     buffer = io.StringIO()
     writer = SafeCsvWriter(csv.writer(buffer))
-    writer.writerow(
-        ["invoice_" + f if f == "id" else f for f in INVOICE_FIELDS]
-        + ["line_" + f if f in ("amount",) else f for f in LINE_FIELDS]
-    )
+    writer.writerow(CSV_COLUMNS)
     for invoice in data:
         for line in invoice["lines"]:
             writer.writerow([invoice[f] for f in INVOICE_FIELDS] + [line[f] for f in LINE_FIELDS])

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from billing_core.config import get_settings, normalize_database_url
+from billing_core.store.types import DecimalTotal
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -69,6 +70,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
+        dbapi_connection.create_aggregate("decimal_sum", 1, DecimalTotal)
 
     @event.listens_for(engine, "begin")
     def _begin(connection):

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import TypeDecorator
 
 
@@ -57,3 +59,37 @@ class UTCDateTime(TypeDecorator):
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class DecimalTotal:
+    """SQLite's exact sum of decimals held as text (`decimal_sum`), registered on each
+    connection (store.engine). SQLite's own SUM reads text as a float: 0.10 + 0.20 would
+    not be 0.30. NULLs are skipped; no value at all sums to NULL, as SUM does."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: object) -> None:
+        if value is not None:
+            self.total = (self.total or Decimal(0)) + Decimal(str(value))
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else f"{self.total:f}"
+
+
+class decimal_sum(GenericFunction):  # noqa: N801 - an SQL function's name
+    """SUM of a DecimalType column, exact on both stores: PostgreSQL's SUM of a NUMERIC,
+    SQLite's `decimal_sum` (DecimalTotal). The result reads back as a Decimal."""
+
+    type = DecimalType()
+    inherit_cache = True
+
+
+@compiles(decimal_sum)
+def _sum_elsewhere(element, compiler, **kw):
+    return f"sum({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(decimal_sum, "sqlite")
+def _sum_on_sqlite(element, compiler, **kw):
+    return f"decimal_sum({compiler.process(element.clauses, **kw)})"
