@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core.domain.charge import pick
 from billing_core.domain.money import ZERO
-from billing_core.domain.terms import dates_of, terms_label, terms_of
+from billing_core.domain.terms import dates_of, locale_of, terms_label, terms_of
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -85,6 +85,7 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
     names: dict[str, str] = identity["customers"]
     issuer = {k: v for k, v in identity["issuer"].items() if k not in ("id", "invoice_prefix")}
     currency = invoice.currency
+    locale = locale_of(identity)
     billed = invoice.billed_customer_id
     by_position = {line.position: line for line in lines}
     by_customer: dict[str, list[Any]] = defaultdict(list)
@@ -92,19 +93,29 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
     sections = [
-        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency, rates)
+        _section(
+            customer_id,
+            by_customer[customer_id],
+            by_position,
+            names,
+            billed,
+            currency,
+            rates,
+            locale,
+        )
         for customer_id in _section_order(by_customer, billed, names)
     ]
     used = {line.jurisdiction for line in lines if line.kind == "tax"}
     return {
+        "lang": locale.replace("_", "-"),
         "invoice": {
             "id": invoice.id,
             "number": invoice.number,
             "draft": invoice.status == "draft",
             "reference": invoice.number or f"Draft {invoice.id}",
-            "billing_date": day(invoice.billing_date),
+            "billing_date": day(invoice.billing_date, locale),
             "currency": currency,
-            **_dates(invoice, identity),
+            **_dates(invoice, identity, locale),
         },
         "issuer": {
             **dict.fromkeys(("tax_id", "email", "payment_instructions")),
@@ -118,28 +129,32 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
-        "totals": _totals(invoice, currency),
-        "breakdown": _breakdown(charges, billed, names, identity["metrics"]),
+        "totals": _totals(invoice, currency, locale),
+        "breakdown": _breakdown(charges, billed, names, identity["metrics"], locale),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
 
 
-def _dates(invoice: Any, identity: dict) -> dict:
+def _dates(invoice: Any, identity: dict, locale: str) -> dict:
     """Invoice date, due date and terms as the document prints them (a draft has no dates
     yet, but its terms are known)."""
     dated = dates_of(invoice.issued_at, identity)
     if dated is None:
         return {"issue_date": None, "due_date": None, "terms": terms_label(terms_of(identity))}
     issued, due, days = dated
-    return {"issue_date": day(issued), "due_date": day(due), "terms": terms_label(days)}
+    return {
+        "issue_date": day(issued, locale),
+        "due_date": day(due, locale),
+        "terms": terms_label(days),
+    }
 
 
-def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict]) -> str:
+def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict], locale: str) -> str:
     """`VAT 19% (DE)` with the rate's name; `Tax DE 19%` without one."""
     name = rates.get(jurisdiction, {}).get("name")
     if name:
-        return f"{name} {percent(rate)} ({jurisdiction})"
-    return f"Tax {jurisdiction} {percent(rate)}"
+        return f"{name} {percent(rate, locale)} ({jurisdiction})"
+    return f"Tax {jurisdiction} {percent(rate, locale)}"
 
 
 def _section(
@@ -150,6 +165,7 @@ def _section(
     billed: str,
     currency: str,
     rates: dict[str, dict],
+    locale: str,
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
     taxes: dict[tuple, list[Decimal]] = {}
@@ -164,11 +180,11 @@ def _section(
             credits.append(
                 {
                     "label": line.description or line.product,
-                    "amount": money(line.amount, currency),
+                    "amount": money(line.amount, currency, locale),
                 }
             )
         else:
-            rows.append(_row(line, currency))
+            rows.append(_row(line, currency, locale))
     return {
         "customer_id": customer_id,
         "name": names.get(customer_id, customer_id),
@@ -176,20 +192,20 @@ def _section(
         "rows": rows,
         "taxes": [
             {
-                "label": _tax_label(jurisdiction, rate, rates),
-                "base": money(base, currency),
-                "amount": money(amount, currency),
+                "label": _tax_label(jurisdiction, rate, rates, locale),
+                "base": money(base, currency, locale),
+                "amount": money(amount, currency, locale),
             }
             for (jurisdiction, rate), (base, amount) in sorted(
                 taxes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
             )
         ],
         "credits": credits,
-        "total": money(sum((x.amount for x in section_lines), ZERO), currency),
+        "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
     }
 
 
-def _row(line: Any, currency: str) -> dict:
+def _row(line: Any, currency: str, locale: str) -> dict:
     """A charged line as the document lists it (quantity and unit price when itemized)."""
     itemized = line.kind in ("fixed", "usage", "adjustment")
     return {
@@ -197,10 +213,10 @@ def _row(line: Any, currency: str) -> dict:
         "bundle": line.bundle,
         "kind": line.kind,
         "note": _note(line),
-        "period": period(line.period_start, line.period_end),
-        "quantity": quantity(line.quantity) if itemized else "",
-        "unit_price": money(line.unit_price, currency, exact=True) if itemized else "",
-        "amount": money(line.amount, currency),
+        "period": period(line.period_start, line.period_end, locale),
+        "quantity": quantity(line.quantity, locale) if itemized else "",
+        "unit_price": money(line.unit_price, currency, locale, exact=True) if itemized else "",
+        "amount": money(line.amount, currency, locale),
     }
 
 
@@ -212,25 +228,33 @@ def _note(line: Any) -> str | None:
     return None
 
 
-def _totals(invoice: Any, currency: str) -> list[dict]:
-    rows = [{"label": "Subtotal", "amount": money(invoice.subtotal, currency), "grand": False}]
+def _totals(invoice: Any, currency: str, locale: str) -> list[dict]:
+    rows = [
+        {"label": "Subtotal", "amount": money(invoice.subtotal, currency, locale), "grand": False}
+    ]
     if invoice.discount_total:
         rows.append(
             {
                 "label": "Discounts",
-                "amount": money(invoice.discount_total, currency),
+                "amount": money(invoice.discount_total, currency, locale),
                 "grand": False,
             }
         )
-    rows.append({"label": "Tax", "amount": money(invoice.tax_total, currency), "grand": False})
+    rows.append(
+        {"label": "Tax", "amount": money(invoice.tax_total, currency, locale), "grand": False}
+    )
     if invoice.credit_total:
         rows.append(
-            {"label": "Credits", "amount": money(invoice.credit_total, currency), "grand": False}
+            {
+                "label": "Credits",
+                "amount": money(invoice.credit_total, currency, locale),
+                "grand": False,
+            }
         )
     rows.append(
         {
             "label": f"Total due ({currency})",
-            "amount": money(invoice.total, currency),
+            "amount": money(invoice.total, currency, locale),
             "grand": True,
         }
     )
@@ -238,7 +262,11 @@ def _totals(invoice: Any, currency: str) -> list[dict]:
 
 
 def _breakdown(
-    charges: list[Any], billed: str, names: dict[str, str], metric_names: dict[str, str]
+    charges: list[Any],
+    billed: str,
+    names: dict[str, str],
+    metric_names: dict[str, str],
+    locale: str,
 ) -> list[dict]:
     """Usage per serviced customer, then per metric: quantities and service periods."""
     usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -253,7 +281,7 @@ def _breakdown(
             "customer_id": customer_id,
             "name": names.get(customer_id, customer_id),
             "metrics": [
-                _metric(code, usage[customer_id][code], metric_names)
+                _metric(code, usage[customer_id][code], metric_names, locale)
                 for code in sorted(
                     usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
                 )
@@ -263,14 +291,14 @@ def _breakdown(
     ]
 
 
-def _metric(code: str, charges: list[Any], metric_names: dict[str, str]) -> dict:
+def _metric(code: str, charges: list[Any], metric_names: dict[str, str], locale: str) -> dict:
     """One metric's usage for one customer: a row per service period, and their total."""
     found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
     rows = [
         {
             "product": c.product,
-            "period": period(c.period_start, c.period_end),
-            "quantity": quantity(c.quantity),
+            "period": period(c.period_start, c.period_end, locale),
+            "quantity": quantity(c.quantity, locale),
             "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
         }
         for c in found
@@ -279,5 +307,7 @@ def _metric(code: str, charges: list[Any], metric_names: dict[str, str]) -> dict
         "name": metric_names.get(code, code),
         "code": code,
         "rows": rows,
-        "total": quantity(sum((c.quantity for c in found), ZERO)) if len(found) > 1 else None,
+        "total": (
+            quantity(sum((c.quantity for c in found), ZERO), locale) if len(found) > 1 else None
+        ),
     }
