@@ -27,23 +27,23 @@ D = Decimal
 
 
 def test_amounts_for_their_currency():
-    assert money(D("31700.00"), "USD") == "$31,700.00"
-    assert money(D("-157.50"), "USD") == "-$157.50"
-    assert money(D("2856.00"), "EUR") == "€2,856.00"
-    assert money(D("1746785"), "JPY") == "¥1,746,785"  # no minor units
-    assert money(D("1.234"), "KWD") == "KWD\u00a01.234"  # three, and the code set apart
+    assert money(D("31700.00"), "USD", "en_US") == "$31,700.00"
+    assert money(D("-157.50"), "USD", "en_US") == "-$157.50"
+    assert money(D("2856.00"), "EUR", "en_US") == "€2,856.00"
+    assert money(D("1746785"), "JPY", "en_US") == "¥1,746,785"  # no minor units
+    assert money(D("1.234"), "KWD", "en_US") == "KWD\u00a01.234"  # three, and the code set apart
     # Unit prices keep their precision but show at least the minor units.
-    assert money(D("0.00157"), "USD", exact=True) == "$0.00157"
-    assert money(D("35"), "USD", exact=True) == "$35.00"
-    assert money(D("-0.00"), "USD") == money(D("0"), "USD") == "$0.00"
+    assert money(D("0.00157"), "USD", "en_US", exact=True) == "$0.00157"
+    assert money(D("35"), "USD", "en_US", exact=True) == "$35.00"
+    assert money(D("-0.00"), "USD", "en_US") == money(D("0"), "USD", "en_US") == "$0.00"
 
 
 def test_dates_nobody_can_misread():
-    assert day(date(2026, 2, 1)) == "1 Feb 2026"
+    assert day(date(2026, 2, 1), "en_US") == "1 Feb 2026"
     # service periods are half-open inside and shown with their inclusive last day
-    assert period(date(2026, 1, 1), date(2026, 2, 1)) == "1 Jan – 31 Jan 2026"
-    assert period(date(2025, 12, 15), date(2026, 1, 15)) == "15 Dec 2025 – 14 Jan 2026"
-    assert period(date(2026, 3, 14), date(2026, 3, 15)) == "14 Mar 2026"
+    assert period(date(2026, 1, 1), date(2026, 2, 1), "en_US") == "1 Jan – 31 Jan 2026"
+    assert period(date(2025, 12, 15), date(2026, 1, 15), "en_US") == "15 Dec 2025 – 14 Jan 2026"
+    assert period(date(2026, 3, 14), date(2026, 3, 15), "en_US") == "14 Mar 2026"
 
 
 FAMILY = """

@@ -1,6 +1,7 @@
 """Who an invoice is from and to (SPEC §7.1): the catalog's keys for the issuer, the
 billed customer, tax rates and credit grants, refused with one line when wrong, frozen
-with an issued invoice, and its invoice and due dates in the export."""
+with an issued invoice, its invoice and due dates in the export, and its documents
+written in the billed customer's locale."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ customers:
      address: [Hauptstr. 1, 10115 Berlin, DE], tax_id: DE123456789, email: ap@kessler.example,
      locale: de_DE, payment_terms_days: 14}
 prices:
-  - {code: fee, product: Platform, currency: EUR, model: flat, amount: "100.00"}
+  - {code: fee, product: Platform, currency: EUR, model: flat, amount: "1234.56"}
 subscriptions:
   - {id: s-kessler, customer: kessler, start: 2026-01-01, cadence: monthly, billing_day: 1,
      items: [{price: fee, timing: in_advance}]}
@@ -46,6 +47,10 @@ def document(invoice_id: int, path: Path) -> str:
     with unit_of_work() as session:
         write_document(session, invoice_id, path, "billing")
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", path.read_text())))
+
+
+def lang(path: Path) -> str:
+    return re.search(r'<html lang="([^"]+)">', path.read_text())[1]
 
 
 def snapshot(store, invoice_id: int) -> dict:
@@ -70,25 +75,36 @@ def test_the_parties_are_frozen_with_the_invoice_and_dated_in_the_export(store, 
     assert frozen["tax_rates"]["DE"] == {"rate": "0.19", "name": "VAT"}
     assert store.scalar("SELECT name FROM credit_grants WHERE id = 'promo'") == "Launch credit"
 
-    # The catalog changes after issue; the issued invoice keeps who it was to.
-    import_yaml(CATALOG.replace("tax_id: DE123456789", "tax_id: DE999999999"), name="changed.yaml")
+    # The catalog changes after issue; the issued invoice keeps who it was to, and the
+    # locale its documents are written in.
+    changed = CATALOG.replace("tax_id: DE123456789", "tax_id: DE999999999")
+    import_yaml(changed.replace("locale: de_DE", "locale: ja_JP"), name="changed.yaml")
     assert snapshot(store, jan["id"])["billed"]["tax_id"] == "DE123456789"
 
     sent = document(jan["id"], tmp_path / "jan.html")
+    assert lang(tmp_path / "jan.html") == "de-DE"
     for shown in (
-        "Invoice date 31 Jan 2026",
-        "Due date 14 Feb 2026",
+        "Invoice date 31. Jan. 2026",
+        "Due date 14. Feb. 2026",
+        "Billing date 1. Jan. 2026",
         "Terms Net 14",
         "Tax ID US12-3456789",
         "billing@acme.example",
         "Hauptstr. 1 10115 Berlin DE Tax ID DE123456789 ap@kessler.example",
         "Payment Pay by bank transfer IBAN: GB33 BUKB 2020 1555 5555 55",
-        "VAT 19% (DE)",
+        "VAT 19 % (DE)",
     ):
         assert shown in sent, shown
+    # Amounts in German: 1,234.56 + 19 % VAT (234.57) - 25.00 credit = 1,444.13.
+    for amount in ("1.234,56 €", "234,57 €", "-25,00 €", "1.444,13 €"):
+        assert amount in sent, amount
+    assert "€1" not in sent and "1,234.56" not in sent
     draft = document(feb["id"], tmp_path / "feb.html")
     assert "Invoice date Draft" in draft and "Due date Draft" in draft
     assert "Terms Net 14" in draft
+    # A draft reads the catalog as it is now: Japanese separators for the same euros.
+    assert lang(tmp_path / "feb.html") == "ja-JP"
+    assert "€1,234.56" in draft and "Billing date 2026年2月1日" in draft
 
     exported = {i["id"]: i for i in invoices()}
     assert exported[jan["id"]]["issue_date"] == "2026-01-31"
@@ -102,7 +118,7 @@ def test_a_tax_rate_prints_its_name_and_note(store, tmp_path):
     close("2026-01-01")
     (jan,) = invoices()
     sent = document(jan["id"], tmp_path / "jan.html")
-    assert "VAT 19% (DE) on €100.00" in sent
+    assert "VAT 19 % (DE) on 1.234,56 €" in sent
     assert "Tax point: the invoice date." in sent
 
 

@@ -99,7 +99,7 @@ def test_a_volume_price_puts_every_unit_in_one_tier():
     )
     assert steps(found, "USD") == [
         "Tier 2 (over 100; every unit at this tier's price): 150 × $0.475 = $71.25",
-        "Average unit price (amount ÷ quantity): $0.475",
+        "Average unit price (amount ÷ quantity): $0.475000",
     ]
     assert reproduces(found, "USD")
     # An amount the steps do not give is told apart.

@@ -1,11 +1,12 @@
 """Invoice date, due date and terms (SPEC §7.1): the issuer's calendar decides the day,
-the billed customer's terms win over the issuer's, 30 days without either."""
+the billed customer's terms win over the issuer's, 30 days without either; the same order
+picks the locale its documents are written in, en_US without either."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from billing_core.domain.terms import dates_of, invoice_date, terms_days, terms_label
+from billing_core.domain.terms import dates_of, invoice_date, locale_of, terms_days, terms_label
 
 
 def test_the_invoice_date_is_the_issuers_day():
@@ -38,3 +39,14 @@ def test_dates_of_an_issued_invoice_read_its_frozen_identity():
         30,
     )
     assert dates_of(None, identity) is None  # a draft
+
+
+def test_the_locale_comes_from_the_customer_then_the_issuer_then_en_us():
+    both = {"issuer": {"locale": "en_GB"}, "billed": {"locale": "de_DE"}}
+    assert locale_of(both) == "de_DE"
+    assert locale_of({"issuer": {"locale": "en_GB"}, "billed": {"name": "Kessler"}}) == "en_GB"
+    assert locale_of({"issuer": {"locale": "ja_JP"}, "billed": {"locale": None}}) == "ja_JP"
+    assert locale_of({"issuer": {}, "billed": {}}) == "en_US"
+    assert locale_of({"issuer": {"name": "Acme"}, "billed": {"locale": "ja_JP"}}) == "ja_JP"
+    # A snapshot taken before the store knew locales, and no identity at all.
+    assert locale_of({"customers": {}}) == locale_of(None) == "en_US"

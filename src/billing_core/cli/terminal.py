@@ -11,6 +11,7 @@ from rich.text import Text
 from sqlmodel import Session
 
 from billing_core.domain.money import money_str
+from billing_core.domain.terms import DEFAULT_LOCALE
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.formatting import day
 from billing_core.invoices.lifecycle import InvoiceError
@@ -242,7 +243,7 @@ def _ledger_table(entries: list[dict]) -> Table:
     for e in entries:
         table.add_row(
             e["grant"],
-            day(e["billing_date"]),
+            day(e["billing_date"], DEFAULT_LOCALE),
             _ledger_invoice(e),
             e["kind"],
             money_str(e["amount"], e["currency"]),

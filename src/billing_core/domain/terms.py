@@ -1,6 +1,7 @@
 """When an invoice is dated and due (SPEC §7.1): the invoice date is the day it was issued
 in the issuer's time zone; it is due its payment terms later (the billed customer's, else
-the issuer's, else 30 days)."""
+the issuer's, else 30 days). Its documents write amounts and dates in the billed
+customer's locale, else the issuer's, else en_US."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 DEFAULT_TERMS_DAYS = 30
+DEFAULT_LOCALE = "en_US"
 
 
 def terms_days(customer_days: int | None, issuer_days: int | None) -> int:
@@ -46,3 +48,11 @@ def dates_of(issued_at: datetime | None, identity: dict | None) -> tuple[date, d
     days = terms_of(identity)
     issued = invoice_date(issued_at, ((identity or {}).get("issuer") or {}).get("timezone"))
     return issued, due_date(issued, days), days
+
+
+def locale_of(identity: dict | None) -> str:
+    """The locale an invoice's documents are written in, from its identity (frozen at
+    issue, or a draft's live one): the billed customer's, else the issuer's, else en_US."""
+    identity = identity or {}
+    issuer, billed = identity.get("issuer") or {}, identity.get("billed") or {}
+    return billed.get("locale") or issuer.get("locale") or DEFAULT_LOCALE

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.explain import of_charge
+from billing_core.domain.terms import locale_of
 from billing_core.invoices.contexts import POOL_KEY, pool_totals
-from billing_core.invoices.explanations import average, counted, steps
-from billing_core.invoices.formatting import money, period, quantity
+from billing_core.invoices.explanations import Formatter, average, counted, steps
+from billing_core.invoices.formatting import period
 from billing_core.invoices.identity import of as identity_of
 from billing_core.invoices.lifecycle import InvoiceError, lines_of
 from billing_core.store.models import Charge, Customer, Invoice, InvoiceCharge, Metric, UsageEvent
@@ -46,6 +47,7 @@ def explain_invoice(
     charges = _charges(session, invoice_id)
     pools = pool_totals(session, [invoice_id])
     identity = identity_of(session, [inv], store_name)[inv.id]
+    fmt = Formatter(locale_of(identity))
     zones = _zones(session, {c.pool_owner_id or c.serviced_customer_id for c in charges})
     m = Metric.__table__.c
     rules = {
@@ -58,13 +60,13 @@ def explain_invoice(
         if position is not None and line.position != position:
             continue
         members = _members(line, charges, taken)
-        out.append(_line(session, inv, line, members, pools, identity, zones, rules))
+        out.append(_line(session, inv, line, members, pools, identity, zones, rules, fmt))
     return {
         "reference": inv.number or f"draft {inv.id}",
         "billed": identity["billed"].get("name", inv.billed_customer_id),
         "billed_id": inv.billed_customer_id,
         "currency": inv.currency,
-        "total": money(inv.total, inv.currency),
+        "total": fmt.money(inv.total, inv.currency),
         "lines": out,
     }
 
@@ -111,6 +113,7 @@ def _line(
     identity: dict,
     zones: dict[str, str],
     rules: dict[str, list],
+    fmt: Formatter,
 ) -> dict:
     currency = inv.currency
     label = line.product or line.description or line.kind
@@ -125,9 +128,9 @@ def _line(
         part = {
             "customer": names.get(charge.serviced_customer_id, charge.serviced_customer_id),
             "customer_id": charge.serviced_customer_id,
-            "quantity": quantity(charge.quantity),
-            "amount": money(charge.amount, currency),
-            "steps": steps(found, currency) if found is not None else [],
+            "quantity": fmt.quantity(charge.quantity),
+            "amount": fmt.money(charge.amount, currency),
+            "steps": steps(found, currency, fmt) if found is not None else [],
             "counted": counted(rules.get(charge.metric_code)),
             "events": None,
             "adjustments": [],
@@ -135,31 +138,33 @@ def _line(
         if charge.metric_code and charge.window_start is not None:
             zone = zones.get(charge.pool_owner_id or charge.serviced_customer_id) or "UTC"
             rule = rules.get(charge.metric_code)
-            part["events"] = _events(session, charge, rule[0] if rule else None, zone)
-            part["adjustments"] = _adjustments(session, charge)
+            part["events"] = _events(session, charge, rule[0] if rule else None, zone, fmt)
+            part["adjustments"] = _adjustments(session, charge, fmt)
         parts.append(part)
     return {
         "position": line.position,
         "kind": line.kind,
         "label": label,
         "customer_id": line.serviced_customer_id,
-        "period": period(line.period_start, line.period_end),
-        "quantity": quantity(line.quantity) if line.kind in ITEM_KINDS else "",
-        "unit_price": _unit_price(line, currency, averaged),
-        "amount": money(line.amount, currency),
+        "period": period(line.period_start, line.period_end, fmt.locale),
+        "quantity": fmt.quantity(line.quantity) if line.kind in ITEM_KINDS else "",
+        "unit_price": _unit_price(line, currency, averaged, fmt),
+        "amount": fmt.money(line.amount, currency),
         "charges": parts,
     }
 
 
-def _unit_price(line: Any, currency: str, averaged: bool) -> str:
+def _unit_price(line: Any, currency: str, averaged: bool, fmt: Formatter) -> str:
     if line.kind not in ITEM_KINDS or line.unit_price is None:
         return ""
     if averaged:
-        return f"avg. {average(line.unit_price, currency)}"
-    return money(line.unit_price, currency, exact=True)
+        return f"avg. {average(line.unit_price, currency, fmt)}"
+    return fmt.money(line.unit_price, currency, True)
 
 
-def _events(session: Session, charge: Any, aggregation: str | None, zone: str) -> dict:
+def _events(
+    session: Session, charge: Any, aggregation: str | None, zone: str, fmt: Formatter
+) -> dict:
     """The events in a usage charge's window: how many, the first and last, how many
     arrived after the charge was rated, and what they aggregate to now."""
     e = UsageEvent.__table__.c
@@ -193,7 +198,7 @@ def _events(session: Session, charge: Any, aggregation: str | None, zone: str) -
         "first": _instant(first),
         "last": _instant(last),
         "late": late,
-        "now": quantity(now) if now is not None else None,
+        "now": fmt.quantity(now) if now is not None else None,
         "now_value": now,
         "window_utc": f"{_instant(charge.window_start)} – {_instant(charge.window_end)}",
         "window_local": f"{_instant(charge.window_start, tz)} – "
@@ -201,7 +206,7 @@ def _events(session: Session, charge: Any, aggregation: str | None, zone: str) -
     }
 
 
-def _adjustments(session: Session, charge: Any) -> list[dict]:
+def _adjustments(session: Session, charge: Any, fmt: Formatter) -> list[dict]:
     """Late usage billed for the charge's window later, with the invoice that billed it."""
     ch, link = Charge.__table__.c, InvoiceCharge.__table__.c
     inv = Invoice.__table__.c
@@ -216,8 +221,8 @@ def _adjustments(session: Session, charge: Any) -> list[dict]:
     seen: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
         seen[(r.billing_date, r.invoice)] = {
-            "quantity": quantity(r.quantity),
-            "amount": money(r.amount, charge.currency),
+            "quantity": fmt.quantity(r.quantity),
+            "amount": fmt.money(r.amount, charge.currency),
             "billing_date": r.billing_date.isoformat(),
             "invoice": r.number or (f"draft {r.invoice}" if r.invoice else "not yet invoiced"),
         }

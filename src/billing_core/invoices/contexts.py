@@ -20,8 +20,8 @@ from billing_core.domain.charge import pick
 from billing_core.domain.explain import Explanation
 from billing_core.domain.explain import of_charge as explain_charge
 from billing_core.domain.money import ZERO
-from billing_core.domain.terms import dates_of, terms_label, terms_of
-from billing_core.invoices.explanations import average, counted, steps, summary
+from billing_core.domain.terms import dates_of, locale_of, terms_label, terms_of
+from billing_core.invoices.explanations import Formatter, average, counted, steps, summary
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -138,6 +138,7 @@ def context(
     names: dict[str, str] = identity["customers"]
     issuer = {k: v for k, v in identity["issuer"].items() if k not in ("id", "invoice_prefix")}
     currency = invoice.currency
+    locale = locale_of(identity)
     billed = invoice.billed_customer_id
     by_position = {line.position: line for line in lines}
     by_customer: dict[str, list[Any]] = defaultdict(list)
@@ -145,7 +146,8 @@ def context(
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
     explained = {c.id: _explanation(c, pools or {}) for c in charges}
-    notes = _line_notes(lines, charges, explained, currency)
+    fmt = Formatter(locale)
+    notes = _line_notes(lines, charges, explained, currency, fmt)
     sections = [
         _section(
             customer_id,
@@ -156,19 +158,21 @@ def context(
             currency,
             rates,
             notes,
+            fmt,
         )
         for customer_id in _section_order(by_customer, billed, names)
     ]
     used = {line.jurisdiction for line in lines if line.kind == "tax"}
     return {
+        "lang": locale.replace("_", "-"),
         "invoice": {
             "id": invoice.id,
             "number": invoice.number,
             "draft": invoice.status == "draft",
             "reference": invoice.number or f"Draft {invoice.id}",
-            "billing_date": day(invoice.billing_date),
+            "billing_date": day(invoice.billing_date, locale),
             "currency": currency,
-            **_dates(invoice, identity),
+            **_dates(invoice, identity, locale),
         },
         "issuer": {
             **dict.fromkeys(("tax_id", "email", "payment_instructions")),
@@ -182,28 +186,32 @@ def context(
         },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
-        "totals": _totals(invoice, currency),
-        "breakdown": _breakdown(charges, billed, names, identity, explained),
+        "totals": _totals(invoice, currency, locale),
+        "breakdown": _breakdown(charges, billed, names, identity, explained, fmt),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
 
 
-def _dates(invoice: Any, identity: dict) -> dict:
+def _dates(invoice: Any, identity: dict, locale: str) -> dict:
     """Invoice date, due date and terms as the document prints them (a draft has no dates
     yet, but its terms are known)."""
     dated = dates_of(invoice.issued_at, identity)
     if dated is None:
         return {"issue_date": None, "due_date": None, "terms": terms_label(terms_of(identity))}
     issued, due, days = dated
-    return {"issue_date": day(issued), "due_date": day(due), "terms": terms_label(days)}
+    return {
+        "issue_date": day(issued, locale),
+        "due_date": day(due, locale),
+        "terms": terms_label(days),
+    }
 
 
-def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict]) -> str:
+def _tax_label(jurisdiction: str, rate: Decimal, rates: dict[str, dict], locale: str) -> str:
     """`VAT 19% (DE)` with the rate's name; `Tax DE 19%` without one."""
     name = rates.get(jurisdiction, {}).get("name")
     if name:
-        return f"{name} {percent(rate)} ({jurisdiction})"
-    return f"Tax {jurisdiction} {percent(rate)}"
+        return f"{name} {percent(rate, locale)} ({jurisdiction})"
+    return f"Tax {jurisdiction} {percent(rate, locale)}"
 
 
 def _section(
@@ -215,8 +223,10 @@ def _section(
     currency: str,
     rates: dict[str, dict],
     notes: dict[int, tuple[str | None, bool]],
+    fmt: Formatter,
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
+    locale = fmt.locale
     taxes: dict[tuple, list[Decimal]] = {}
     rows, credits = [], []
     for line in section_lines:
@@ -229,11 +239,11 @@ def _section(
             credits.append(
                 {
                     "label": line.description or line.product,
-                    "amount": money(line.amount, currency),
+                    "amount": money(line.amount, currency, locale),
                 }
             )
         else:
-            rows.append(_row(line, currency, *notes.get(line.position, (None, False))))
+            rows.append(_row(line, currency, fmt, *notes.get(line.position, (None, False))))
     return {
         "customer_id": customer_id,
         "name": names.get(customer_id, customer_id),
@@ -241,40 +251,42 @@ def _section(
         "rows": rows,
         "taxes": [
             {
-                "label": _tax_label(jurisdiction, rate, rates),
-                "base": money(base, currency),
-                "amount": money(amount, currency),
+                "label": _tax_label(jurisdiction, rate, rates, locale),
+                "base": money(base, currency, locale),
+                "amount": money(amount, currency, locale),
             }
             for (jurisdiction, rate), (base, amount) in sorted(
                 taxes.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
             )
         ],
         "credits": credits,
-        "total": money(sum((x.amount for x in section_lines), ZERO), currency),
+        "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
     }
 
 
-def _row(line: Any, currency: str, how: str | None = None, averaged: bool = False) -> dict:
+def _row(
+    line: Any, currency: str, fmt: Formatter, how: str | None = None, averaged: bool = False
+) -> dict:
     """A charged line as the document lists it (quantity and unit price when itemized; a
     unit price that is an average says so)."""
     itemized = line.kind in ("fixed", "usage", "adjustment")
     unit_price = ""
     if itemized and line.unit_price is not None:
         unit_price = (
-            average(line.unit_price, currency)
+            average(line.unit_price, currency, fmt)
             if averaged
-            else money(line.unit_price, currency, exact=True)
+            else money(line.unit_price, currency, fmt.locale, exact=True)
         )
     return {
         "product": line.product or "",
         "bundle": line.bundle,
         "kind": line.kind,
         "note": _note(line) or how,
-        "period": period(line.period_start, line.period_end),
-        "quantity": quantity(line.quantity) if itemized else "",
+        "period": period(line.period_start, line.period_end, fmt.locale),
+        "quantity": quantity(line.quantity, fmt.locale) if itemized else "",
         "unit_price": unit_price,
         "average": bool(unit_price) and averaged,
-        "amount": money(line.amount, currency),
+        "amount": money(line.amount, currency, fmt.locale),
     }
 
 
@@ -287,7 +299,11 @@ def _note(line: Any) -> str | None:
 
 
 def _line_notes(
-    lines: list[Any], charges: list[Any], explained: dict[int, Explanation | None], currency: str
+    lines: list[Any],
+    charges: list[Any],
+    explained: dict[int, Explanation | None],
+    currency: str,
+    fmt: Formatter,
 ) -> dict[int, tuple[str | None, bool]]:
     """Per line position: a short note on how its amount came about (a part period, a
     pool's share, packages, tiers), and whether its unit price is an average. A line of
@@ -304,30 +320,38 @@ def _line_notes(
         own = explained.get(line.charge_id) if line.charge_id is not None else None
         found = own or by_price.get(line.price_code)
         if found is not None:
-            how = summary(own, currency) if own is not None else None
+            how = summary(own, currency, fmt) if own is not None else None
             out[line.position] = (how, line.kind != "fixed" and found.averaged)
     return out
 
 
-def _totals(invoice: Any, currency: str) -> list[dict]:
-    rows = [{"label": "Subtotal", "amount": money(invoice.subtotal, currency), "grand": False}]
+def _totals(invoice: Any, currency: str, locale: str) -> list[dict]:
+    rows = [
+        {"label": "Subtotal", "amount": money(invoice.subtotal, currency, locale), "grand": False}
+    ]
     if invoice.discount_total:
         rows.append(
             {
                 "label": "Discounts",
-                "amount": money(invoice.discount_total, currency),
+                "amount": money(invoice.discount_total, currency, locale),
                 "grand": False,
             }
         )
-    rows.append({"label": "Tax", "amount": money(invoice.tax_total, currency), "grand": False})
+    rows.append(
+        {"label": "Tax", "amount": money(invoice.tax_total, currency, locale), "grand": False}
+    )
     if invoice.credit_total:
         rows.append(
-            {"label": "Credits", "amount": money(invoice.credit_total, currency), "grand": False}
+            {
+                "label": "Credits",
+                "amount": money(invoice.credit_total, currency, locale),
+                "grand": False,
+            }
         )
     rows.append(
         {
             "label": f"Total due ({currency})",
-            "amount": money(invoice.total, currency),
+            "amount": money(invoice.total, currency, locale),
             "grand": True,
         }
     )
@@ -340,6 +364,7 @@ def _breakdown(
     names: dict[str, str],
     identity: dict,
     explained: dict[int, Explanation | None],
+    fmt: Formatter,
 ) -> list[dict]:
     """Usage per serviced customer, then per metric: what was counted, the quantities and
     service periods, and how each was priced, step by step; then the part periods of
@@ -363,7 +388,7 @@ def _breakdown(
             "customer_id": customer_id,
             "name": names.get(customer_id, customer_id),
             "metrics": [
-                _metric(code, usage[customer_id][code], metric_names, rules, explained)
+                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt)
                 for code in sorted(
                     usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
                 )
@@ -371,9 +396,9 @@ def _breakdown(
             "prorated": [
                 {
                     "product": c.product,
-                    "period": period(c.period_start, c.period_end),
-                    "amount": money(c.amount, c.currency),
-                    "how": steps(explained[c.id], c.currency),
+                    "period": period(c.period_start, c.period_end, fmt.locale),
+                    "amount": money(c.amount, c.currency, fmt.locale),
+                    "how": steps(explained[c.id], c.currency, fmt),
                 }
                 for c in sorted(prorated[customer_id], key=lambda c: (c.period_start, c.product))
             ],
@@ -388,6 +413,7 @@ def _metric(
     metric_names: dict[str, str],
     rules: dict[str, list],
     explained: dict[int, Explanation | None],
+    fmt: Formatter,
 ) -> dict:
     """One metric's usage for one customer: a row per service period with how it was
     priced, and their total."""
@@ -398,11 +424,11 @@ def _metric(
         rows.append(
             {
                 "product": c.product,
-                "period": period(c.period_start, c.period_end),
-                "quantity": quantity(c.quantity),
-                "amount": money(c.amount, c.currency),
+                "period": period(c.period_start, c.period_end, fmt.locale),
+                "quantity": quantity(c.quantity, fmt.locale),
+                "amount": money(c.amount, c.currency, fmt.locale),
                 "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
-                "how": steps(how, c.currency) if how is not None else _late(c),
+                "how": steps(how, c.currency, fmt) if how is not None else _late(c, fmt),
             }
         )
     return {
@@ -410,16 +436,18 @@ def _metric(
         "code": code,
         "counted": counted(rules.get(code)),
         "rows": rows,
-        "total": quantity(sum((c.quantity for c in found), ZERO)) if len(found) > 1 else None,
+        "total": (
+            quantity(sum((c.quantity for c in found), ZERO), fmt.locale) if len(found) > 1 else None
+        ),
     }
 
 
-def _late(charge: Any) -> list[str]:
+def _late(charge: Any, fmt: Formatter) -> list[str]:
     """What a late-usage adjustment's row says: the units that arrived after the period
     was billed, re-rated with the price that billed it."""
     if charge.kind != "adjustment":
         return []
     return [
-        f"{quantity(charge.quantity)} more counted after this period was billed; the "
-        f"period re-rated with its price comes to {money(charge.amount, charge.currency)} more"
+        f"{fmt.quantity(charge.quantity)} more counted after this period was billed; the "
+        f"period re-rated with its price comes to {fmt.money(charge.amount, charge.currency)} more"
     ]

@@ -95,20 +95,20 @@ def summary(explanation: Explanation, currency: str, fmt: Formatter | None = Non
 def average(value: Decimal, currency: str, fmt: Formatter | None = None) -> str:
     """An average unit price to a steady six decimal places: "$0.001570"."""
     fmt = fmt or Formatter()
-    return fmt.money(value.quantize(SIX), currency, True)
+    return fmt.money(value.quantize(SIX), currency, True, EXACT_PLACES)
 
 
 class Formatter:
     """The number formats an explanation uses, in a document's locale."""
 
-    def __init__(self, locale: str | None = None) -> None:
+    def __init__(self, locale: str = "en_US") -> None:
         self.locale = locale
 
-    def money(self, value: Decimal, currency: str, exact: bool = False) -> str:
-        return money(value, currency, exact=exact)
+    def money(self, value: Decimal, currency: str, exact: bool = False, at_least: int = 0) -> str:
+        return money(value, currency, self.locale, exact=exact, at_least=at_least)
 
     def quantity(self, value: Decimal) -> str:
-        return quantity(value)
+        return quantity(value, self.locale)
 
     def equals(self, value: Decimal, currency: str) -> str:
         """ "= " and an exact amount; beyond six decimal places, "≈ " and six places."""
