@@ -92,7 +92,9 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
     sections = [
-        _section(customer_id, by_customer[customer_id], by_position, names, billed, currency, rates)
+        _section(
+            customer_id, by_customer[customer_id], by_position, names, billed, currency, identity
+        )
         for customer_id in _section_order(by_customer, billed, names)
     ]
     used = {line.jurisdiction for line in lines if line.kind == "tax"}
@@ -149,9 +151,10 @@ def _section(
     names: dict[str, str],
     billed: str,
     currency: str,
-    rates: dict[str, dict],
+    identity: dict,
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
+    rates: dict[str, dict] = identity.get("tax_rates", {})
     taxes: dict[tuple, list[Decimal]] = {}
     rows, credits = [], []
     for line in section_lines:
@@ -161,12 +164,7 @@ def _section(
             base, amount = taxes.setdefault(key, [ZERO, ZERO])
             taxes[key] = [base + (taxed.amount if taxed else ZERO), amount + line.amount]
         elif line.kind == "credit":
-            credits.append(
-                {
-                    "label": line.description or line.product,
-                    "amount": money(line.amount, currency),
-                }
-            )
+            credits.append(_credit(line, currency, identity.get("credits")))
         else:
             rows.append(_row(line, currency))
     return {
@@ -186,6 +184,25 @@ def _section(
         ],
         "credits": credits,
         "total": money(sum((x.amount for x in section_lines), ZERO), currency),
+    }
+
+
+def _credit(line: Any, currency: str, grants: dict[str, dict] | None) -> dict:
+    """A credit line: the grant's name (else its id) and its balance left after this
+    invoice, frozen at issue (a draft shows the ledger's now). An invoice issued before
+    grants were frozen with it keeps the line's own description, without a balance."""
+    amount = money(line.amount, currency)
+    grant = (grants or {}).get(line.grant_id)
+    if grant is None:
+        label = line.description or line.product
+        return {"label": label, "name": label, "balance": None, "amount": amount}
+    name = grant.get("name") or f"Credit {line.grant_id}"
+    balance = money(Decimal(grant["balance_after"]), currency)
+    return {
+        "label": f"{name} · balance left after this invoice {balance}",
+        "name": name,
+        "balance": balance,
+        "amount": amount,
     }
 
 
