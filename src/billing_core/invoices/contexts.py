@@ -120,6 +120,7 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
+        "summary": _summary(sections, invoice, currency),
         "totals": _totals(invoice, currency),
         "breakdown": _breakdown(charges, billed, names, identity["metrics"]),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
@@ -153,7 +154,8 @@ def _section(
     currency: str,
     identity: dict,
 ) -> dict:
-    """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
+    """One serviced customer's part of an invoice: its rows, taxes, credits and total, and
+    the raw sums the summary of a roll-up adds up."""
     rates: dict[str, dict] = identity.get("tax_rates", {})
     taxes: dict[tuple, list[Decimal]] = {}
     rows, credits = [], []
@@ -184,6 +186,7 @@ def _section(
         ],
         "credits": credits,
         "total": money(sum((x.amount for x in section_lines), ZERO), currency),
+        "sums": _sums(section_lines),
     }
 
 
@@ -203,6 +206,68 @@ def _credit(line: Any, currency: str, grants: dict[str, dict] | None) -> dict:
         "name": name,
         "balance": balance,
         "amount": amount,
+    }
+
+
+# What a section's lines add to each column of a roll-up's summary.
+SUMMED = {
+    "fixed": "subtotal",
+    "usage": "subtotal",
+    "minimum": "subtotal",
+    "adjustment": "subtotal",
+    "discount": "discounts",
+    "tax": "tax",
+    "credit": "credits",
+}
+SUMMARY_COLUMNS = {
+    "subtotal": "Subtotal",
+    "discounts": "Discounts",
+    "tax": "Tax",
+    "credits": "Credits",
+    "total": "Total",
+}
+
+
+def _sums(section_lines: list[Any]) -> dict[str, Decimal]:
+    """A section's subtotal, discounts, tax, credits and total, unformatted: summed as the
+    invoice's totals are (SPEC §8), so the sections add up to them."""
+    sums = dict.fromkeys(SUMMARY_COLUMNS, ZERO)
+    for line in section_lines:
+        sums[SUMMED[line.kind]] += line.amount
+        sums["total"] += line.amount
+    return sums
+
+
+def _summary(sections: list[dict], invoice: Any, currency: str) -> dict | None:
+    """What opens a roll-up with more than one serviced customer (SPEC §7.1): a row per
+    serviced customer, in section order, with its subtotal, tax, credits and total, and
+    the invoice's totals under them. Discounts get a column when the invoice has any, so
+    that every row and the totals add up across."""
+    if len(sections) < 2:
+        return None
+    totals = {
+        "subtotal": invoice.subtotal,
+        "discounts": invoice.discount_total,
+        "tax": invoice.tax_total,
+        "credits": invoice.credit_total,
+        "total": invoice.total,
+    }
+    shown = [
+        key
+        for key in SUMMARY_COLUMNS
+        if key != "discounts" or totals[key] or any(s["sums"][key] for s in sections)
+    ]
+    return {
+        "columns": [SUMMARY_COLUMNS[key] for key in shown],
+        "rows": [
+            {
+                "customer_id": s["customer_id"],
+                "name": s["name"],
+                "amounts": [money(s["sums"][key], currency) for key in shown],
+            }
+            for s in sections
+        ],
+        "totals": [money(totals[key], currency) for key in shown],
     }
 
 
