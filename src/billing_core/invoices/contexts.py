@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from billing_core.domain.charge import pick
 from billing_core.domain.money import ZERO
+from billing_core.domain.tax import TAXED_KINDS
 from billing_core.domain.terms import dates_of, terms_label, terms_of
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
@@ -97,7 +98,8 @@ def context(invoice: Any, lines: list[Any], charges: list[Any], identity: dict) 
         )
         for customer_id in _section_order(by_customer, billed, names)
     ]
-    used = {line.jurisdiction for line in lines if line.kind == "tax"}
+    # The notes of the rates the document shows (a rate of 0 included: a reverse charge).
+    used = {t["jurisdiction"] for s in sections for t in s["taxes"] if t["jurisdiction"]}
     return {
         "invoice": {
             "id": invoice.id,
@@ -169,6 +171,9 @@ def _section(
             credits.append(_credit(line, currency, identity.get("credits")))
         else:
             rows.append(_row(line, currency))
+    zero_rated = _zero_rated(customer_id, section_lines, identity)
+    if zero_rated is not None:
+        taxes.setdefault(*zero_rated)
     return {
         "customer_id": customer_id,
         "name": names.get(customer_id, customer_id),
@@ -176,6 +181,7 @@ def _section(
         "rows": rows,
         "taxes": [
             {
+                "jurisdiction": jurisdiction,
                 "label": _tax_label(jurisdiction, rate, rates),
                 "base": money(base, currency),
                 "amount": money(amount, currency),
@@ -188,6 +194,22 @@ def _section(
         "total": money(sum((x.amount for x in section_lines), ZERO), currency),
         "sums": _sums(section_lines),
     }
+
+
+def _zero_rated(
+    customer_id: str, section_lines: list[Any], identity: dict
+) -> tuple[tuple, list[Decimal]] | None:
+    """A rate of 0 where this customer's lines are taxed (a reverse charge) makes no tax
+    line; the document still shows it, as a row of 0 on what it applied to, so the rate
+    and its note are on the invoice. None for any other rate."""
+    jurisdiction = identity.get("taxed_at", {}).get(customer_id)
+    rate = identity.get("tax_rates", {}).get(jurisdiction or "", {}).get("rate")
+    if rate is None or Decimal(rate) != 0:
+        return None
+    taxed = [x.amount for x in section_lines if x.kind in TAXED_KINDS]
+    if not taxed:
+        return None
+    return (jurisdiction, ZERO), [sum(taxed, ZERO), ZERO]
 
 
 def _credit(line: Any, currency: str, grants: dict[str, dict] | None) -> dict:

@@ -8,10 +8,12 @@ Every document rendered for it later reads the snapshot, never the catalog as it
 A draft has no snapshot: its documents are rendered from the same shape built from the
 live catalog.
 
-Besides who, the snapshot keeps what a document prints of a credit that the invoice's
-lines do not hold: `credits`, each grant the invoice used with its name and the balance
-left after the invoice (`invoices.ledger.balances_after`), so a copy rendered after later
-invoices drew on the grant shows the balance as it was.
+Besides who, the snapshot keeps two things a document prints that the invoice's lines do
+not hold: `credits`, each grant the invoice used with its name and the balance left after
+the invoice (`invoices.ledger.balances_after`), so a copy rendered after later invoices
+drew on the grant shows the balance as it was; and `taxed_at`, the jurisdiction each
+serviced customer's lines are taxed at, so a rate of 0 (a reverse charge), which makes no
+tax line, still shows with its note.
 
 The snapshot is JSON so that fields the catalog gains later (the issuer's tax id, email,
 payment instructions, time zone, locale and terms; the customer's address, tax id, email,
@@ -33,6 +35,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.domain.money import money_str
+from billing_core.domain.tax import jurisdiction_for
 from billing_core.invoices.ledger import balances_after
 from billing_core.store.models import (
     Charge,
@@ -149,7 +152,7 @@ def live(
         row.id: row
         for row in select_in(
             session,
-            sa.select(c.id, *(c[f] for f in fields)),
+            sa.select(c.id, c.jurisdiction, c.tax_basis, *(c[f] for f in fields)),
             c.id,
             wanted,
         )
@@ -173,12 +176,15 @@ def live(
             customer: customers[customer].name if customer in customers else customer
             for customer in serviced
         }
+        taxed_at = _taxed_at(row, serviced, customers)
+        jurisdictions = found.jurisdictions | set(taxed_at.values())
         out[invoice.id] = {
             "issuer": issuers[issuer_id or invoice.issuer_id],
             "billed": _billed_entry(billed, row, fields),
             "customers": names,
             "metrics": {code: metric_names.get(code, code) for code in sorted(found.metrics)},
-            "tax_rates": {j: rates[j] for j in sorted(found.jurisdictions) if j in rates},
+            "tax_rates": {j: rates[j] for j in sorted(jurisdictions) if j in rates},
+            "taxed_at": taxed_at,
             "credits": credits.get(invoice.id, {}),
         }
     return out
@@ -194,6 +200,19 @@ def _billed_entry(billed: str, row: Any, fields: list[str]) -> dict[str, Any]:
             {f: json_safe(found[f]) for f in fields if f == "name" or found[f] is not None}
         )
     return entry
+
+
+def _taxed_at(billed: Any, serviced: list[str], customers: dict[str, Any]) -> dict[str, str]:
+    """serviced customer -> the jurisdiction its lines are taxed at (the rule of
+    domain.tax), for those taxed anywhere: what a rate of 0 is shown by."""
+    if billed is None:
+        return {}
+    out = {}
+    for customer in serviced:
+        where = jurisdiction_for({"serviced_customer_id": customer}, billed, customers)
+        if where:
+            out[customer] = where
+    return out
 
 
 def _credits(
