@@ -163,3 +163,85 @@ def test_a_wrong_value_is_refused_in_one_line_and_changes_nothing(store, old, ne
     assert "\n" not in refused.value.problems[0]
     with unit_of_work() as session:
         assert session.execute(sa.text("SELECT count(*) FROM customers")).scalar() == 0
+
+
+REVERSE_CHARGE = """
+customers:
+  - {id: nordwind, name: Nordwind BV, currency: EUR, jurisdiction: EU-RC,
+     address: [Keizersgracht 1, Amsterdam, NL], tax_id: NL123456789B01}
+  - {id: kessler-fr, name: Kessler France, currency: EUR, jurisdiction: EU-RC, parent: kessler}
+subscriptions:
+  - {id: s-nordwind, customer: nordwind, start: 2026-01-01, cadence: monthly, billing_day: 1,
+     items: [{price: fee, timing: in_advance}]}
+  - {id: s-kessler-fr, customer: kessler-fr, start: 2026-01-01, cadence: monthly,
+     billing_day: 1, items: [{price: fee, timing: in_advance}]}
+"""
+
+
+def with_reverse_charge(catalog: str) -> str:
+    """CATALOG and the customers of REVERSE_CHARGE, one YAML document."""
+    extra_customers, extra_subscriptions = REVERSE_CHARGE.split("subscriptions:")
+    return catalog.replace(
+        "prices:", extra_customers.replace("customers:", "").strip("\n") + "\nprices:"
+    ).replace("credits:", extra_subscriptions.strip("\n") + "\ncredits:")
+
+
+def test_a_rate_of_0_shows_with_its_note_and_is_frozen_at_issue(store, tmp_path):
+    """A reverse charge (rate 0, with a note) makes no tax line, but the invoice shows the
+    rate on what it applied to, at 0, and the note; issuing freezes both."""
+    import_yaml(with_reverse_charge(CATALOG))
+    close("2026-01-01")
+    nordwind = next(i for i in invoices() if i["billed_customer"] == "nordwind")
+    assert nordwind["tax_total"] == "0.00"
+    assert not [x for x in nordwind["lines"] if x["kind"] == "tax"]  # nothing stored
+    with unit_of_work() as session:
+        issue(session, ids=[nordwind["id"]])
+        session.commit()
+    frozen = snapshot(store, nordwind["id"])
+    assert frozen["tax_rates"] == {
+        "EU-RC": {
+            "rate": "0",
+            "name": "VAT",
+            "note": "Reverse charge: VAT to be accounted for by the recipient.",
+        }
+    }
+    assert frozen["taxed_at"] == {"nordwind": "EU-RC"}
+    # The catalog drops the note later: the issued invoice keeps it.
+    import_yaml(
+        with_reverse_charge(CATALOG).replace(
+            'note: "Reverse charge: VAT to be accounted for by the recipient."', ""
+        ),
+        name="changed.yaml",
+    )
+    sent = document(nordwind["id"], tmp_path / "nordwind.html")
+    assert "VAT 0% (EU-RC) on €1,234.56 €0.00" in sent
+    assert "Reverse charge: VAT to be accounted for by the recipient." in sent
+
+
+def test_a_rate_of_0_follows_where_the_lines_are_taxed(store, tmp_path):
+    """On a roll-up taxed where the billed customer is, a child's rate of 0 does not
+    apply and its note does not show; taxed where each serviced customer is, the child's
+    section shows the rate of 0 and the note, the parent's its 19%."""
+    import_yaml(with_reverse_charge(CATALOG))
+    close("2026-01-01")
+    kessler = next(i for i in invoices() if i["billed_customer"] == "kessler")
+    billed = document(kessler["id"], tmp_path / "billed.html")
+    # Each section at the parent's rate, written in Kessler's locale (de_DE).
+    assert billed.count("VAT 19 % (DE) on 1.234,56 € 234,57 €") == 2
+    assert "EU-RC" not in billed and "Reverse charge" not in billed
+
+    import_yaml(
+        with_reverse_charge(CATALOG).replace(
+            "payment_terms_days: 14}", "payment_terms_days: 14,\n     tax_basis: serviced}"
+        ),
+        name="serviced.yaml",
+    )
+    close("2026-01-01")
+    kessler = next(i for i in invoices() if i["billed_customer"] == "kessler")
+    serviced = document(kessler["id"], tmp_path / "serviced.html")
+    # The sections (after the summary by customer): the parent's, then the child's.
+    parent = serviced[serviced.index("Kessler GmbH kessler · billed customer") :]
+    parent, france = parent.split("Kessler France kessler-fr", 1)
+    assert "VAT 19 % (DE) on 1.234,56 € 234,57 €" in parent and "EU-RC" not in parent
+    assert "VAT 0 % (EU-RC) on 1.234,56 € 0,00 €" in france and "(DE)" not in france
+    assert "Reverse charge: VAT to be accounted for by the recipient." in serviced

@@ -37,6 +37,8 @@ def show_invoice(
 def print_invoice(console: Console, invoice: Any, data: dict, title: str | None = None) -> None:
     """Print an invoice from its document context."""
     _print_heading(console, invoice, data, title)
+    if data.get("summary"):
+        console.print(_summary_table(data["summary"], data["invoice"]["currency"]))
     for section in data["sections"]:
         console.print(_section_table(section))
     console.print(_totals_table(data["totals"]))
@@ -96,6 +98,21 @@ def _section_table(section: dict) -> Table:
         table.add_row(credit["label"], "", "", "", credit["amount"], style="green")
     table.add_section()
     table.add_row(Text("total", "bold"), "", "", "", Text(section["total"], "bold"))
+    return table
+
+
+def _summary_table(summary: dict, currency: str) -> Table:
+    """A roll-up's summary by serviced customer, with the invoice's totals under it."""
+    table = Table(title="Summary by customer", title_justify="left", title_style="bold")
+    table.add_column("customer", overflow="fold")
+    for column in summary["columns"]:
+        table.add_column(column.lower(), justify="right", no_wrap=True)
+    for row in summary["rows"]:
+        table.add_row(f"{row['name']} ({row['customer_id']})", *row["amounts"])
+    table.add_section()
+    table.add_row(
+        Text(f"invoice total ({currency})", "bold"), *(Text(a, "bold") for a in summary["totals"])
+    )
     return table
 
 

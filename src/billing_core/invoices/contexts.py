@@ -20,6 +20,7 @@ from billing_core.domain.charge import pick
 from billing_core.domain.explain import Explanation
 from billing_core.domain.explain import of_charge as explain_charge
 from billing_core.domain.money import ZERO
+from billing_core.domain.tax import TAXED_KINDS
 from billing_core.domain.terms import dates_of, locale_of, terms_label, terms_of
 from billing_core.invoices.explanations import Formatter, average, counted, steps, summary
 from billing_core.invoices.formatting import day, money, percent, period, quantity
@@ -156,13 +157,14 @@ def context(
             names,
             billed,
             currency,
-            rates,
+            identity,
             notes,
             fmt,
         )
         for customer_id in _section_order(by_customer, billed, names)
     ]
-    used = {line.jurisdiction for line in lines if line.kind == "tax"}
+    # The notes of the rates the document shows (a rate of 0 included: a reverse charge).
+    used = {t["jurisdiction"] for s in sections for t in s["taxes"] if t["jurisdiction"]}
     return {
         "lang": locale.replace("_", "-"),
         "invoice": {
@@ -186,6 +188,7 @@ def context(
         },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
+        "summary": _summary(sections, invoice, currency, locale),
         "totals": _totals(invoice, currency, locale),
         "breakdown": _breakdown(charges, billed, names, identity, explained, fmt),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
@@ -221,12 +224,14 @@ def _section(
     names: dict[str, str],
     billed: str,
     currency: str,
-    rates: dict[str, dict],
+    identity: dict,
     notes: dict[int, tuple[str | None, bool]],
     fmt: Formatter,
 ) -> dict:
-    """One serviced customer's part of an invoice: its rows, taxes, credits and total."""
+    """One serviced customer's part of an invoice: its rows, taxes, credits and total, and
+    the raw sums the summary of a roll-up adds up."""
     locale = fmt.locale
+    rates: dict[str, dict] = identity.get("tax_rates", {})
     taxes: dict[tuple, list[Decimal]] = {}
     rows, credits = [], []
     for line in section_lines:
@@ -236,14 +241,12 @@ def _section(
             base, amount = taxes.setdefault(key, [ZERO, ZERO])
             taxes[key] = [base + (taxed.amount if taxed else ZERO), amount + line.amount]
         elif line.kind == "credit":
-            credits.append(
-                {
-                    "label": line.description or line.product,
-                    "amount": money(line.amount, currency, locale),
-                }
-            )
+            credits.append(_credit(line, currency, identity.get("credits"), locale))
         else:
             rows.append(_row(line, currency, fmt, *notes.get(line.position, (None, False))))
+    zero_rated = _zero_rated(customer_id, section_lines, identity)
+    if zero_rated is not None:
+        taxes.setdefault(*zero_rated)
     return {
         "customer_id": customer_id,
         "name": names.get(customer_id, customer_id),
@@ -251,6 +254,7 @@ def _section(
         "rows": rows,
         "taxes": [
             {
+                "jurisdiction": jurisdiction,
                 "label": _tax_label(jurisdiction, rate, rates, locale),
                 "base": money(base, currency, locale),
                 "amount": money(amount, currency, locale),
@@ -261,6 +265,104 @@ def _section(
         ],
         "credits": credits,
         "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
+        "sums": _sums(section_lines),
+    }
+
+
+def _zero_rated(
+    customer_id: str, section_lines: list[Any], identity: dict
+) -> tuple[tuple, list[Decimal]] | None:
+    """A rate of 0 where this customer's lines are taxed (a reverse charge) makes no tax
+    line; the document still shows it, as a row of 0 on what it applied to, so the rate
+    and its note are on the invoice. None for any other rate."""
+    jurisdiction = identity.get("taxed_at", {}).get(customer_id)
+    rate = identity.get("tax_rates", {}).get(jurisdiction or "", {}).get("rate")
+    if rate is None or Decimal(rate) != 0:
+        return None
+    taxed = [x.amount for x in section_lines if x.kind in TAXED_KINDS]
+    if not taxed:
+        return None
+    return (jurisdiction, ZERO), [sum(taxed, ZERO), ZERO]
+
+
+def _credit(line: Any, currency: str, grants: dict[str, dict] | None, locale: str) -> dict:
+    """A credit line: the grant's name (else its id) and its balance left after this
+    invoice, frozen at issue (a draft shows the ledger's now). An invoice issued before
+    grants were frozen with it keeps the line's own description, without a balance."""
+    amount = money(line.amount, currency, locale)
+    grant = (grants or {}).get(line.grant_id)
+    if grant is None:
+        label = line.description or line.product
+        return {"label": label, "name": label, "balance": None, "amount": amount}
+    name = grant.get("name") or f"Credit {line.grant_id}"
+    balance = money(Decimal(grant["balance_after"]), currency, locale)
+    return {
+        "label": f"{name} · balance left after this invoice {balance}",
+        "name": name,
+        "balance": balance,
+        "amount": amount,
+    }
+
+
+# What a section's lines add to each column of a roll-up's summary.
+SUMMED = {
+    "fixed": "subtotal",
+    "usage": "subtotal",
+    "minimum": "subtotal",
+    "adjustment": "subtotal",
+    "discount": "discounts",
+    "tax": "tax",
+    "credit": "credits",
+}
+SUMMARY_COLUMNS = {
+    "subtotal": "Subtotal",
+    "discounts": "Discounts",
+    "tax": "Tax",
+    "credits": "Credits",
+    "total": "Total",
+}
+
+
+def _sums(section_lines: list[Any]) -> dict[str, Decimal]:
+    """A section's subtotal, discounts, tax, credits and total, unformatted: summed as the
+    invoice's totals are (SPEC §8), so the sections add up to them."""
+    sums = dict.fromkeys(SUMMARY_COLUMNS, ZERO)
+    for line in section_lines:
+        sums[SUMMED[line.kind]] += line.amount
+        sums["total"] += line.amount
+    return sums
+
+
+def _summary(sections: list[dict], invoice: Any, currency: str, locale: str) -> dict | None:
+    """What opens a roll-up with more than one serviced customer (SPEC §7.1): a row per
+    serviced customer, in section order, with its subtotal, tax, credits and total, and
+    the invoice's totals under them. Discounts get a column when the invoice has any, so
+    that every row and the totals add up across."""
+    if len(sections) < 2:
+        return None
+    totals = {
+        "subtotal": invoice.subtotal,
+        "discounts": invoice.discount_total,
+        "tax": invoice.tax_total,
+        "credits": invoice.credit_total,
+        "total": invoice.total,
+    }
+    shown = [
+        key
+        for key in SUMMARY_COLUMNS
+        if key != "discounts" or totals[key] or any(s["sums"][key] for s in sections)
+    ]
+    return {
+        "columns": [SUMMARY_COLUMNS[key] for key in shown],
+        "rows": [
+            {
+                "customer_id": s["customer_id"],
+                "name": s["name"],
+                "amounts": [money(s["sums"][key], currency, locale) for key in shown],
+            }
+            for s in sections
+        ],
+        "totals": [money(totals[key], currency, locale) for key in shown],
     }
 
 

@@ -8,6 +8,13 @@ Every document rendered for it later reads the snapshot, never the catalog as it
 A draft has no snapshot: its documents are rendered from the same shape built from the
 live catalog.
 
+Besides who, the snapshot keeps two things a document prints that the invoice's lines do
+not hold: `credits`, each grant the invoice used with its name and the balance left after
+the invoice (`invoices.ledger.balances_after`), so a copy rendered after later invoices
+drew on the grant shows the balance as it was; and `taxed_at`, the jurisdiction each
+serviced customer's lines are taxed at, so a rate of 0 (a reverse charge), which makes no
+tax line, still shows with its note.
+
 The snapshot is JSON so that fields the catalog gains later (the issuer's tax id, email,
 payment instructions, time zone, locale and terms; the customer's address, tax id, email,
 locale and terms) are kept without another migration: the issuer's whole catalog row is
@@ -27,7 +34,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from billing_core.store.models import Charge, Customer, InvoiceCharge, InvoiceLine, Metric, TaxRate
+from billing_core.domain.money import money_str
+from billing_core.domain.tax import jurisdiction_for
+from billing_core.invoices.ledger import balances_after
+from billing_core.store.models import (
+    Charge,
+    CreditGrant,
+    Customer,
+    InvoiceCharge,
+    InvoiceLine,
+    Metric,
+    TaxRate,
+)
 from billing_core.store.reference import issuer as load_issuer
 from billing_core.store.rows import chunks, select_in
 
@@ -37,16 +55,19 @@ BILLED_FIELDS = ("name", "address", "tax_id", "email", "locale", "payment_terms_
 
 @dataclass
 class Mentions:
-    """What an invoice names: serviced customers, metrics, tax jurisdictions."""
+    """What an invoice names: serviced customers, metrics, tax jurisdictions, grants."""
 
     customers: set[str] = field(default_factory=set)
     metrics: set[str] = field(default_factory=set)
     jurisdictions: set[str] = field(default_factory=set)
+    grants: set[str] = field(default_factory=set)
 
-    def line(self, customer: str, jurisdiction: str | None) -> None:
+    def line(self, customer: str, jurisdiction: str | None, grant: str | None = None) -> None:
         self.customers.add(customer)
         if jurisdiction:
             self.jurisdictions.add(jurisdiction)
+        if grant:
+            self.grants.add(grant)
 
     def charge(self, customer: str, metric: str | None) -> None:
         self.customers.add(customer)
@@ -61,7 +82,7 @@ def mentions_of(lines: Iterable[Any], charges: Iterable[Any]) -> Mentions:
     """What one invoice's lines and charges name (rows already read)."""
     found = Mentions()
     for line in lines:
-        found.line(line.serviced_customer_id, line.jurisdiction)
+        found.line(line.serviced_customer_id, line.jurisdiction, line.grant_id)
     for charge in charges:
         found.charge(charge.serviced_customer_id, charge.metric_code)
     return found
@@ -72,17 +93,19 @@ def mentions(session: Session, invoice_ids: list[int]) -> dict[int, Mentions]:
     out: dict[int, Mentions] = defaultdict(Mentions)
     ln = InvoiceLine.__table__.c
     ch, link = Charge.__table__.c, InvoiceCharge.__table__.c
-    lines = sa.select(ln.invoice_id, ln.serviced_customer_id, ln.jurisdiction).distinct()
+    lines = sa.select(
+        ln.invoice_id, ln.serviced_customer_id, ln.jurisdiction, ln.grant_id
+    ).distinct()
     charges = (
         sa.select(link.invoice_id, ch.serviced_customer_id, ch.metric_code)
         .distinct()
         .join_from(InvoiceCharge.__table__, Charge.__table__, ch.id == link.charge_id)
     )
     for part in chunks(sorted(invoice_ids)):
-        for invoice_id, customer, jurisdiction in session.execute(
+        for invoice_id, customer, jurisdiction, grant in session.execute(
             lines.where(ln.invoice_id.in_(part))
         ).all():
-            out[invoice_id].line(customer, jurisdiction)
+            out[invoice_id].line(customer, jurisdiction, grant)
         for invoice_id, customer, metric in session.execute(
             charges.where(link.invoice_id.in_(part))
         ).all():
@@ -126,8 +149,13 @@ def live(
     for i in invoices:
         wanted |= mentioned.get(i.id, NOTHING).customers
     customers = {
-        row.id: row._mapping
-        for row in select_in(session, sa.select(c.id, *(c[f] for f in fields)), c.id, wanted)
+        row.id: row
+        for row in select_in(
+            session,
+            sa.select(c.id, c.jurisdiction, c.tax_basis, *(c[f] for f in fields)),
+            c.id,
+            wanted,
+        )
     }
     m = Metric.__table__.c
     metric_rows = session.execute(sa.select(m.code, m.name, m.aggregation, m.field)).all()
@@ -139,30 +167,80 @@ def live(
         )
         for row in session.execute(sa.select(TaxRate.__table__)).mappings()
     }
+    credits = _credits(session, invoices, mentioned)
     out = {}
     for invoice in invoices:
         found = mentioned.get(invoice.id, NOTHING)
         billed = invoice.billed_customer_id
         row = customers.get(billed)
-        billed_entry: dict[str, Any] = {"id": billed, "name": billed}
-        if row is not None:
-            billed_entry.update(
-                {f: json_safe(row[f]) for f in fields if f == "name" or row[f] is not None}
-            )
+        serviced = sorted(found.customers | {billed})
         names = {
-            customer: customers[customer]["name"] if customer in customers else customer
-            for customer in sorted(found.customers | {billed})
+            customer: customers[customer].name if customer in customers else customer
+            for customer in serviced
         }
+        taxed_at = _taxed_at(row, serviced, customers)
+        jurisdictions = found.jurisdictions | set(taxed_at.values())
         out[invoice.id] = {
             "issuer": issuers[issuer_id or invoice.issuer_id],
-            "billed": billed_entry,
+            "billed": _billed_entry(billed, row, fields),
             "customers": names,
             "metrics": {code: metric_names.get(code, code) for code in sorted(found.metrics)},
             # What each metric counts (its aggregation and field), as the breakdown says.
             "metric_rules": {
                 code: metric_rules[code] for code in sorted(found.metrics) if code in metric_rules
             },
-            "tax_rates": {j: rates[j] for j in sorted(found.jurisdictions) if j in rates},
+            "tax_rates": {j: rates[j] for j in sorted(jurisdictions) if j in rates},
+            "taxed_at": taxed_at,
+            "credits": credits.get(invoice.id, {}),
+        }
+    return out
+
+
+def _billed_entry(billed: str, row: Any, fields: list[str]) -> dict[str, Any]:
+    """The billed customer as the snapshot keeps it: its id, its name (its id without a
+    catalog row) and those of `fields` it has set."""
+    entry: dict[str, Any] = {"id": billed, "name": billed}
+    if row is not None:
+        found = row._mapping
+        entry.update(
+            {f: json_safe(found[f]) for f in fields if f == "name" or found[f] is not None}
+        )
+    return entry
+
+
+def _taxed_at(billed: Any, serviced: list[str], customers: dict[str, Any]) -> dict[str, str]:
+    """serviced customer -> the jurisdiction its lines are taxed at (the rule of
+    domain.tax), for those taxed anywhere: what a rate of 0 is shown by."""
+    if billed is None:
+        return {}
+    out = {}
+    for customer in serviced:
+        where = jurisdiction_for({"serviced_customer_id": customer}, billed, customers)
+        if where:
+            out[customer] = where
+    return out
+
+
+def _credits(
+    session: Session, invoices: list[Any], mentioned: dict[int, Mentions]
+) -> dict[int, dict[str, dict]]:
+    """invoice -> grant it used -> the grant's name (when it has one) and its balance left
+    after the invoice, as the ledger has it now (what issuing freezes)."""
+    used = {i.id: mentioned.get(i.id, NOTHING).grants for i in invoices}
+    wanted = {g for grants in used.values() for g in grants}
+    if not wanted:
+        return {}
+    g = CreditGrant.__table__.c
+    named = {row.id: row.name for row in select_in(session, sa.select(g.id, g.name), g.id, wanted)}
+    after = balances_after(session, invoices, used)
+    out: dict[int, dict[str, dict]] = {}
+    for invoice in invoices:
+        out[invoice.id] = {
+            grant: {
+                **({"name": named[grant]} if named.get(grant) else {}),
+                "balance_after": money_str(balance, invoice.currency),
+            }
+            for grant, balance in sorted(after.get(invoice.id, {}).items())
         }
     return out
 

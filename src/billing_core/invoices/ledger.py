@@ -5,9 +5,12 @@ and entries' views for the CLI.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -28,6 +31,64 @@ def ledger_net(session: Session, invoice_ids: list[int]) -> dict[int, dict[str, 
             sa.select(lg.invoice_id, lg.grant_id, lg.amount).where(lg.invoice_id.in_(part))
         ):
             out[row.invoice_id][row.grant_id] += row.amount
+    return out
+
+
+def _applied_order(invoice: Any) -> tuple:
+    """Where an invoice stands in the order credits are applied: billing date, then
+    billed customer, then id."""
+    return (invoice.billing_date, invoice.billed_customer_id, invoice.id)
+
+
+def balances_after(
+    session: Session, invoices: Iterable[Any], used: dict[int, set[str]]
+) -> dict[int, dict[str, Decimal]]:
+    """invoice -> grant -> the grant's balance left after that invoice, for the grants
+    `used[invoice]` it used.
+
+    After an invoice means: the grant's amount plus the net ledger entries of every
+    invoice at or before it in the order credits are applied (billing date, billed
+    customer, id), whatever that invoice's status. A voided invoice's consumption counts
+    (voiding gives nothing back); a canceled or discarded draft's nets to zero (its
+    rollback; a discarded draft's entries lose their invoice and are left out). Entries of
+    invoices after it do not count, so an invoice billed later never changes the balance
+    an earlier one shows.
+    """
+    invoices = list(invoices)
+    grant_ids = sorted({g for i in invoices for g in used.get(i.id, ())})
+    if not grant_ids:
+        return {}
+    g = CreditGrant.__table__.c
+    lg = CreditLedgerEntry.__table__.c
+    v = Invoice.__table__.c
+    granted: dict[str, Decimal] = {}
+    entries: dict[str, dict[tuple, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))
+    for part in chunks(grant_ids):
+        granted.update(session.execute(sa.select(g.id, g.amount).where(g.id.in_(part))).all())
+        for row in session.execute(
+            sa.select(lg.grant_id, lg.amount, v.billing_date, v.billed_customer_id, v.id)
+            .join(Invoice.__table__, v.id == lg.invoice_id)
+            .where(lg.grant_id.in_(part))
+        ):
+            entries[row.grant_id][_applied_order(row)] += row.amount
+    # Per grant, the invoices in order with the balance after each (a running sum).
+    running: dict[str, tuple[list[tuple], list[Decimal]]] = {}
+    for grant_id, by_invoice in entries.items():
+        keys = sorted(by_invoice)
+        after, balance = [], granted.get(grant_id, ZERO)
+        for key in keys:
+            balance += by_invoice[key]
+            after.append(balance)
+        running[grant_id] = (keys, after)
+    out: dict[int, dict[str, Decimal]] = {}
+    for invoice in invoices:
+        out[invoice.id] = {}
+        for grant_id in sorted(used.get(invoice.id, ())):
+            if grant_id not in granted:
+                continue  # not in the catalog any more
+            keys, after = running.get(grant_id, ([], []))
+            at = bisect_right(keys, _applied_order(invoice))
+            out[invoice.id][grant_id] = after[at - 1] if at else granted[grant_id]
     return out
 
 
