@@ -9,7 +9,7 @@ import hashlib
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date
 from decimal import Decimal
 
@@ -72,6 +72,12 @@ def _merge(lines: list[dict], serviced: str) -> dict:
             else average_unit_price(amount, quantity)
         )
     return first
+
+
+def section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
+    """The order of an invoice's sections: the billed customer's own first, then the
+    others by name (then id)."""
+    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
 def build_lines(

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core.domain.explain import of_charge
 from billing_core.domain.terms import locale_of
-from billing_core.invoices.contexts import POOL_KEY, pool_totals
+from billing_core.invoices.breakdown import POOL_KEY, pool_totals
 from billing_core.invoices.explanations import Formatter, average, counted, steps
 from billing_core.invoices.formatting import period
 from billing_core.invoices.identity import of as identity_of

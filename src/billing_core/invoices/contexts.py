@@ -1,6 +1,7 @@
 """What an invoice document shows: its lines grouped by serviced customer, taxes, credits,
-totals and the usage breakdown, formatted the way finance reads them. The same context
-feeds the HTML, the PDF and the terminal.
+totals, a roll-up's summary (`invoices.summary`) and the usage breakdown
+(`invoices.breakdown`), formatted the way finance reads them in the document's locale. The
+same context feeds the HTML, the PDF and the terminal.
 
 `contexts` reads what it needs from the store set-based (no query per invoice); `context`
 builds one invoice's from those rows.
@@ -9,48 +10,29 @@ builds one invoice's from those rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import Session
 
-from billing_core.domain.charge import pick
-from billing_core.domain.explain import Explanation
-from billing_core.domain.explain import of_charge as explain_charge
+from billing_core.domain.lines import section_order
 from billing_core.domain.money import ZERO
 from billing_core.domain.tax import TAXED_KINDS
 from billing_core.domain.terms import dates_of, locale_of, terms_label, terms_of
-from billing_core.invoices.explanations import Formatter, average, counted, steps, summary
+from billing_core.invoices.breakdown import (
+    breakdown,
+    charges_of,
+    explanation,
+    line_notes,
+    pool_totals,
+)
+from billing_core.invoices.explanations import Formatter, average
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
 from billing_core.invoices.lifecycle import lines_of
-from billing_core.store.models import Charge, InvoiceCharge
-from billing_core.store.rows import chunks
-
-# What the breakdown page reads of a charge (not its stored pricing: that is heavy).
-BREAKDOWN_COLUMNS = pick(
-    "kind",
-    "subscription_id",
-    "price_code",
-    "metric_code",
-    "serviced_customer_id",
-    "product",
-    "pool",
-    "period_start",
-    "period_end",
-    "full_start",
-    "full_end",
-    "currency",
-    "quantity",
-    "amount",
-    "pricing",
-    "charge_key",
-)
-# What identifies a pool's period: its members' charges share these.
-POOL_KEY = ("subscription_id", "price_code", "period_start", "period_end")
+from billing_core.invoices.summary import summary as summary_of
+from billing_core.invoices.summary import sums
 
 
 def contexts(session: Session, invoices: list[Any], store_name: str = "billing") -> dict[int, dict]:
@@ -59,7 +41,7 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
         return {}
     ids = sorted(i.id for i in invoices)
     lines = lines_of(session, ids)
-    charges = _breakdown_charges(session, ids)
+    charges = charges_of(session, ids)
     pools = pool_totals(session, ids)
     # An issued invoice shows the identity frozen with it; a draft, the catalog's now.
     identities = identity_of(
@@ -69,60 +51,6 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
         {i.id: mentions_of(lines[i.id], charges[i.id]) for i in invoices},
     )
     return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id], pools) for i in invoices}
-
-
-def _breakdown_charges(session: Session, ids: list[int]) -> dict[int, list[Any]]:
-    """The charges of each invoice, with the columns the breakdown reads."""
-    ch = Charge.__table__.c
-    link = InvoiceCharge.__table__.c
-    charges: dict[int, list[Any]] = defaultdict(list)
-    for part in chunks(ids):
-        for charge in session.execute(
-            sa.select(link.invoice_id, ch.id, *(ch[name] for name in BREAKDOWN_COLUMNS))
-            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
-            .where(link.invoice_id.in_(part))
-        ):
-            charges[charge.invoice_id].append(charge)
-    return charges
-
-
-def pool_totals(session: Session, ids: list[int]) -> dict[tuple, tuple[Decimal, Decimal]]:
-    """(total quantity, total amount) of every pool period the invoices bill a share of,
-    over all its members' charges, on whatever invoice each is."""
-    ch = Charge.__table__.c
-    link = InvoiceCharge.__table__.c
-    member = Charge.__table__.alias("member")
-    totals: dict[tuple, tuple[Decimal, Decimal]] = {}
-    for part in chunks(ids):
-        pooled = (
-            sa.select(*(ch[k] for k in POOL_KEY))
-            .distinct()
-            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
-            .where(link.invoice_id.in_(part), ch.pool.is_not(None), ch.kind == "usage")
-            .subquery()
-        )
-        rows = session.execute(
-            sa.select(*(member.c[k] for k in POOL_KEY), member.c.quantity, member.c.amount)
-            .join(pooled, sa.and_(*(member.c[k] == pooled.c[k] for k in POOL_KEY)))
-            .where(member.c.kind == "usage", member.c.pool.is_not(None))
-        )
-        sums: dict[tuple, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
-        for row in rows:
-            key = tuple(row[: len(POOL_KEY)])
-            sums[key][0] += row.quantity
-            sums[key][1] += row.amount
-        totals.update({key: (q, a) for key, (q, a) in sums.items()})
-    return totals
-
-
-def _explanation(charge: Any, pools: dict[tuple, tuple[Decimal, Decimal]]) -> Explanation | None:
-    pool = pools.get(tuple(getattr(charge, k) for k in POOL_KEY)) if charge.pool else None
-    return explain_charge(charge, pool)
-
-
-def _section_order(customer_ids: Iterable[str], billed: str, names: dict[str, str]) -> list[str]:
-    """The billed customer's own section first, then the others by name."""
-    return sorted(set(customer_ids), key=lambda c: (c != billed, names.get(c, c).casefold(), c))
 
 
 def context(
@@ -146,9 +74,9 @@ def context(
     for line in lines:
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
-    explained = {c.id: _explanation(c, pools or {}) for c in charges}
+    explained = {c.id: explanation(c, pools or {}) for c in charges}
     fmt = Formatter(locale)
-    notes = _line_notes(lines, charges, explained, currency, fmt)
+    notes = line_notes(lines, charges, explained, currency, fmt)
     sections = [
         _section(
             customer_id,
@@ -161,7 +89,7 @@ def context(
             notes,
             fmt,
         )
-        for customer_id in _section_order(by_customer, billed, names)
+        for customer_id in section_order(by_customer, billed, names)
     ]
     # The notes of the rates the document shows (a rate of 0 included: a reverse charge).
     used = {t["jurisdiction"] for s in sections for t in s["taxes"] if t["jurisdiction"]}
@@ -188,9 +116,9 @@ def context(
         },
         "sections": sections,
         "multiple_sections": len(sections) > 1,
-        "summary": _summary(sections, invoice, currency, locale),
+        "summary": summary_of(sections, invoice, currency, locale),
         "totals": _totals(invoice, currency, locale),
-        "breakdown": _breakdown(charges, billed, names, identity, explained, fmt),
+        "breakdown": breakdown(charges, billed, names, identity, explained, fmt),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
 
@@ -265,7 +193,7 @@ def _section(
         ],
         "credits": credits,
         "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
-        "sums": _sums(section_lines),
+        "sums": sums(section_lines),
     }
 
 
@@ -304,68 +232,6 @@ def _credit(line: Any, currency: str, grants: dict[str, dict] | None, locale: st
     }
 
 
-# What a section's lines add to each column of a roll-up's summary.
-SUMMED = {
-    "fixed": "subtotal",
-    "usage": "subtotal",
-    "minimum": "subtotal",
-    "adjustment": "subtotal",
-    "discount": "discounts",
-    "tax": "tax",
-    "credit": "credits",
-}
-SUMMARY_COLUMNS = {
-    "subtotal": "Subtotal",
-    "discounts": "Discounts",
-    "tax": "Tax",
-    "credits": "Credits",
-    "total": "Total",
-}
-
-
-def _sums(section_lines: list[Any]) -> dict[str, Decimal]:
-    """A section's subtotal, discounts, tax, credits and total, unformatted: summed as the
-    invoice's totals are (SPEC §8), so the sections add up to them."""
-    sums = dict.fromkeys(SUMMARY_COLUMNS, ZERO)
-    for line in section_lines:
-        sums[SUMMED[line.kind]] += line.amount
-        sums["total"] += line.amount
-    return sums
-
-
-def _summary(sections: list[dict], invoice: Any, currency: str, locale: str) -> dict | None:
-    """What opens a roll-up with more than one serviced customer (SPEC §7.1): a row per
-    serviced customer, in section order, with its subtotal, tax, credits and total, and
-    the invoice's totals under them. Discounts get a column when the invoice has any, so
-    that every row and the totals add up across."""
-    if len(sections) < 2:
-        return None
-    totals = {
-        "subtotal": invoice.subtotal,
-        "discounts": invoice.discount_total,
-        "tax": invoice.tax_total,
-        "credits": invoice.credit_total,
-        "total": invoice.total,
-    }
-    shown = [
-        key
-        for key in SUMMARY_COLUMNS
-        if key != "discounts" or totals[key] or any(s["sums"][key] for s in sections)
-    ]
-    return {
-        "columns": [SUMMARY_COLUMNS[key] for key in shown],
-        "rows": [
-            {
-                "customer_id": s["customer_id"],
-                "name": s["name"],
-                "amounts": [money(s["sums"][key], currency, locale) for key in shown],
-            }
-            for s in sections
-        ],
-        "totals": [money(totals[key], currency, locale) for key in shown],
-    }
-
-
 def _row(
     line: Any, currency: str, fmt: Formatter, how: str | None = None, averaged: bool = False
 ) -> dict:
@@ -400,33 +266,6 @@ def _note(line: Any) -> str | None:
     return None
 
 
-def _line_notes(
-    lines: list[Any],
-    charges: list[Any],
-    explained: dict[int, Explanation | None],
-    currency: str,
-    fmt: Formatter,
-) -> dict[int, tuple[str | None, bool]]:
-    """Per line position: a short note on how its amount came about (a part period, a
-    pool's share, packages, tiers), and whether its unit price is an average. A line of
-    several charges (a pool's summary, merged periods) is an average when its price is."""
-    by_price: dict[str | None, Explanation] = {}
-    for charge in charges:
-        found = explained.get(charge.id)
-        if found is not None:
-            by_price.setdefault(charge.price_code, found)
-    out: dict[int, tuple[str | None, bool]] = {}
-    for line in lines:
-        if line.kind not in ("fixed", "usage", "adjustment"):
-            continue
-        own = explained.get(line.charge_id) if line.charge_id is not None else None
-        found = own or by_price.get(line.price_code)
-        if found is not None:
-            how = summary(own, currency, fmt) if own is not None else None
-            out[line.position] = (how, line.kind != "fixed" and found.averaged)
-    return out
-
-
 def _totals(invoice: Any, currency: str, locale: str) -> list[dict]:
     rows = [
         {"label": "Subtotal", "amount": money(invoice.subtotal, currency, locale), "grand": False}
@@ -458,98 +297,3 @@ def _totals(invoice: Any, currency: str, locale: str) -> list[dict]:
         }
     )
     return rows
-
-
-def _breakdown(
-    charges: list[Any],
-    billed: str,
-    names: dict[str, str],
-    identity: dict,
-    explained: dict[int, Explanation | None],
-    fmt: Formatter,
-) -> list[dict]:
-    """Usage per serviced customer, then per metric: what was counted, the quantities and
-    service periods, and how each was priced, step by step; then the part periods of
-    flat fees as days of days."""
-    metric_names: dict[str, str] = identity["metrics"]
-    rules: dict[str, list] = identity.get("metric_rules", {})
-    usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    prorated: dict[str, list[Any]] = defaultdict(list)
-    for charge in charges:
-        found = explained.get(charge.id)
-        if charge.kind == "fixed" and found is not None and found.proration is not None:
-            prorated[charge.serviced_customer_id].append(charge)
-            continue
-        if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
-            continue
-        if charge.quantity == 0:
-            continue  # a customer without usage in a period has nothing to break down
-        usage[charge.serviced_customer_id][charge.metric_code].append(charge)
-    return [
-        {
-            "customer_id": customer_id,
-            "name": names.get(customer_id, customer_id),
-            "metrics": [
-                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt)
-                for code in sorted(
-                    usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
-                )
-            ],
-            "prorated": [
-                {
-                    "product": c.product,
-                    "period": period(c.period_start, c.period_end, fmt.locale),
-                    "amount": money(c.amount, c.currency, fmt.locale),
-                    "how": steps(explained[c.id], c.currency, fmt),
-                }
-                for c in sorted(prorated[customer_id], key=lambda c: (c.period_start, c.product))
-            ],
-        }
-        for customer_id in _section_order({*usage, *prorated}, billed, names)
-    ]
-
-
-def _metric(
-    code: str,
-    charges: list[Any],
-    metric_names: dict[str, str],
-    rules: dict[str, list],
-    explained: dict[int, Explanation | None],
-    fmt: Formatter,
-) -> dict:
-    """One metric's usage for one customer: a row per service period with how it was
-    priced, and their total."""
-    found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
-    rows = []
-    for c in found:
-        how = explained.get(c.id)
-        rows.append(
-            {
-                "product": c.product,
-                "period": period(c.period_start, c.period_end, fmt.locale),
-                "quantity": quantity(c.quantity, fmt.locale),
-                "amount": money(c.amount, c.currency, fmt.locale),
-                "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
-                "how": steps(how, c.currency, fmt) if how is not None else _late(c, fmt),
-            }
-        )
-    return {
-        "name": metric_names.get(code, code),
-        "code": code,
-        "counted": counted(rules.get(code)),
-        "rows": rows,
-        "total": (
-            quantity(sum((c.quantity for c in found), ZERO), fmt.locale) if len(found) > 1 else None
-        ),
-    }
-
-
-def _late(charge: Any, fmt: Formatter) -> list[str]:
-    """What a late-usage adjustment's row says: the units that arrived after the period
-    was billed, re-rated with the price that billed it."""
-    if charge.kind != "adjustment":
-        return []
-    return [
-        f"{fmt.quantity(charge.quantity)} more counted after this period was billed; the "
-        f"period re-rated with its price comes to {fmt.money(charge.amount, charge.currency)} more"
-    ]

@@ -1,0 +1,219 @@
+"""The usage breakdown page (SPEC §7.1): usage per serviced customer and metric, what
+each metric counted and how each line was priced, step by step, and the part periods of
+flat fees; and the short note and the average label a line takes on the first page.
+
+`charges_of` and `pool_totals` read the charges and pool totals of many invoices
+set-based; the rest builds one invoice's breakdown from those rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from billing_core.domain.charge import pick
+from billing_core.domain.explain import Explanation
+from billing_core.domain.explain import of_charge as explain_charge
+from billing_core.domain.lines import section_order
+from billing_core.domain.money import ZERO
+from billing_core.invoices.explanations import Formatter, counted, steps, summary
+from billing_core.invoices.formatting import money, period, quantity
+from billing_core.store.models import Charge, InvoiceCharge
+from billing_core.store.rows import chunks
+
+# What the documents read of a charge: the breakdown's columns and what explains it.
+BREAKDOWN_COLUMNS = pick(
+    "kind",
+    "subscription_id",
+    "price_code",
+    "metric_code",
+    "serviced_customer_id",
+    "product",
+    "pool",
+    "period_start",
+    "period_end",
+    "full_start",
+    "full_end",
+    "currency",
+    "quantity",
+    "amount",
+    "pricing",
+    "charge_key",
+)
+# What identifies a pool's period: its members' charges share these.
+POOL_KEY = ("subscription_id", "price_code", "period_start", "period_end")
+
+
+def charges_of(session: Session, ids: list[int]) -> dict[int, list[Any]]:
+    """The charges of each invoice, with the columns the breakdown reads."""
+    ch = Charge.__table__.c
+    link = InvoiceCharge.__table__.c
+    charges: dict[int, list[Any]] = defaultdict(list)
+    for part in chunks(ids):
+        for charge in session.execute(
+            sa.select(link.invoice_id, ch.id, *(ch[name] for name in BREAKDOWN_COLUMNS))
+            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
+            .where(link.invoice_id.in_(part))
+        ):
+            charges[charge.invoice_id].append(charge)
+    return charges
+
+
+def pool_totals(session: Session, ids: list[int]) -> dict[tuple, tuple[Decimal, Decimal]]:
+    """(total quantity, total amount) of every pool period the invoices bill a share of,
+    over all its members' charges, on whatever invoice each is."""
+    ch = Charge.__table__.c
+    link = InvoiceCharge.__table__.c
+    member = Charge.__table__.alias("member")
+    totals: dict[tuple, tuple[Decimal, Decimal]] = {}
+    for part in chunks(ids):
+        pooled = (
+            sa.select(*(ch[k] for k in POOL_KEY))
+            .distinct()
+            .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
+            .where(link.invoice_id.in_(part), ch.pool.is_not(None), ch.kind == "usage")
+            .subquery()
+        )
+        rows = session.execute(
+            sa.select(*(member.c[k] for k in POOL_KEY), member.c.quantity, member.c.amount)
+            .join(pooled, sa.and_(*(member.c[k] == pooled.c[k] for k in POOL_KEY)))
+            .where(member.c.kind == "usage", member.c.pool.is_not(None))
+        )
+        sums: dict[tuple, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+        for row in rows:
+            key = tuple(row[: len(POOL_KEY)])
+            sums[key][0] += row.quantity
+            sums[key][1] += row.amount
+        totals.update({key: (q, a) for key, (q, a) in sums.items()})
+    return totals
+
+
+def explanation(charge: Any, pools: dict[tuple, tuple[Decimal, Decimal]]) -> Explanation | None:
+    pool = pools.get(tuple(getattr(charge, k) for k in POOL_KEY)) if charge.pool else None
+    return explain_charge(charge, pool)
+
+
+def line_notes(
+    lines: list[Any],
+    charges: list[Any],
+    explained: dict[int, Explanation | None],
+    currency: str,
+    fmt: Formatter,
+) -> dict[int, tuple[str | None, bool]]:
+    """Per line position: a short note on how its amount came about (a part period, a
+    pool's share, packages, tiers), and whether its unit price is an average. A line of
+    several charges (a pool's summary, merged periods) is an average when its price is."""
+    by_price: dict[str | None, Explanation] = {}
+    for charge in charges:
+        found = explained.get(charge.id)
+        if found is not None:
+            by_price.setdefault(charge.price_code, found)
+    out: dict[int, tuple[str | None, bool]] = {}
+    for line in lines:
+        if line.kind not in ("fixed", "usage", "adjustment"):
+            continue
+        own = explained.get(line.charge_id) if line.charge_id is not None else None
+        found = own or by_price.get(line.price_code)
+        if found is not None:
+            how = summary(own, currency, fmt) if own is not None else None
+            out[line.position] = (how, line.kind != "fixed" and found.averaged)
+    return out
+
+
+def breakdown(
+    charges: list[Any],
+    billed: str,
+    names: dict[str, str],
+    identity: dict,
+    explained: dict[int, Explanation | None],
+    fmt: Formatter,
+) -> list[dict]:
+    """Usage per serviced customer, then per metric: what was counted, the quantities and
+    service periods, and how each was priced, step by step; then the part periods of
+    flat fees as days of days."""
+    metric_names: dict[str, str] = identity["metrics"]
+    rules: dict[str, list] = identity.get("metric_rules", {})
+    usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    prorated: dict[str, list[Any]] = defaultdict(list)
+    for charge in charges:
+        found = explained.get(charge.id)
+        if charge.kind == "fixed" and found is not None and found.proration is not None:
+            prorated[charge.serviced_customer_id].append(charge)
+            continue
+        if charge.kind not in ("usage", "adjustment") or charge.metric_code is None:
+            continue
+        if charge.quantity == 0:
+            continue  # a customer without usage in a period has nothing to break down
+        usage[charge.serviced_customer_id][charge.metric_code].append(charge)
+    return [
+        {
+            "customer_id": customer_id,
+            "name": names.get(customer_id, customer_id),
+            "metrics": [
+                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt)
+                for code in sorted(
+                    usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
+                )
+            ],
+            "prorated": [
+                {
+                    "product": c.product,
+                    "period": period(c.period_start, c.period_end, fmt.locale),
+                    "amount": money(c.amount, c.currency, fmt.locale),
+                    "how": steps(explained[c.id], c.currency, fmt),
+                }
+                for c in sorted(prorated[customer_id], key=lambda c: (c.period_start, c.product))
+            ],
+        }
+        for customer_id in section_order({*usage, *prorated}, billed, names)
+    ]
+
+
+def _metric(
+    code: str,
+    charges: list[Any],
+    metric_names: dict[str, str],
+    rules: dict[str, list],
+    explained: dict[int, Explanation | None],
+    fmt: Formatter,
+) -> dict:
+    """One metric's usage for one customer: a row per service period with how it was
+    priced, and their total."""
+    found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
+    rows = []
+    for c in found:
+        how = explained.get(c.id)
+        rows.append(
+            {
+                "product": c.product,
+                "period": period(c.period_start, c.period_end, fmt.locale),
+                "quantity": quantity(c.quantity, fmt.locale),
+                "amount": money(c.amount, c.currency, fmt.locale),
+                "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
+                "how": steps(how, c.currency, fmt) if how is not None else _late(c, fmt),
+            }
+        )
+    return {
+        "name": metric_names.get(code, code),
+        "code": code,
+        "counted": counted(rules.get(code)),
+        "rows": rows,
+        "total": (
+            quantity(sum((c.quantity for c in found), ZERO), fmt.locale) if len(found) > 1 else None
+        ),
+    }
+
+
+def _late(charge: Any, fmt: Formatter) -> list[str]:
+    """What a late-usage adjustment's row says: the units that arrived after the period
+    was billed, re-rated with the price that billed it."""
+    if charge.kind != "adjustment":
+        return []
+    return [
+        f"{fmt.quantity(charge.quantity)} more counted after this period was billed; the "
+        f"period re-rated with its price comes to {fmt.money(charge.amount, charge.currency)} more"
+    ]
