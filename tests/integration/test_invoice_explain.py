@@ -186,6 +186,12 @@ def test_a_pooled_line_is_its_share_of_the_pools_amount(explained):
         assert (value(m[1]), value(m[2]), value(m[3])) == (pool_amount, quantity, pool_total)
         assert abs(pool_amount * quantity / pool_total - amount) < Decimal("0.01")
         assert value(m[5]) == amount
+        # The line's unit price is its own average, labelled, as the steps give it.
+        said = next(r for r in block if r.startswith("Average unit price"))
+        assert f"× avg. {said.rsplit(' ', 1)[1]} →" in block[1]
+        assert value(said.rsplit(" ", 1)[1]) == (amount / quantity).quantize(
+            Decimal("0.000001"), rounding=ROUND_HALF_UP
+        )
         shares += amount
     assert shares == pool_amount
     # Tier by tier, the block: its quantities add up to the pool's total.

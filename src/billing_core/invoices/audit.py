@@ -19,7 +19,7 @@ from sqlmodel import Session
 from billing_core.domain.explain import of_charge
 from billing_core.domain.terms import locale_of
 from billing_core.invoices.breakdown import POOL_KEY, pool_totals
-from billing_core.invoices.explanations import Formatter, average, counted, steps
+from billing_core.invoices.explanations import Formatter, counted, line_average, steps
 from billing_core.invoices.formatting import period
 from billing_core.invoices.identity import of as identity_of
 from billing_core.invoices.lifecycle import InvoiceError, lines_of
@@ -158,7 +158,7 @@ def _unit_price(line: Any, currency: str, averaged: bool, fmt: Formatter) -> str
     if line.kind not in ITEM_KINDS or line.unit_price is None:
         return ""
     if averaged:
-        return f"avg. {average(line.unit_price, currency, fmt)}"
+        return f"avg. {line_average(line, currency, fmt)}"
     return fmt.money(line.unit_price, currency, True)
 
 

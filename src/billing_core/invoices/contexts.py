@@ -26,7 +26,7 @@ from billing_core.invoices.breakdown import (
     line_notes,
     pool_totals,
 )
-from billing_core.invoices.explanations import Formatter, average
+from billing_core.invoices.explanations import Formatter, line_average
 from billing_core.invoices.formatting import day, money, percent, period, quantity
 from billing_core.invoices.identity import mentions_of
 from billing_core.invoices.identity import of as identity_of
@@ -241,7 +241,7 @@ def _row(
     unit_price = ""
     if itemized and line.unit_price is not None:
         unit_price = (
-            average(line.unit_price, currency, fmt)
+            line_average(line, currency, fmt)
             if averaged
             else money(line.unit_price, currency, fmt.locale, exact=True)
         )

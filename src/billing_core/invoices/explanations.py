@@ -8,7 +8,9 @@ The numbers come from `domain.explain`; this module only words and formats them.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
+from billing_core.domain.charge import average_unit_price
 from billing_core.domain.explain import Explanation
 from billing_core.domain.pricing import Part
 from billing_core.invoices.formatting import money, quantity
@@ -96,6 +98,13 @@ def average(value: Decimal, currency: str, fmt: Formatter | None = None) -> str:
     """An average unit price to a steady six decimal places: "$0.001570"."""
     fmt = fmt or Formatter()
     return fmt.money(value.quantize(SIX), currency, True, EXACT_PLACES)
+
+
+def line_average(line: Any, currency: str, fmt: Formatter | None = None) -> str:
+    """A line's own average unit price, its amount ÷ its quantity (what the breakdown says
+    of it too); the stored unit price for a line without quantity."""
+    value = average_unit_price(line.amount, line.quantity) if line.quantity else None
+    return average(value if value is not None else line.unit_price, currency, fmt)
 
 
 class Formatter:
