@@ -29,7 +29,7 @@ def test_demo_writes_issued_documents_and_prints_the_summary(tmp_path, prefect_s
     html = sorted(documents.rglob("*.html"))
     pdf = sorted(documents.rglob("*.pdf"))
     issued_html = [p for p in html if "draft" not in p.name]
-    assert len(issued_html) == 16 and len(pdf) == 16
+    assert len(issued_html) == 20 and len(pdf) == 20
     assert all(p.read_bytes().startswith(b"%PDF") for p in pdf)
     assert (
         "Global Industries"
