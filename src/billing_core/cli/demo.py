@@ -24,8 +24,13 @@ def sample_catalog() -> Path:
 
 
 def generate_usage(path: Path, start: date, end: date, seed: int = 7) -> int:
-    """Deterministic sample usage for the sample catalog's metered customers."""
+    """Deterministic sample usage for the sample catalog's metered customers.
+
+    Van Dijk's events draw from a generator of their own, so the other customers' usage
+    (and their invoices' numbers) is what it was before Van Dijk joined the catalog.
+    """
     rng = random.Random(seed)
+    van_dijk = random.Random(f"{seed}-van-dijk")
     count = 0
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -74,6 +79,19 @@ def generate_usage(path: Path, start: date, end: date, seed: int = 7) -> int:
                     "",
                 ]
             )
+            for n in range(2):
+                count += 1
+                at = stamp + timedelta(hours=van_dijk.randrange(24), minutes=van_dijk.randrange(60))
+                writer.writerow(
+                    [
+                        f"van-dijk-{day:%Y%m%d}-{n}",
+                        "van-dijk",
+                        "api_calls",
+                        at.isoformat().replace("+00:00", "Z"),
+                        van_dijk.randrange(15000, 30000),
+                        "eu",
+                    ]
+                )
             day += timedelta(days=1)
     return count
 
