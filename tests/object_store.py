@@ -31,12 +31,12 @@ class Bucket:
     name: str
     client: Any  # boto3's S3 client
 
-    def keys(self) -> list[str]:
+    def objects(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def urls(self) -> list[str]:
-        return [f"s3://{self.name}/{key}" for key in self.keys()]
+        return [f"s3://{self.name}/{key}" for key in self.objects()]
 
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()

@@ -121,7 +121,7 @@ def test_the_object_store_refuses_unsafe_keys_with_one_line(store, s3_bucket, mo
     problem = documents_problem(close("2026-01-01"))
     assert problem is not None and "\n" not in problem
     assert "unsafe object key (an empty, '.' or '..' part)" in problem
-    assert s3_bucket.keys() == [] and recorded(store) == {}
+    assert s3_bucket.objects() == [] and recorded(store) == {}
 
     # What reads a recorded document back refuses an unsafe one too.
     tampered = f"s3://{s3_bucket.name}/docs/../../etc/passwd"
