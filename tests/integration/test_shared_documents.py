@@ -152,7 +152,27 @@ def test_links_of_local_documents(tmp_path, monkeypatch):
         assert "secret" not in str(refused.value)
 
 
-def test_presigned_links_open_the_object(s3_bucket, monkeypatch):
+def test_a_store_that_refuses_the_documents_gets_them_at_the_next_close(
+    store, s3_bucket, monkeypatch
+):
+    monkeypatch.setenv("BILLING_OUTPUT_DIR", f"s3://{s3_bucket.name}-later/docs")
+    monkeypatch.setenv("BILLING_DOCUMENT_FORMATS", "html,pdf")
+    import_yaml(TWO_CUSTOMERS)
+    problem = documents_problem(close("2026-01-01", issue=True))
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("documents not written: 4 document(s) of 2 invoice(s)")
+    assert "The specified bucket does not exist" in problem
+    assert f"output folder s3://{s3_bucket.name}-later/docs can be written" in problem
+    assert recorded(store) == {}
+    s3_bucket.client.create_bucket(Bucket=f"{s3_bucket.name}-later")
+    assert documents_problem(close("2026-01-01")) is None
+    assert len(recorded(store)) == 4
+
+
+def test_presigned_links_open_the_object(s3_server, s3_bucket, monkeypatch):
+    # The endpoint from the product's own setting, not botocore's variable.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("BILLING_S3_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("BILLING_OUTPUT_DIR", f"s3://{s3_bucket.name}/docs")
     monkeypatch.setenv("BILLING_DOCUMENTS_LINK_EXPIRY", "3600")
     s3_bucket.client.put_object(

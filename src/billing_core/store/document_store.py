@@ -114,6 +114,8 @@ class _Listings:
                 self.folders[folder] = set(self.fs.ls(folder, detail=False))
             except FileNotFoundError:
                 self.folders[folder] = set()
+            except Exception as error:  # noqa: BLE001 - the store's, not a family's
+                raise as_os_error(error, OBJECT_SCHEME + folder) from error
         return url[len(OBJECT_SCHEME) :] in self.folders[folder]
 
 
@@ -137,23 +139,38 @@ class _Uploads:
     """Writes documents to the object store in the background, a few at once: a PUT waits
     on the network, and the next documents are laid out meanwhile. At most `4 × workers`
     documents wait in memory. An object is replaced whole or not at all (a PUT), so
-    `replace` needs nothing more. `finish` waits and returns the ones not written."""
+    `replace` needs nothing more. `finish` waits and returns the ones not written.
+
+    Once an upload has failed, the next ones are refused at once with its reason: s3fs
+    and botocore retry a request for some 11 s before giving up on an unreachable store,
+    which over a close's thousands of documents would take hours to say the same thing.
+    The close reports them missing; the next close (or a Retry) writes them.
+    """
 
     def __init__(self, fs: Any, workers: int = 8):
         self.fs = fs
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="billing-upload")
         self.slots = threading.BoundedSemaphore(4 * workers)
         self.pending: list[tuple[str, Future]] = []
+        self.broken: OSError | None = None
 
     def put(self, url: str, content: bytes, replace: bool = True) -> None:
+        if self.broken is not None:
+            raise OSError(self.broken.errno, self.broken.strerror, url)
         self.slots.acquire()
         future = self.pool.submit(self._put, url, content)
         future.add_done_callback(lambda _: self.slots.release())
         self.pending.append((url, future))
 
     def _put(self, url: str, content: bytes) -> None:
+        if self.broken is not None:
+            raise OSError(self.broken.errno, self.broken.strerror, url)
         kind = CONTENT_TYPES.get(url.rpartition(".")[2], "application/octet-stream")
-        self.fs.pipe_file(url, content, ContentType=kind)
+        try:
+            self.fs.pipe_file(url, content, ContentType=kind)
+        except Exception as error:
+            self.broken = self.broken or as_os_error(error, url)
+            raise
 
     def finish(self) -> dict[str, OSError]:
         failed: dict[str, OSError] = {}
@@ -174,7 +191,7 @@ class _Uploads:
 def as_os_error(error: BaseException, url: str) -> OSError:
     """A failed request as the OSError the render step reports (s3fs raises OSErrors for
     S3's refusals; a connection error is botocore's own)."""
-    if isinstance(error, OSError):
+    if isinstance(error, OSError) and error.strerror:
         return error
     return OSError(errno.EIO, f"{type(error).__name__}: {error}", url)
 
@@ -251,7 +268,10 @@ class ObjectFolder:
         return _Uploads(filesystem(self.settings))
 
 
-def document_store(settings: Settings | None = None) -> LocalFolder | ObjectFolder:
+DocumentStore = LocalFolder | ObjectFolder
+
+
+def document_store(settings: Settings | None = None) -> DocumentStore:
     """Where this process writes documents now (read per render: one listing cache each)."""
     settings = settings or get_settings()
     if is_object_url(settings.output_dir):
@@ -272,14 +292,6 @@ def remove(recorded: str) -> None:
             raise as_os_error(error, recorded) from error
         return
     Path(recorded).unlink(missing_ok=True)
-
-
-def read(recorded: str) -> bytes:
-    """A recorded document's bytes (a file, or an object)."""
-    if is_object_url(recorded):
-        split_object_url(recorded)
-        return filesystem().cat_file(recorded)
-    return Path(recorded).read_bytes()
 
 
 def document_linker(settings: Settings | None = None) -> Callable[[str], str]:
