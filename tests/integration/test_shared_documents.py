@@ -98,6 +98,24 @@ def test_a_close_writes_each_document_to_the_object_store_once(store, s3_bucket,
     assert [w for w in report.warnings if "missing" in w and final[("acme", "pdf")] in w]
 
 
+def test_a_review_copy_is_a_local_file_whatever_the_output_store(store, s3_bucket, monkeypatch):
+    from typer.testing import CliRunner
+
+    from billing_core.cli.app import app
+
+    monkeypatch.setenv("BILLING_OUTPUT_DIR", f"s3://{s3_bucket.name}/docs")
+    import_yaml(TWO_CUSTOMERS)
+    close("2026-01-01", issue=True)
+    done = CliRunner().invoke(app, ["invoices", "show", "1", "--output", "copy.pdf"])
+    assert done.exit_code == 0, done.output
+    assert Path("copy.pdf").read_bytes().startswith(b"%PDF")
+    url = f"s3://{s3_bucket.name}/docs/copy.pdf"
+    done = CliRunner().invoke(app, ["invoices", "show", "1", "--output", url])
+    assert done.exit_code == 2
+    assert "--output writes a local file" in done.output
+    assert not Path("s3:").exists() and url not in s3_bucket.urls()
+
+
 def test_the_object_store_refuses_unsafe_keys_with_one_line(store, s3_bucket, monkeypatch):
     for url, why in [
         (f"s3://{s3_bucket.name}/docs/../other", "'..'"),

@@ -28,7 +28,7 @@ from billing_core.invoices.documents import (
 from billing_core.invoices.lifecycle import unlink_after_commit
 from billing_core.report import StepReport
 from billing_core.store import files as outputs
-from billing_core.store.document_store import document_store
+from billing_core.store.document_store import DocumentStore, document_store
 from billing_core.store.models import Invoice, InvoiceDocument
 from billing_core.store.reference import ALL, Scope
 from billing_core.store.rows import chunks, insert_rows
@@ -114,7 +114,11 @@ def _documents(session: Session, invoices: list[Any]) -> dict[tuple[int, str], A
 
 
 def _wanted(
-    invoices: list[Any], documents: dict, formats: list[str], report: StepReport, store: Any
+    invoices: list[Any],
+    documents: dict,
+    formats: list[str],
+    report: StepReport,
+    store: DocumentStore,
 ) -> list[Wanted]:
     """Each invoice's documents that may need writing: a draft's HTML preview, an issued
     invoice's formats not yet written for good."""
@@ -135,7 +139,7 @@ def _wanted(
 
 
 def _write(
-    wanted: list[Wanted], data: dict[int, dict], digests: dict[int, str], store: Any
+    wanted: list[Wanted], data: dict[int, dict], digests: dict[int, str], store: DocumentStore
 ) -> tuple[list[Written], list[Failure]]:
     """Write the wanted documents whose file is missing or out of date: HTML as it comes,
     then the PDFs one after the other. Returns what was written and what was not."""
@@ -202,7 +206,7 @@ def _record(
     written: list[Written],
     digests: dict[int, str],
     now: datetime,
-    store: Any,
+    store: DocumentStore,
 ) -> None:
     """Record the documents written: new ones in one insert, replaced ones in one
     executemany; a preview now written under a new name has its old file removed after
@@ -235,7 +239,7 @@ def _record(
 
 
 def _report_missing(
-    session: Session, report: StepReport, failures: list[Failure], store: Any
+    session: Session, report: StepReport, failures: list[Failure], store: DocumentStore
 ) -> None:
     """The documents that could not be written, in the step's report: each in
     `details["documents_missing"]` ({invoice, format, reason}), and a warning per invoice.
