@@ -98,6 +98,25 @@ def test_a_close_writes_each_document_to_the_object_store_once(store, s3_bucket,
     assert [w for w in report.warnings if "missing" in w and final[("acme", "pdf")] in w]
 
 
+def test_draft_previews_follow_the_output_store(store, s3_bucket, monkeypatch, tmp_path):
+    import_yaml(TWO_CUSTOMERS)
+    close("2026-01-01")
+    local = recorded(store)
+    assert all(Path(path).is_file() for path in local.values())
+    # To the object store: each preview is written there and its file removed.
+    monkeypatch.setenv("BILLING_OUTPUT_DIR", f"s3://{s3_bucket.name}/docs")
+    close("2026-01-01")
+    moved = recorded(store)
+    assert sorted(moved.values()) == s3_bucket.urls() and len(moved) == 2
+    assert not any(Path(path).exists() for path in local.values())
+    # And back to a folder: the objects are removed (a delete marker each).
+    monkeypatch.setenv("BILLING_OUTPUT_DIR", str(tmp_path / "again"))
+    close("2026-01-01")
+    back = recorded(store)
+    assert all(Path(path).is_file() and "again" in path for path in back.values())
+    assert s3_bucket.objects() == []
+
+
 def test_a_review_copy_is_a_local_file_whatever_the_output_store(store, s3_bucket, monkeypatch):
     from typer.testing import CliRunner
 

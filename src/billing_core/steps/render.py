@@ -156,7 +156,7 @@ def _write(
             if (
                 doc is not None
                 and doc.source_hash == digests[invoice.id]
-                and store.exists(doc.path)
+                and store.current(doc.path, target)
             ):
                 continue
             refused = store.prepare(target)

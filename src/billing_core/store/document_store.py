@@ -225,6 +225,11 @@ class LocalFolder:
             return self.listings.exists(recorded)
         return Path(recorded).exists()
 
+    def current(self, recorded: str, path: Path) -> bool:
+        """Whether an up-to-date document on record needs no writing: its file is there
+        (a preview in an object store is written again here, and the object removed)."""
+        return not is_object_url(recorded) and Path(recorded).exists()
+
     def writer(self) -> _LocalWrites:
         return _LocalWrites()
 
@@ -263,6 +268,12 @@ class ObjectFolder:
         if is_object_url(recorded):
             return self.listings.exists(recorded)
         return Path(recorded).exists()
+
+    def current(self, recorded: str, url: str) -> bool:
+        """Whether an up-to-date document on record needs no writing: it is this object,
+        and it is there (a preview in a local folder or under another prefix is written
+        here, and the old one removed, so that every worker and every link finds it)."""
+        return recorded == url and self.listings.exists(recorded)
 
     def writer(self) -> _Uploads:
         return _Uploads(filesystem(self.settings))
