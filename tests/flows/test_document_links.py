@@ -125,6 +125,27 @@ def test_the_documents_links_open_the_served_folder(
     assert any(link.endswith(".pdf") for link in links)
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_base_url_with_a_password_is_never_published(store, prefect_server, monkeypatch):
+    monkeypatch.setenv("BILLING_DOCUMENTS_BASE_URL", "https://ops:S3cret@billing.example/docs")
+    import_yaml(POOLED)
+    ingest_csv(USAGE)
+    state = period_close(through=THROUGH, return_state=True)
+    assert state.is_failed()
+    assert "must not carry a user name or password" in state.message
+    assert "S3cret" not in state.message
+    # The close itself is done and recorded; only its links were not published.
+    assert store.scalar("SELECT status FROM close_runs") == "completed"
+    assert store.scalar("SELECT count(*) FROM invoice_documents") == 2
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert not any("S3cret" in str(a.data) for a in artifacts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_a_dask_cluster_writes_every_document_to_the_object_store(
