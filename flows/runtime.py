@@ -245,6 +245,7 @@ def publish_step_summaries(reports: list[dict], through: date) -> None:
 def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: date) -> None:
     """The invoices the close left, as a table, and links to their documents."""
     from billing_core.domain.money import money_str
+    from billing_core.store.document_store import document_linker
 
     # By column: the UI shows a dict of lists as the same table, and the server stores
     # each column name once instead of once per invoice (a third of the bytes).
@@ -261,11 +262,12 @@ def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: 
         table=table if rows else {"invoice": ["none"]},
         description=f"Invoices billed through {through}",
     )
+    link = document_linker()  # presigned URLs, the served folder's URLs, or file://
     links = [
         f"- **{md(r.number or 'draft ' + str(r.id))}** {md(r.billed_customer_id)} "
         f"{r.billing_date}: "
         + ", ".join(
-            f"[{fmt}](file://{path})" for fmt, path in sorted(documents.get(r.id, {}).items())
+            f"[{fmt}]({link(path)})" for fmt, path in sorted(documents.get(r.id, {}).items())
         )
         for r in rows
         if documents.get(r.id)

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.object_store import s3_bucket, s3_server  # noqa: F401 - fixtures
+
 # Isolate Prefect before it is imported anywhere: its own home, no telemetry.
 _PREFECT_HOME = Path(tempfile.mkdtemp(prefix="billing-tests-prefect-"))
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)

@@ -22,7 +22,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     database_url: str = "sqlite:///billing.db"
-    output_dir: Path = Path("documents")
+    # Where documents go: a folder, or an object store (`s3://bucket/prefix`) that every
+    # worker writes to (docs/operations.md, "Documents in a shared store").
+    output_dir: str = "documents"
+    # An S3-compatible server's endpoint; else botocore's own (AWS_ENDPOINT_URL, or AWS).
+    s3_endpoint_url: str | None = None
+    # The URL at which the operator's web server serves the output folder: the documents'
+    # links in the Prefect UI (else `file://` links, which the UI does not open).
+    documents_base_url: str | None = None
+    # How long a presigned link to a document in an object store works, in seconds.
+    documents_link_expiry: int = 7 * 24 * 3600
     # Invoice templates; the ones shipped with the package unless this names a folder.
     templates_dir: Path | None = None
     # Documents: html always; pdf adds a WeasyPrint rendering of the same HTML.
@@ -49,6 +58,18 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator("documents_link_expiry")
+    @classmethod
+    def _expiry(cls, value: int) -> int:
+        if not 1 <= value <= 7 * 24 * 3600:
+            raise ValueError("a presigned link lasts 1 second to 7 days (604800 seconds)")
+        return value
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir(cls, value: object) -> str:
+        return str(value)
 
     @property
     def formats(self) -> set[str]:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import flows.period_close  # noqa: F401 - Prefect's logging set up before CliRunner swaps streams
 from billing_core.cli.app import app
-from billing_core.steps import render as rendering
+from billing_core.invoices import documents
 from billing_core.store import files as outputs
 from tests.helpers import close, import_yaml, invoices
 
@@ -576,7 +576,7 @@ def test_a_document_path_never_leaves_its_folder(tmp_path):
             invoice = SimpleNamespace(
                 id=7, number=number, billed_customer_id=customer, billing_date=date(2026, 1, 1)
             )
-            path = rendering.document_path(tmp_path, invoice, "pdf")
+            path = documents.document_path(tmp_path, invoice, "pdf")
             assert path.parent == tmp_path / "2026-01-01"
             assert path.resolve().parent == (tmp_path / "2026-01-01").resolve()
 

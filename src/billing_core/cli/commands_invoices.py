@@ -96,6 +96,12 @@ def invoices_show(
     require_store()
     if output is not None and output.suffix.lower() not in (".html", ".pdf"):
         fail(f"--output must end in .html or .pdf: {output}", code=2)
+    if output is not None and output.parts[0].lower() in ("s3:", "s3:/"):
+        fail(
+            "--output writes a local file (a copy for review); the invoice's own documents "
+            "are in BILLING_OUTPUT_DIR, linked from the close's artifacts",
+            code=2,
+        )
     with unit_of_work() as session:
         try:
             invoice_id = resolve(session, invoice)

@@ -115,22 +115,29 @@ def pdf_document(html: str, folder: str | None = None) -> Any:
     return HTML(string=html, base_url=folder).render(stylesheets=sheets, font_config=fonts)
 
 
-def render_pdf(html: str, path: Path, folder: str | None = None) -> str:
+# Writes a document's bytes where it goes: a file (`files.write_file`, the default) or
+# an object store's upload (`store.document_store`).
+Write = Callable[[Any, bytes], None]
+
+
+def render_pdf(html: str, path: Any, folder: str | None = None, write: Write | None = None) -> str:
     """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256.
 
     The same HTML gives the same pages, but not always the same bytes: a font subset made
     by fontTools (without HarfBuzz's subsetter) carries the second it was made."""
     content = pdf_document(html, folder).write_pdf()
-    outputs.write_file(path, content)
+    (write or outputs.write_file)(path, content)
     return hashlib.sha256(content).hexdigest()
 
 
 def render_pdfs(
-    jobs: list[tuple[str, Path]],
+    jobs: list[tuple[str, Any]],
     folder: str,
     failed: Callable[[int, OSError], None] | None = None,
+    write: Write | None = None,
 ) -> list[str | None]:
-    """Write PDFs (HTML, path) in order; returns their SHA-256.
+    """Write PDFs (HTML, path) in order (through `write`, else to files); returns their
+    SHA-256.
 
     With `failed`, a PDF that cannot be written (an OSError: a full or read-only disk) is
     handed to it with its index, its SHA-256 is None, and the next PDFs are still written;
@@ -148,7 +155,7 @@ def render_pdfs(
     shas: list[str | None] = []
     for index, (html, path) in enumerate(jobs):
         try:
-            shas.append(render_pdf(html, path, folder))
+            shas.append(render_pdf(html, path, folder, write))
         except OSError as error:
             if failed is None:
                 raise
@@ -158,13 +165,19 @@ def render_pdfs(
     return shas
 
 
-def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
-    """Where an invoice's document goes: a folder per billing date, a file named after the
-    billed customer and the number (or the draft's id). Ids are made safe as name parts
-    (`outputs.name_part`), so the file is always inside `output_dir`."""
+def document_key(invoice: Any, fmt: str) -> str:
+    """Where an invoice's document goes under the output folder (or prefix): a folder per
+    billing date, a file named after the billed customer and the number (or the draft's
+    id). Ids are made safe as name parts (`outputs.name_part`), so the document is always
+    inside the output folder, and the key is one an object store takes."""
     name = outputs.name_part(invoice.number) if invoice.number else f"draft-{invoice.id}"
     customer = outputs.name_part(invoice.billed_customer_id)
-    return output_dir / invoice.billing_date.isoformat() / f"{customer}-{name}.{fmt}"
+    return f"{invoice.billing_date.isoformat()}/{customer}-{name}.{fmt}"
+
+
+def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
+    """An invoice's document in a local output folder."""
+    return output_dir / document_key(invoice, fmt)
 
 
 def write_document(

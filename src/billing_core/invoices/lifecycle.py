@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +16,7 @@ from billing_core.domain.terms import dates_of
 from billing_core.invoices.identity import live as live_identity
 from billing_core.invoices.ledger import rollback
 from billing_core.store import postgres
+from billing_core.store.document_store import remove
 from billing_core.store.models import (
     Invoice,
     InvoiceDocument,
@@ -56,7 +56,7 @@ def _unlink_pending(session: Session) -> None:
     # left where it is, with no row pointing at it, and noted for the step's report.
     for path in session.info.pop("unlink_after_commit", []):
         try:
-            Path(path).unlink(missing_ok=True)
+            remove(path)  # a file, or an object in the shared store
         except OSError as error:
             session.info.setdefault("unlink_failed", []).append(error)
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +19,7 @@ from sqlmodel import Session
 from billing_core.config import get_settings
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.documents import (
-    document_path,
+    document_key,
     environment,
     render_html,
     render_pdfs,
@@ -30,6 +28,7 @@ from billing_core.invoices.documents import (
 from billing_core.invoices.lifecycle import unlink_after_commit
 from billing_core.report import StepReport
 from billing_core.store import files as outputs
+from billing_core.store.document_store import DocumentStore, document_store
 from billing_core.store.models import Invoice, InvoiceDocument
 from billing_core.store.reference import ALL, Scope
 from billing_core.store.rows import chunks, insert_rows
@@ -39,8 +38,9 @@ RENDERED = ("draft", "issued", "paid", "void")
 
 # A document to write: the invoice, its format and its record (None when it has none).
 Wanted = tuple[Any, str, Any]
-# A document written: the invoice, its format, its record, its path and its SHA-256.
-Written = tuple[Any, str, Any, Path, str]
+# A document written: the invoice, its format, its record, where it went (a file's Path,
+# an object's URL) and its SHA-256.
+Written = tuple[Any, str, Any, Any, str]
 # A document not written: the invoice, its format, its record and why.
 Failure = tuple[Any, str, Any, OSError]
 
@@ -60,22 +60,22 @@ def render(
     """Write the documents that are missing or out of date for the invoices in scope."""
     now = now or datetime.now(UTC)
     settings = get_settings()
-    output_dir = Path(settings.output_dir)
+    store = document_store(settings)
     formats = [f for f in ("html", "pdf") if f in settings.formats] or ["html"]
     report = StepReport("render invoices")
     invoices = _invoices(session, through, scope, invoice_ids)
     report.read = len(invoices)
     if not invoices:
         return report
-    wanted = _wanted(invoices, _documents(session, invoices), formats, report)
+    wanted = _wanted(invoices, _documents(session, invoices), formats, report, store)
     if not wanted:
         return report
     needed = {invoice.id: invoice for invoice, _, _ in wanted}
     data = contexts(session, list(needed.values()), store_name)
     digests = {i: source_hash(d) for i, d in data.items()}
-    written, failures = _write(wanted, data, digests, output_dir)
-    _report_missing(session, report, failures)
-    _record(session, report, written, digests, now)
+    written, failures = _write(wanted, data, digests, store)
+    _report_missing(session, report, failures, store)
+    _record(session, report, written, digests, now, store)
     report.details["documents"] = report.written
     return report
 
@@ -114,7 +114,11 @@ def _documents(session: Session, invoices: list[Any]) -> dict[tuple[int, str], A
 
 
 def _wanted(
-    invoices: list[Any], documents: dict, formats: list[str], report: StepReport
+    invoices: list[Any],
+    documents: dict,
+    formats: list[str],
+    report: StepReport,
+    store: DocumentStore,
 ) -> list[Wanted]:
     """Each invoice's documents that may need writing: a draft's HTML preview, an issued
     invoice's formats not yet written for good."""
@@ -125,7 +129,7 @@ def _wanted(
             if doc is not None and doc.final:
                 # Issued documents are written once, never again: a missing file is
                 # restored from a backup, not re-rendered from today's catalog.
-                if not Path(doc.path).exists():
+                if not store.exists(doc.path):
                     report.warnings.append(
                         f"invoice {invoice.number}: its {fmt} document {doc.path} is missing"
                     )
@@ -135,67 +139,63 @@ def _wanted(
 
 
 def _write(
-    wanted: list[Wanted], data: dict[int, dict], digests: dict[int, str], output_dir: Path
+    wanted: list[Wanted], data: dict[int, dict], digests: dict[int, str], store: DocumentStore
 ) -> tuple[list[Written], list[Failure]]:
     """Write the wanted documents whose file is missing or out of date: HTML as it comes,
     then the PDFs one after the other. Returns what was written and what was not."""
     env, folder = environment(), str(templates_dir())
     written: list[Written] = []
-    pdfs: list[tuple[Any, Any, Path, str]] = []  # invoice, doc, path, html
+    pdfs: list[tuple[Any, Any, Any, str]] = []  # invoice, doc, target, html
     failures: list[Failure] = []
-    ready = _folder_maker()
-    # A document that cannot be written (a full or read-only disk) is reported and left
-    # unrecorded, and the others are still written: the next render writes it.
-    for invoice, fmt, doc in wanted:
-        path = document_path(output_dir, invoice, fmt)
-        if doc is not None and doc.source_hash == digests[invoice.id] and Path(doc.path).exists():
-            continue
-        refused = ready(path)
-        if refused is not None:
-            failures.append((invoice, fmt, doc, refused))
-        elif fmt == "html":
-            content = render_html(data[invoice.id], env).encode("utf-8")
-            try:
-                outputs.write_file(path, content, replace=doc is not None)
-            except OSError as error:
-                failures.append((invoice, fmt, doc, error))
+    # A document that cannot be written (a full or read-only disk, an object store that
+    # refuses it) is reported and left unrecorded, and the others are still written: the
+    # next render writes it.
+    with store.writer() as writer:
+        for invoice, fmt, doc in wanted:
+            target = store.target(document_key(invoice, fmt))
+            if (
+                doc is not None
+                and doc.source_hash == digests[invoice.id]
+                and store.current(doc.path, target)
+            ):
+                continue
+            refused = store.prepare(target)
+            if refused is not None:
+                failures.append((invoice, fmt, doc, refused))
+            elif fmt == "html":
+                content = render_html(data[invoice.id], env).encode("utf-8")
+                try:
+                    writer.put(target, content, replace=doc is not None)
+                except OSError as error:
+                    failures.append((invoice, fmt, doc, error))
+                else:
+                    sha = hashlib.sha256(content).hexdigest()
+                    written.append((invoice, fmt, doc, target, sha))
             else:
-                written.append((invoice, fmt, doc, path, hashlib.sha256(content).hexdigest()))
-        else:
-            pdfs.append((invoice, doc, path, render_html(data[invoice.id], env, inline_css=False)))
-    written += _write_pdfs(pdfs, folder, failures)
+                html = render_html(data[invoice.id], env, inline_css=False)
+                pdfs.append((invoice, doc, target, html))
+        written += _write_pdfs(pdfs, folder, failures, writer.put)
+        # Uploads still under way: the ones refused are failures, not documents written.
+        late = writer.finish()
+    if late:
+        failures += [(i, f, d, late[t]) for i, f, d, t, _ in written if t in late]
+        written = [w for w in written if w[3] not in late]
     return written, failures
 
 
-def _folder_maker() -> Callable[[Path], OSError | None]:
-    """Makes a document's folder, each folder once (or refuses it once): the error, if any."""
-    folders: dict[Path, OSError | None] = {}
-
-    def ready(path: Path) -> OSError | None:
-        if path.parent not in folders:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                folders[path.parent] = None
-            except OSError as error:
-                folders[path.parent] = error
-        return folders[path.parent]
-
-    return ready
-
-
 def _write_pdfs(
-    pdfs: list[tuple[Any, Any, Path, str]], folder: str, failures: list[Failure]
+    pdfs: list[tuple[Any, Any, Any, str]], folder: str, failures: list[Failure], write: Any
 ) -> list[Written]:
-    """Write the PDFs (invoice, doc, path, html); the ones refused go to `failures`."""
+    """Write the PDFs (invoice, doc, target, html); the ones refused go to `failures`."""
 
     def pdf_failed(index: int, error: OSError) -> None:
         invoice, doc, _, _ = pdfs[index]
         failures.append((invoice, "pdf", doc, error))
 
-    shas = render_pdfs([(html, path) for _, _, path, html in pdfs], folder, pdf_failed)
+    shas = render_pdfs([(html, target) for _, _, target, html in pdfs], folder, pdf_failed, write)
     return [
-        (invoice, "pdf", doc, path, sha)
-        for (invoice, doc, path, _), sha in zip(pdfs, shas, strict=True)
+        (invoice, "pdf", doc, target, sha)
+        for (invoice, doc, target, _), sha in zip(pdfs, shas, strict=True)
         if sha is not None
     ]
 
@@ -206,16 +206,17 @@ def _record(
     written: list[Written],
     digests: dict[int, str],
     now: datetime,
+    store: DocumentStore,
 ) -> None:
     """Record the documents written: new ones in one insert, replaced ones in one
     executemany; a preview now written under a new name has its old file removed after
     the commit."""
     inserts, updates, moved = [], [], []
-    for invoice, fmt, doc, path, sha in written:
+    for invoice, fmt, doc, target, sha in written:
         row = {
             "invoice_id": invoice.id,
             "format": fmt,
-            "path": str(path.resolve()),
+            "path": store.record(target),
             "sha256": sha,
             "source_hash": digests[invoice.id],
             "final": invoice.status != "draft",
@@ -237,7 +238,9 @@ def _record(
     unlink_after_commit(session, moved)
 
 
-def _report_missing(session: Session, report: StepReport, failures: list[Failure]) -> None:
+def _report_missing(
+    session: Session, report: StepReport, failures: list[Failure], store: DocumentStore
+) -> None:
     """The documents that could not be written, in the step's report: each in
     `details["documents_missing"]` ({invoice, format, reason}), and a warning per invoice.
 
@@ -252,7 +255,7 @@ def _report_missing(session: Session, report: StepReport, failures: list[Failure
     gone = []
     for invoice, fmt, doc, error in failures:
         by_invoice[invoice.id].append((invoice, fmt, error))
-        if doc is not None and not doc.final and not Path(doc.path).exists():
+        if doc is not None and not doc.final and not store.exists(doc.path):
             gone.append(doc.id)
     missing = report.details.setdefault("documents_missing", [])
     for entries in by_invoice.values():
