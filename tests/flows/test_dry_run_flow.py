@@ -12,6 +12,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows.backfill import backfill
 from flows.period_close import period_close
 from tests.integration.test_dry_run import THROUGH, files, prepared
 from tests.integration.test_preview import everything
@@ -153,6 +154,10 @@ def test_the_flows_dry_run_writes_nothing_and_publishes_close_diff(
     assert "| EUR | 238.00 | 595.00 | +357.00 |" in markdown
     assert "200.00 → 250.00" in markdown
     assert "draft → issued INV" in markdown
+    # A backfill's dry run is that of one close through its end (its contract).
+    backfilled = backfill(start=date(2026, 3, 1), end=THROUGH, issue=True, dry_run=True)
+    assert backfilled["invoices"] == result["invoices"]
+    assert everything(store.url) == rows
 
     # A real close publishes its own change under the same key.
     state = period_close(through=THROUGH, issue=True, return_state=True)
