@@ -22,10 +22,12 @@ MAX_LINE_TABLES = 50
 
 
 def dry_close(through: date, issue: bool, run: str) -> dict:
-    """The period-close flow's dry run: in the close's turn (the queue, then the close
-    lock, held while it computes), nothing written; the diff published and returned."""
-    with close_turn(f"dry run {run or 'local'}", run or None):
-        result = dry_runs.dry_run(through, issue, lock=False)
+    """The period-close flow's dry run, started in the close's turn (the queue, then the
+    close lock; see `dry_runs.dry_run` for how long it keeps it), nothing written; the
+    diff published and returned."""
+    result = dry_runs.dry_run(
+        through, issue, turn=lambda: close_turn(f"dry run {run or 'local'}", run or None)
+    )
     logger = get_run_logger()
     counts = result["counts"]
     logger.info(

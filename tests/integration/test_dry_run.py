@@ -200,3 +200,40 @@ def test_a_family_the_close_would_fail_is_named_and_the_others_diffed(store):
     assert result["failures"]["solo-b"]["step"] == "rate"
     billed = {i["billed_customer"] for i in result["invoices"]}
     assert {"hq", "solo-a"} <= billed and "solo-b" not in billed
+
+
+def test_while_a_dry_run_computes_the_store_stays_open(store, monkeypatch):
+    """SQLite: the dry run computes on a copy, so the store is neither locked nor
+    write-locked meanwhile. PostgreSQL: it keeps the close lock until it rolls back, and
+    readers go on."""
+    import sqlite3
+
+    from billing_core.steps import collect as collection
+    from billing_core.store.locks import CloseLocked, close_lock
+
+    prepared(store, monkeypatch)
+    seen: dict[str, object] = {}
+    collect = collection.collect
+
+    def probe(close_run_id=None, session=None):
+        seen["invoices"] = store.scalar("SELECT count(*) FROM invoices")
+        if store.backend == "sqlite":
+            writer = sqlite3.connect(store.url.removeprefix("sqlite:///"), timeout=0)
+            writer.execute("BEGIN IMMEDIATE")  # raises "database is locked" if it is
+            writer.rollback()
+            writer.close()
+        try:
+            with close_lock("a probe", 0):
+                seen["close lock"] = "free"
+        except CloseLocked:
+            seen["close lock"] = "held"
+        return collect(close_run_id, session)
+
+    monkeypatch.setattr(collection, "collect", probe)
+    dry_run(THROUGH)
+    assert seen == {
+        "invoices": 9,
+        "close lock": "free" if store.backend == "sqlite" else "held",
+    }
+    # The copy is gone.
+    assert not [p for p in store.workdir.iterdir() if ".scratch-" in p.name]

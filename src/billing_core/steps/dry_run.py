@@ -5,8 +5,10 @@ How a dry run writes nothing: the close's own step functions (`STEPS`: recalcula
 collection, rating, consolidation, credits, and issuing when asked) run in order on ONE
 session, whose transaction is rolled back at the end; the invoices are read before the
 first step and after the last inside that transaction and compared
-(`billing_core.domain.close_diff`). The steps never commit by themselves (the close's
-runner commits each step's unit of work, `steps.close._attempt`); here:
+(`billing_core.domain.close_diff`). On SQLite that session works on a private copy of the
+store taken in the close's turn (`store.engine.scratch_copy`); on PostgreSQL on the store
+itself, in the close's turn. The steps never commit by themselves (the close's runner
+commits each step's unit of work, `steps.close._attempt`); here:
 
 - each step runs in a savepoint of the session, so that a step failing for some families
   is isolated family by family as the close does (`steps.close._isolated`), the others
@@ -17,17 +19,15 @@ runner commits each step's unit of work, `steps.close._attempt`); here:
   `invoices.lifecycle.unlink_after_commit` keep files: a savepoint's release runs
   SQLAlchemy's after_commit);
 - a commit of the session itself is refused (`DryRunCommitted`), and no other session is
-  opened while the transaction is open (on SQLite it would wait for this one's write lock).
+  opened while the transaction is open.
 
-It runs under the close lock, like a close: no close writes while it computes, so the
-"before" it reads is not a close half done, and its writes (held uncommitted) never
-contend with a close's. Choices and costs: docs/decisions.md, "Dry run, diffed".
+Choices and costs: docs/decisions.md, "Dry run, diffed".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from datetime import date
 from typing import Any
 
@@ -40,7 +40,7 @@ from billing_core.report import StepReport
 from billing_core.steps import collect as collection
 from billing_core.steps.close import COLLECT, ISSUE, STEPS, _isolated
 from billing_core.steps.failures import Failures, isolatable
-from billing_core.store.engine import store_name, unit_of_work
+from billing_core.store.engine import scratch_copy, store_name, unit_of_work
 from billing_core.store.models import Customer, Invoice
 from billing_core.store.reference import ALL, Scope, one_catalog_read
 from billing_core.store.rows import chunks
@@ -140,25 +140,42 @@ def _refuse_commit(session: Session) -> None:
         raise DryRunCommitted("a dry run never commits its transaction")
 
 
-def dry_run(through: date, issue: bool = False, lock: bool = True) -> dict:
-    """What a close through `through` (issuing, with `issue`) would change in the
-    invoices, computed in a transaction that is rolled back: `domain.close_diff`'s diff,
-    with `through`, `issue`, `dry_run`, the step reports (`steps`), their `warnings`, and
-    the families the close would fail (`failures`: family -> step and reason).
-
-    Takes the store's close lock (waiting as a close does), unless `lock` is False: the
-    caller holds it (the period-close flow, inside its close turn)."""
+def _close_lock() -> AbstractContextManager[Any]:
     from billing_core.config import get_settings
     from billing_core.store.locks import close_lock
 
-    held = close_lock("a dry run", get_settings().close_lock_timeout) if lock else nullcontext()
-    with held, one_catalog_read(), unit_of_work() as session:
-        session.info["dry_run"] = True
-        sa.event.listen(session, "before_commit", _refuse_commit)
-        before = picture(session)
-        reports, failed, issued = _run_steps(session, through, issue)
-        after = picture(session, issued)
-        session.rollback()
+    return close_lock("a dry run", get_settings().close_lock_timeout)
+
+
+def dry_run(
+    through: date,
+    issue: bool = False,
+    turn: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> dict:
+    """What a close through `through` (issuing, with `issue`) would change in the
+    invoices, computed and thrown away: `domain.close_diff`'s diff, with `through`,
+    `issue`, `dry_run`, the step reports (`steps`), their `warnings`, and the families the
+    close would fail (`failures`: family -> step and reason).
+
+    It takes the close's turn (`turn`: the store's close lock by default; the flow's close
+    turn in the flow), so that it starts from a store no close is half-way through. On
+    SQLite it copies the store (`store.engine.scratch_copy`), gives the turn back, and
+    computes on the copy: the store is neither locked nor written meanwhile. On
+    PostgreSQL it computes on the store in a transaction it rolls back, holding the turn
+    until then (no close contends with its uncommitted rows; readers are never blocked)."""
+    with ExitStack() as kept:
+        held = kept.enter_context(ExitStack())
+        held.enter_context((turn or _close_lock)())
+        copy = kept.enter_context(scratch_copy())
+        if copy is not None:
+            held.close()  # the copy is the store as it was: the turn can go
+        with one_catalog_read(), unit_of_work(copy) as session:
+            session.info["dry_run"] = True
+            sa.event.listen(session, "before_commit", _refuse_commit)
+            before = picture(session)
+            reports, failed, issued = _run_steps(session, through, issue)
+            after = picture(session, issued)
+            session.rollback()
     result = _diff(before, after, through, issue, dry_run=True)
     result["steps"] = [r.as_dict() for r in reports]
     result["warnings"] = [w for r in reports for w in r.warnings]
