@@ -8,12 +8,12 @@ from decimal import Decimal
 from billing_core.domain.close_diff import diff_invoices, signed, status_text, value_text
 
 
-def line(kind="usage", amount="10.00", quantity="10", serviced="a", **fields) -> dict:
+def line(kind="usage", amount="10.00", quantity="10", serviced="a", product="Units", **fields):
     return {
         "serviced_customer": serviced,
         "subscription": "sub",
         "price": "p",
-        "product": "Units",
+        "product": product,
         "kind": kind,
         "description": fields.get("description"),
         "period_start": "2026-01-01",
@@ -100,3 +100,22 @@ def test_issuing_is_a_change_of_status_and_number_only():
     assert change["lines"] == [] and change["difference"] == "0.00"
     assert status_text(change) == "draft → issued INV-2026-000001"
     assert signed("0.00") == "0.00" and signed("3.10") == "+3.10" and signed("-2") == "-2"
+
+
+def test_the_artifact_keeps_text_from_the_store_literal():
+    import re
+
+    from flows.close_diff import markdown
+    from flows.runtime import md
+
+    crafted = "[pay here](https://evil.example) | *urgent*"
+    before = {(crafted, "2026-02-01"): invoice(line(serviced=crafted, product=crafted))}
+    after = {(crafted, "2026-02-01"): invoice(line(serviced=crafted, amount="11.00"))}
+    for old, new in ((before, after), ({}, after)):
+        result = {"through": "2026-02-01", "issue": False, "dry_run": True}
+        text = markdown(result | diff_invoices(old, new))
+        assert "would change (dry run: nothing was written)" in text
+        assert md(crafted) in text and crafted not in text
+        assert not re.search(r"(?<!\\)\]\(", text)  # no link
+        # Cells as the tables have them (4, 7 and 8 columns): no cell break from the store.
+        assert all(row.count("|") - row.count("\\|") in (0, 5, 8, 9) for row in text.splitlines())
