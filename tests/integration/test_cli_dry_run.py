@@ -35,6 +35,13 @@ def test_the_cli_names_the_billed_customers_and_the_totals_per_currency(
     )
     assert as_json.exit_code == 0, as_json.stderr
     assert json.loads(as_json.stdout)["counts"]["removed"] == 1
+    backfill = runner.invoke(
+        app,
+        ["backfill", "--from", "2026-03-01", "--to", THROUGH.isoformat(), "--dry-run"]
+        + ["--format", "json"],
+    )
+    assert backfill.exit_code == 0, backfill.stderr
+    assert json.loads(backfill.stdout)["invoices"] == json.loads(as_json.stdout)["invoices"]
     assert everything(store.url) == rows
     refused = runner.invoke(app, ["close", "--through", THROUGH.isoformat(), "--format", "json"])
     assert refused.exit_code == 2 and "--dry-run" in refused.stderr
