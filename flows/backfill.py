@@ -16,9 +16,14 @@ from flows.runtime import close_turn
 
 
 @flow(name="backfill")
-def backfill(start: date, end: date, issue: bool = False) -> dict | State:
+def backfill(start: date, end: date, issue: bool = False, dry_run: bool = False) -> dict | State:
     """Close each billing date from `start` to `end` as a child flow run, in order; the
-    result is the same as one close through `end`, and running it again changes nothing."""
+    result is the same as one close through `end`, and running it again changes nothing.
+
+    With `dry_run`: that one close through `end` as a dry run (a child flow run), which
+    writes nothing and publishes what the backfill would change (`close-diff`)."""
+    if dry_run:
+        return configured_close()(through=end, issue=issue, dry_run=True)
     logger = get_run_logger()
     run = str(flow_run.get_id() or "")
     # Its schedule recalculation writes: under the close lock like any close.

@@ -18,6 +18,7 @@ from prefect.states import Failed, State
 from billing_core.config import get_settings
 from billing_core.steps import close as steps
 from billing_core.steps import close_runs
+from billing_core.steps import dry_run as dry_runs
 from billing_core.steps import shards as sharding
 from billing_core.steps.documents import (
     DocumentsNotWritten,
@@ -27,6 +28,7 @@ from billing_core.steps.documents import (
 )
 from billing_core.steps.failures import CloseFailed, Failures
 from billing_core.store.reference import one_catalog_read
+from flows.close_diff import dry_close, publish_close_diff
 from flows.runtime import (
     close_turn,
     log_report,
@@ -96,8 +98,14 @@ def _fan_out(task, through: date, shards: list, failed: Failures) -> dict | None
 
 
 @flow(name="period-close", task_runner=task_runner())
-def period_close(through: date | None = None, issue: bool = False) -> dict | State:
+def period_close(
+    through: date | None = None, issue: bool = False, dry_run: bool = False
+) -> dict | State:
     """Close every billing date up to and including `through` (default: today).
+
+    With `dry_run`, compute the close (issuing too, with `issue`) and write nothing: the
+    `close-diff` artifact and the result say what it would change. A real close publishes
+    the same for the drafts it replaced.
 
     A family whose rating, consolidation, credits or documents fail is left as it was;
     the others are finished, and then the run fails naming each failed family (task log,
@@ -107,8 +115,11 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
     run = str(flow_run.get_id() or "")
     # A retried run closes the date its first attempt chose, whenever it is retried.
     through = through or close_runs.recorded_through(run) or today()
+    if dry_run:
+        return dry_close(through, issue, run)
     failed = Failures()
     with close_turn(f"flow run {run or 'local'}", run), one_catalog_read():
+        replaced = dry_runs.drafts()
         run_id = close_runs.start_run(through, issue, run or None)
         try:
             state = recalculate_schedules(through, return_state=True)
@@ -134,8 +145,10 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
         problem = documents_problem(reports)
         ended = "failed" if failed or problem else "completed"
         close_runs.finish_run(run_id, ended, dict(failed))
+        changed = dry_runs.changes(replaced, reports, through, issue)
     publish_step_summaries(reports, through)
     publish_invoices(summary_rows(through=through), documents(through=through), through)
+    publish_close_diff(changed)
     if failed:
         publish_failures(failed, through)
         raise CloseFailed(dict(failed), through, documents=problem)
@@ -144,6 +157,7 @@ def period_close(through: date | None = None, issue: bool = False) -> dict | Sta
         "through": through.isoformat(),
         "issue": issue,
         "steps": reports,
+        "diff": changed,
     }
     if problem:
         return Failed(message=problem, data=DocumentsNotWritten(problem, result))

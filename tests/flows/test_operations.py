@@ -161,6 +161,10 @@ def test_prefect_deploy_accepts_the_deployments_file(prefect_api):
     assert close["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
     assert close["concurrency_limit"] == 1 or close.get("global_concurrency_limit")
     assert close["work_pool_name"] == "billing"
+    # A dry run from the UI: the parameter is there, off by default, on both closes.
+    for name in ("monthly-close", "backfill"):
+        assert by_name[name]["parameters"]["dry_run"] is False
+        assert "dry_run" in by_name[name]["parameter_openapi_schema"]["properties"]
 
 
 def _export_without_ids() -> list[dict]:

@@ -286,6 +286,31 @@ def test_the_sql_and_inbox_sources_are_collected_together(store, source, tmp_pat
     assert sorted(r[0] for r in store.rows("SELECT source FROM usage_loads")) == ["inbox", "sql"]
 
 
+def test_a_dry_runs_collect_loads_into_its_session_and_keeps_nothing(
+    store, source, tmp_path, monkeypatch
+):
+    from billing_core.store.engine import unit_of_work
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    monkeypatch.setenv("BILLING_USAGE_INBOX", str(folder))
+    (folder / "jan.csv").write_text(GOOD)
+    (folder / "bad.csv").write_text(HEADER + "x1,nobody,units,2026-01-05T10:00:00Z,1\n")
+    source.add(("s1", "solo", "units", "2026-01-05T10:00:00Z", "1"))
+    files = sorted(p.name for p in folder.rglob("*"))
+    with unit_of_work() as session:
+        report = collect(session=session)
+        seen = sorted(session.execute(sa.text("SELECT event_id FROM usage_events")).scalars())
+        session.rollback()
+    assert seen == ["i1", "i2", "s1"]  # the session has what the close would load
+    assert (report.read, report.written, report.details["rejected_files"]) == (3, 3, 1)
+    assert any("bad.csv would be refused" in w for w in report.warnings)
+    # And nothing is kept: no event, no load, no watermark, every file where it was.
+    assert events(store) == 0 and watermark(store) is None
+    assert store.scalar("SELECT count(*) FROM usage_loads") == 0
+    assert sorted(p.name for p in folder.rglob("*")) == files
+
+
 def test_a_source_with_typed_columns(store, source, monkeypatch):
     # The store's own database as the source: on PostgreSQL a timestamptz and a numeric
     # column (read back as datetime and Decimal, through a server-side cursor), and a

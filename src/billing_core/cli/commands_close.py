@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from datetime import date
 from typing import Annotated
 
@@ -18,13 +20,26 @@ def close(
         typer.Option(metavar="DATE", help="close billing dates up to this day (default: today)"),
     ] = None,
     issue: Annotated[bool, typer.Option("--issue", help="issue the drafts closed")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="compute the close, write nothing, show what it would change"
+        ),
+    ] = False,
+    format_: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="with --dry-run: table or json")
+    ] = "table",
 ) -> None:
     """Run the period-close flow for every billing date up to and including --through."""
     require_store()
+    _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
     from flows.period_close import configured_close
 
     _quiet_tracebacks()
+    if dry_run:
+        _dry_run(lambda: configured_close()(through=day, issue=issue, dry_run=True), format_)
+        return
 
     from billing_core.steps.documents import DocumentsNotWritten
     from billing_core.steps.failures import CloseFailed
@@ -48,9 +63,19 @@ def backfill(
     from_: Annotated[str, typer.Option("--from", metavar="DATE", help="first billing date")],
     to: Annotated[str, typer.Option("--to", metavar="DATE", help="last billing date")],
     issue: Annotated[bool, typer.Option("--issue", help="issue each date's drafts")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="compute the backfill, write nothing, show what it would change"
+        ),
+    ] = False,
+    format_: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="with --dry-run: table or json")
+    ] = "table",
 ) -> None:
     """One close per billing date in the range, in order (same result as one close)."""
     require_store()
+    _check_format(format_, dry_run)
     start, end = parse_date(from_, "--from"), parse_date(to, "--to")
     assert start and end
     if end < start:
@@ -58,6 +83,9 @@ def backfill(
     from flows.backfill import backfill as backfill_flow
 
     _quiet_tracebacks()
+    if dry_run:
+        _dry_run(lambda: backfill_flow(start=start, end=end, issue=issue, dry_run=True), format_)
+        return
 
     from billing_core.steps.documents import DocumentsNotWritten
     from billing_core.steps.failures import CloseFailed
@@ -72,6 +100,31 @@ def backfill(
         _fail_families(f"backfill to {end}", "run it again", failed)
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
     _print_invoices(None, through=end)
+
+
+def _check_format(format_: str, dry_run: bool) -> None:
+    if format_ not in ("table", "json"):
+        fail(f"--format must be table or json, got {format_!r}", code=2)
+    if format_ == "json" and not dry_run:
+        fail("--format json goes with --dry-run (a close prints its invoices as a table)", code=2)
+
+
+def _dry_run(run, format_: str) -> None:
+    """A dry run's diff, printed; exit 1 when the close would fail some families."""
+    from billing_core.cli.close_diff import print_close_diff
+    from billing_core.store.locks import CloseLocked, LockLost
+
+    try:
+        result = run()
+    except (CloseLocked, LockLost) as locked:
+        fail(str(locked))
+    if format_ == "json":
+        shown = {k: v for k, v in result.items() if k != "steps"}
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+    else:
+        print_close_diff(out, err, result)
+    if result["failures"]:
+        raise typer.Exit(1)
 
 
 def _fail_families(what: str, then: str, failed) -> None:

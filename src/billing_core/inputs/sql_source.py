@@ -153,8 +153,11 @@ def _refused(problem: tuple[str, str], timestamp: Any) -> dict[str, Any]:
     return {"__invalid__": problem[1], "__field__": problem[0], "timestamp": timestamp}
 
 
-def collect_sql(url: str, query: str, close_run_id: int | None, report: StepReport) -> None:
-    """Read the rows from the watermark on, load them, and move the watermark."""
+def collect_sql(
+    url: str, query: str, close_run_id: int | None, report: StepReport, session: Any = None
+) -> None:
+    """Read the rows from the watermark on, load them, and move the watermark (in a dry
+    run's `session`: loaded there and never committed)."""
     try:
         statement = check_query(query)
     except SqlSourceRefused as refused:
@@ -163,7 +166,7 @@ def collect_sql(url: str, query: str, close_run_id: int | None, report: StepRepo
     engine = sa.create_engine(normalize_database_url(url), poolclass=sa.pool.NullPool)
     try:
         outcome = retrying_deadlocks(
-            lambda session: _load(session, engine, statement, close_run_id, report)
+            lambda into: _load(into, engine, statement, close_run_id, report), session
         )
         if outcome is None:
             return
@@ -267,6 +270,14 @@ class SqlQuery:
     def configured(self, settings: Settings) -> bool:
         return bool(settings.usage_sql_url)
 
-    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None:
+    def collect(
+        self,
+        settings: Settings,
+        close_run_id: int | None,
+        report: StepReport,
+        session: Any = None,
+    ) -> None:
         if settings.usage_sql_url and settings.usage_sql_query:
-            collect_sql(settings.usage_sql_url, settings.usage_sql_query, close_run_id, report)
+            collect_sql(
+                settings.usage_sql_url, settings.usage_sql_query, close_run_id, report, session
+            )

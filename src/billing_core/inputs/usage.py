@@ -94,15 +94,21 @@ def refresh_statistics(loaded: int) -> None:
     postgres.analyze(get_engine(), "usage_events")
 
 
-def retrying_deadlocks(load):
+def retrying_deadlocks(load, session: Session | None = None):
     """Run `load(session)` in a unit of work of its own and commit it. Two loads that
     share new event ids insert them in different orders and can deadlock on the events'
     key (each waits for a row the other wrote); PostgreSQL then aborts one. That one is
     rolled back whole and run again alone (every load holds LOAD_KEY shared; the retry
     holds it exclusively, after the others), so it cannot deadlock again. Idempotency by
-    event id makes the retry count each event once."""
+    event id makes the retry count each event once.
+
+    With `session` (a dry run's, never committed): the load runs once inside it, in a
+    savepoint that a refused load rolls back, and nothing is committed."""
     from billing_core.store.engine import unit_of_work
 
+    if session is not None:
+        with session.begin_nested():
+            return load(session)
     for attempt in range(DEADLOCK_ATTEMPTS):
         with unit_of_work() as session:
             session.info["load_alone"] = attempt > 0

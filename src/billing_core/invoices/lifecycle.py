@@ -38,9 +38,11 @@ def unlink_after_commit(session: Session, paths: list[str]) -> None:
     """Remove files once the transaction that dropped their rows commits.
 
     A preview, or a step that fails and rolls back, must leave the documents on disk that
-    its (restored) rows point to.
+    its (restored) rows point to. A dry run's session (`info["dry_run"]`) removes none:
+    its savepoints "commit" (SQLAlchemy then runs after_commit), but nothing it does is
+    kept.
     """
-    if not paths:
+    if not paths or session.info.get("dry_run"):
         return
     if not session.info.get("unlink_hooked"):
         session.info["unlink_hooked"] = True

@@ -94,11 +94,14 @@ def _isolated(
     rest: tuple,
     kwargs: dict,
     error: Exception,
+    attempt: Callable[..., StepReport] = _attempt,
 ) -> StepReport:
     """The step failed over its scope: run it again over halves of the families, and
     halves of the halves that fail, until each failing family is alone. The others are
     written; the failing ones are reported. Gives up (raises `error`) when more tries
-    than a few failing families would need are spent, e.g. when every family fails."""
+    than a few failing families would need are spent, e.g. when every family fails.
+
+    Each try is `attempt` (a unit of work of its own, committed; a dry run's savepoint)."""
     families = sorted(scope.families) if scope.families is not None else all_families()
     if len(families) <= 1:
         if families:
@@ -122,7 +125,7 @@ def _isolated(
                 raise error
             budget -= 1
             try:
-                done.append(_attempt(step, through, Scope.of(half), rest, kwargs))
+                done.append(attempt(step, through, Scope.of(half), rest, kwargs))
             except Exception as failure:  # noqa: BLE001 - isolated, reported per family
                 if not isolatable(failure):
                     raise

@@ -5,6 +5,9 @@
   beside it naming each row, and nothing of it is loaded.
 - SQL source (`BILLING_USAGE_SQL_URL` + `BILLING_USAGE_SQL_QUERY`): read incrementally by a
   watermark (see `sql_source`).
+
+A dry run collects into its own session, which is never committed: every source is read
+and loaded as a close would, but no file moves and no watermark is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
+from sqlmodel import Session
 
 from billing_core.config import Settings, get_settings
 from billing_core.inputs.sql_source import SqlQuery
@@ -39,23 +43,26 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> None:
-    """Load each new inbox file once, archive it; reject a bad file whole."""
+def collect_inbox(
+    inbox: Path, close_run_id: int | None, report: StepReport, session: Session | None = None
+) -> None:
+    """Load each new inbox file once, archive it; reject a bad file whole. With a dry
+    run's `session`: loaded into it, and every file left where it is."""
     archive, rejected = inbox / "archive", inbox / "rejected"
     files = sorted({p for pattern in INBOX_PATTERNS for p in inbox.glob(pattern)})
     u = UsageLoad.__table__.c
     for path in files:
         key = f"{path.name}:{_digest(path)}"
 
-        def load(session, path=path, key=key):
-            seen = session.execute(sa.select(u.id).where(u.source == "inbox", u.key == key)).first()
+        def load(into, path=path, key=key):
+            seen = into.execute(sa.select(u.id).where(u.source == "inbox", u.key == key)).first()
             if seen is not None:
                 return None
-            result = ingest_files(session, [path], source="inbox")
+            result = ingest_files(into, [path], source="inbox")
             # Loaded under its content's key: the same file dropped again is skipped.
             # (The session does not autoflush: write the load row before renaming it.)
-            session.flush()
-            session.execute(
+            into.flush()
+            into.execute(
                 sa.update(UsageLoad.__table__)
                 .where(u.source == "inbox", u.key == str(path))
                 .values(key=key, close_run_id=close_run_id)
@@ -63,8 +70,15 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
             return result
 
         try:
-            result = retrying_deadlocks(load)
+            result = retrying_deadlocks(load, session)
         except UsageRefused as refused:
+            if session is not None:
+                report.warnings.append(
+                    f"inbox file {path.name} would be refused ({len(refused.problems)} bad "
+                    f"row(s)): {refused.summary}"
+                )
+                report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
+                continue
             rejected.mkdir(parents=True, exist_ok=True)
             target = rejected / path.name
             shutil.move(str(path), target)
@@ -82,9 +96,11 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
             report.read += result.read
             report.written += result.loaded
             report.details["duplicates"] = report.details.get("duplicates", 0) + result.duplicates
+        report.details["files"] = report.details.get("files", 0) + 1
+        if session is not None:
+            continue
         archive.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), archive / path.name)
-        report.details["files"] = report.details.get("files", 0) + 1
 
 
 class Inbox:
@@ -93,34 +109,49 @@ class Inbox:
     def configured(self, settings: Settings) -> bool:
         return settings.usage_inbox is not None
 
-    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None:
+    def collect(
+        self,
+        settings: Settings,
+        close_run_id: int | None,
+        report: StepReport,
+        session: Session | None = None,
+    ) -> None:
         inbox = Path(settings.usage_inbox)
         if inbox.is_dir():
-            collect_inbox(inbox, close_run_id, report)
+            collect_inbox(inbox, close_run_id, report, session)
         else:
             report.warnings.append(f"usage inbox {inbox} does not exist: nothing collected")
 
 
 class Source(Protocol):
-    """A usage source: whether the settings name it, and one collect from it."""
+    """A usage source: whether the settings name it, and one collect from it (into a dry
+    run's `session` when one is given: loaded there, nothing committed, nothing moved)."""
 
     def configured(self, settings: Settings) -> bool: ...
 
-    def collect(self, settings: Settings, close_run_id: int | None, report: StepReport) -> None: ...
+    def collect(
+        self,
+        settings: Settings,
+        close_run_id: int | None,
+        report: StepReport,
+        session: Session | None = None,
+    ) -> None: ...
 
 
 # Every usage source, in the order a collect reads them.
 SOURCES: dict[str, Source] = {"inbox": Inbox(), "sql": SqlQuery()}
 
 
-def collect(close_run_id: int | None = None) -> StepReport:
-    """Pull usage from every configured source; returns what each brought."""
+def collect(close_run_id: int | None = None, session: Session | None = None) -> StepReport:
+    """Pull usage from every configured source; returns what each brought. With a dry
+    run's `session`, into that session (see the module's docstring)."""
     settings = get_settings()
     report = StepReport("collect usage")
     configured = [source for source in SOURCES.values() if source.configured(settings)]
     for source in configured:
-        source.collect(settings, close_run_id, report)
-    refresh_statistics(report.written)
+        source.collect(settings, close_run_id, report, session)
+    if session is None:
+        refresh_statistics(report.written)
     if not configured:
         report.details["sources"] = "none configured (usage arrives by `billing usage ingest`)"
     report.details.setdefault("collected_at", datetime.now(UTC).isoformat())

@@ -50,6 +50,50 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+def dispose_engine(url: str) -> None:
+    """Close one URL's pooled connections and forget its engine (a throwaway store)."""
+    with _engines_lock:
+        engine = _engines.pop(database_url(url), None)
+    if engine is not None:
+        engine.dispose()
+
+
+@contextmanager
+def scratch_copy(url: str | None = None) -> Iterator[str | None]:
+    """A private copy of a SQLite store, for work that is thrown away (a dry run): its URL,
+    the copy deleted after the block. SQLite's online backup copies a consistent picture
+    without the write lock, so readers and writers of the store go on meanwhile; the copy
+    sits beside the store (same disk), in a folder named `.<store>.scratch-…`.
+
+    None for PostgreSQL: a database cannot be copied while others are connected to it;
+    the caller works in a transaction it rolls back instead."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    url = database_url(url)
+    if not url.startswith("sqlite:///"):
+        yield None
+        return
+    source = Path(url.removeprefix("sqlite:///"))
+    folder = Path(tempfile.mkdtemp(prefix=f".{source.stem}.scratch-", dir=source.parent))
+    copy = f"sqlite:///{folder / source.name}"
+    try:
+        reading = sqlite3.connect(source, timeout=60)
+        try:
+            writing = sqlite3.connect(folder / source.name)
+            try:
+                reading.backup(writing)
+            finally:
+                writing.close()
+        finally:
+            reading.close()
+        yield copy
+    finally:
+        dispose_engine(copy)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
