@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -73,6 +74,29 @@ def test_the_same_file_dropped_again_is_not_loaded_twice(store, inbox):
     report = collect()
     assert (report.read, report.written, report.details["duplicates"]) == (2, 0, 2)
     assert events(store) == 2
+
+
+def test_two_files_of_one_name_are_both_archived_and_recorded(store, inbox):
+    """A file dropped with the name of one already archived does not replace it: each
+    arrival is kept under a name of its own (load id, content digest, name), recorded
+    with its load."""
+    later = HEADER + "i3,solo,units,2026-02-05T10:00:00Z,7\n"
+    (inbox / "usage.csv").write_text(GOOD)
+    collect(close_run_id=1)
+    (inbox / "usage.csv").write_text(later)
+    collect(close_run_id=2)
+    archived = {p.name: p.read_text() for p in (inbox / "archive").iterdir()}
+    assert sorted(archived.values()) == sorted([GOOD, later])  # both, intact
+    loads = store.rows(
+        "SELECT id, key, archived_as, close_run_id, events_loaded FROM usage_loads ORDER BY id"
+    )
+    assert [(r.close_run_id, r.events_loaded) for r in loads] == [(1, 2), (2, 1)]
+    for load, text in zip(loads, (GOOD, later), strict=True):
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert load.key == f"usage.csv:{digest}"
+        assert load.archived_as == f"{load.id}-{digest[:12]}-usage.csv"
+        assert archived[load.archived_as] == text
+    assert events(store) == 3
 
 
 def test_a_bad_inbox_file_is_rejected_whole_with_its_reasons(store, inbox):
