@@ -41,6 +41,14 @@ class Writer:
             span[1] = timestamp
         self.put(row, key)
 
+    def mark(self) -> None:
+        """The end of a file: after `finish`, `marks` holds the events loaded up to each."""
+        self.sink.mark()
+
+    @property
+    def marks(self) -> list[int]:
+        return self.sink.marks
+
     def close(self) -> None:
         """Wait for the batches under way; raise what writing them failed with."""
         self.sink.close()
@@ -80,6 +88,7 @@ class _Inserts:
         self.now = now
         self.batch: list[dict] = []
         self.loaded = 0
+        self.marks: list[int] = []
 
     def add(self, row: dict, key: tuple[str, str]) -> None:
         self.batch.append(row)
@@ -90,6 +99,10 @@ class _Inserts:
         if self.batch:
             self._insert(self.batch)
             self.batch = []
+
+    def mark(self) -> None:
+        self.flush()
+        self.marks.append(self.loaded)
 
     def close(self) -> None:
         pass  # every batch is written when it is flushed

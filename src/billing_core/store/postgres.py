@@ -214,6 +214,10 @@ def analyze(engine: sa.Engine, table: str) -> None:
         connection.execute(sa.text(f"ANALYZE {table}"))
 
 
+# Queued after a file's last batch: the writing thread then notes its running total.
+_MARK: Any = object()
+
+
 def event_copy(session: Session, source: str, now: Any, batch: int) -> EventCopy | None:
     """The COPY writer of usage events on PostgreSQL; None on SQLite."""
     return EventCopy(session, source, now, batch) if is_postgres(session) else None
@@ -234,6 +238,7 @@ class EventCopy:
         self.ids: list[str] = []  # the batch's event ids and COPY lines
         self.lines: list[str] = []
         self.loaded = 0
+        self.marks: list[int] = []  # `loaded` at each mark(), once its batches were written
         session.execute(
             sa.text(
                 "CREATE TEMP TABLE IF NOT EXISTS usage_staging "
@@ -244,7 +249,7 @@ class EventCopy:
         self.tail = f"\t{copy_text(source)}\t{now.isoformat()}\n"
         self.escaped: dict[tuple[str, str], str] = {}
         self.raw = session.connection().connection.driver_connection
-        self.queue: queue.Queue[tuple[list[str], list[str]] | None] = queue.Queue(maxsize=2)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="usage-writer", daemon=True)
         self.thread.start()
@@ -280,6 +285,12 @@ class EventCopy:
         self.queue.put((self.ids, self.lines))
         self.ids, self.lines = [], []
 
+    def mark(self) -> None:
+        """The end of a file: `marks` gets the events loaded so far once the writing thread
+        has written every batch before it (the reader does not wait for it)."""
+        self.flush()
+        self.queue.put(_MARK)
+
     def close(self) -> None:
         """Wait for the writing thread; raise what it failed with."""
         if self.thread.is_alive():
@@ -297,6 +308,9 @@ class EventCopy:
 
     def _work(self) -> None:
         while (batch := self.queue.get()) is not None:
+            if batch is _MARK:
+                self.marks.append(self.loaded)
+                continue
             if self.error is not None:
                 continue  # keep draining so the reader never blocks on a full queue
             ids, lines = batch
