@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from billing_core.steps.collect import collect
+from billing_core.steps.collect import archive_name, collect
 from tests.helpers import import_yaml
 
 CATALOG = """
@@ -47,13 +47,15 @@ def test_an_inbox_file_is_loaded_once_and_archived(store, inbox):
     assert (report.read, report.written, report.warnings) == (2, 2, [])
     assert report.details["files"] == 1
     assert not (inbox / "jan.csv").exists()
-    assert (inbox / "archive" / "jan.csv").read_text() == GOOD
     assert events(store) == 2
-    [(source, key, run, loaded)] = store.rows(
-        "SELECT source, key, close_run_id, events_loaded FROM usage_loads"
+    [(load_id, source, key, run, loaded, archived_as)] = store.rows(
+        "SELECT id, source, key, close_run_id, events_loaded, archived_as FROM usage_loads"
     )
     assert (source, run, loaded) == ("inbox", 7, 2)
     assert key.startswith("jan.csv:")  # the file's name and its content's digest
+    # Archived under its load's id, its digest's first 12 digits and its name.
+    assert archived_as == f"{load_id}-{key.split(':')[1][:12]}-jan.csv"
+    assert (inbox / "archive" / archived_as).read_text() == GOOD
 
     # Nothing new: the next collect reads nothing.
     again = collect()
@@ -67,8 +69,17 @@ def test_the_same_file_dropped_again_is_not_loaded_twice(store, inbox):
     (inbox / "jan.csv").write_text(GOOD)
     report = collect()
     assert (report.read, report.written) == (0, 0)  # known by its content: skipped
-    assert (inbox / "archive" / "jan.csv").exists() and not (inbox / "jan.csv").exists()
-    assert store.scalar("SELECT count(*) FROM usage_loads") == 1
+    assert report.details["files_already_loaded"] == 1
+    assert not (inbox / "jan.csv").exists()
+    # The arrival is archived under a name of its own and recorded: nothing read.
+    loads = store.rows(
+        "SELECT key, events_read, events_loaded, archived_as FROM usage_loads ORDER BY id"
+    )
+    key = loads[0].key
+    assert [(r.key, r.events_read, r.events_loaded) for r in loads] == [(key, 2, 2), (key, 0, 0)]
+    assert sorted(p.name for p in (inbox / "archive").iterdir()) == sorted(
+        r.archived_as for r in loads
+    )
     # Under another name the same events are read, but their event ids count once.
     (inbox / "jan-copy.csv").write_text(GOOD)
     report = collect()
@@ -97,6 +108,15 @@ def test_two_files_of_one_name_are_both_archived_and_recorded(store, inbox):
         assert load.archived_as == f"{load.id}-{digest[:12]}-usage.csv"
         assert archived[load.archived_as] == text
     assert events(store) == 3
+
+
+def test_a_long_name_is_cut_to_fit_the_file_system_keeping_its_extension():
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert archive_name(12, digest, "jan.csv") == f"12-{digest[:12]}-jan.csv"
+    long = "é" * 120 + ".jsonl"  # 246 bytes
+    cut = archive_name(123456, digest, long)
+    assert len(cut.encode()) <= 255 and cut.endswith("é.jsonl")
+    assert cut.startswith(f"123456-{digest[:12]}-éé")
 
 
 def test_a_bad_inbox_file_is_rejected_whole_with_its_reasons(store, inbox):
