@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,10 @@ class Source:
                 [(*row, None)[:6] if len(row) == 5 else row for row in rows],
             )
 
+    def remove(self, event_id: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM events WHERE id = ?", (event_id,))
+
     def fix(self, event_id: str, **values) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in values)
         with self.connect() as connection:
@@ -317,6 +322,105 @@ def test_a_bad_row_without_a_usable_timestamp_holds_the_watermark(store, source)
     source.fix("s2", ts="2026-01-06T10:00:00+01:00")
     assert collect().written == 1
     assert watermark(store) == "2026-01-07T10:00:00Z"
+
+
+# --- the lookback: late rows --------------------------------------------------------------
+
+
+def test_a_late_row_within_the_lookback_is_picked_up_and_counted(store, source):
+    """Every collect reads the last day before the watermark again (the default lookback):
+    a row that reaches the source late, with an earlier time, is loaded by the next
+    collect, and the step's report counts it. A row later than that is not (the limit)."""
+    source.add(
+        ("s1", "solo", "units", "2026-01-05T10:00:00Z", "1"),
+        ("s2", "solo", "units", "2026-01-07T10:00:00Z", "1"),
+    )
+    collect()
+    assert watermark(store) == "2026-01-07T10:00:00Z"
+    source.add(
+        ("late", "duo", "units", "2026-01-06T12:00:00Z", "3"),  # 22 hours before it
+        ("too-late", "duo", "units", "2026-01-05T12:00:00Z", "4"),  # 46 hours before it
+        ("s3", "solo", "units", "2026-01-08T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert loaded_ids(store) == ["late", "s1", "s2", "s3"]
+    # Read: late, s2 (already loaded) and s3; the late row is new and counted.
+    assert (report.read, report.written, report.details["duplicates"]) == (3, 2, 1)
+    assert report.details["sql_late_events"] == 1
+    assert report.details["sql_lookback"] == "1 day"
+    assert report.details["sql_read_from"] == "2026-01-06T10:00:00Z"
+    assert watermark(store) == "2026-01-08T10:00:00Z"
+    key = store.scalar("SELECT key FROM usage_loads WHERE source = 'sql' ORDER BY id DESC")
+    assert key == (
+        "watermark 2026-01-07T10:00:00Z -> 2026-01-08T10:00:00Z, read from 2026-01-06T10:00:00Z"
+    )
+
+    # Nothing late since: the window's rows are duplicates and none is counted late.
+    again = collect()
+    assert (again.written, again.details["sql_late_events"]) == (0, 0)
+
+
+def test_late_rows_are_counted_when_every_row_read_is_new(store, source):
+    """The late count holds on the store's fast path too (a batch of new events only)."""
+    source.add(("s1", "solo", "units", "2026-01-05T10:00:00Z", "1"))
+    collect()
+    source.remove("s1")  # the source keeps no history
+    source.add(
+        ("late", "solo", "units", "2026-01-04T23:00:00Z", "1"),
+        ("new", "solo", "units", "2026-01-06T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert (report.read, report.written, report.details["sql_late_events"]) == (2, 2, 1)
+
+
+def test_the_lookback_is_the_sources_setting(store, source, monkeypatch):
+    source.add(("s1", "solo", "units", "2026-01-07T10:00:00Z", "1"))
+    collect()
+    source.add(("late", "duo", "units", "2026-01-05T12:00:00Z", "4"))  # 46 hours late
+    monkeypatch.setenv("BILLING_USAGE_SQL_LOOKBACK", "0")  # none: the bare watermark
+    off = collect()
+    assert (off.written, off.details["sql_late_events"]) == (0, 0)
+    assert off.details["sql_lookback"] == "none"
+    monkeypatch.setenv("BILLING_USAGE_SQL_LOOKBACK", "P3D")  # ISO 8601, or seconds
+    wide = collect()
+    assert (wide.written, wide.details["sql_late_events"]) == (1, 1)
+    assert wide.details["sql_read_from"] == "2026-01-04T10:00:00Z"
+    assert loaded_ids(store) == ["late", "s1"]
+
+
+def test_a_late_bad_row_holds_the_watermark_back_until_fixed(store, source):
+    """A bad row the lookback finds is reported like any other, and the watermark goes
+    back to it, so it is read again at every collect, however far the source moves on."""
+    source.add(("s1", "solo", "units", "2026-01-07T10:00:00Z", "1"))
+    collect()
+    source.add(
+        ("late", "trio", "units", "2026-01-07T01:00:00Z", "1"),  # unknown customer
+        ("s2", "solo", "units", "2026-01-20T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert "sql: row 2: customer: unknown customer 'trio'" in report.warnings
+    assert loaded_ids(store) == ["s1", "s2"]
+    assert watermark(store) == "2026-01-07T01:00:00Z"
+    assert collect().details["sql_rejected"] == 1  # still read, still reported
+    source.fix("late", cust="duo")
+    fixed = collect()
+    assert (fixed.written, fixed.warnings) == (1, [])
+    assert loaded_ids(store) == ["late", "s1", "s2"]
+    assert watermark(store) == "2026-01-20T10:00:00Z"
+
+
+def test_the_lookback_keeps_the_watermarks_own_form():
+    from billing_core.inputs.sql_source import earlier
+
+    day = timedelta(days=1)
+    assert earlier("2026-01-07T10:00:00Z", day) == "2026-01-06T10:00:00Z"
+    assert earlier("2026-03-01 00:30:00+01:00", day) == "2026-02-28 00:30:00+01:00"
+    assert earlier("2026-01-31T23:59:59.500000+00:00", day) == "2026-01-30T23:59:59.500000+00:00"
+    assert earlier("2026-01-07T10:00:00.25Z", timedelta(hours=1)) == "2026-01-07T09:00:00.25Z"
+    assert earlier("2026-01-07T10:00:00Z", timedelta(0)) == "2026-01-07T10:00:00Z"
+    # Never before the epoch the first read starts from.
+    assert earlier("1970-01-01T10:00:00Z", day) == "1970-01-01T00:00:00+00:00"
+    assert earlier("2026-01-07T10:00:00Z", timedelta.max) == "1970-01-01T00:00:00+00:00"
 
 
 def test_the_sql_and_inbox_sources_are_collected_together(store, source, tmp_path, monkeypatch):
