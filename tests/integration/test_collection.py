@@ -225,7 +225,7 @@ def test_first_collect_loads_every_row_and_sets_the_watermark(store, source):
 
 def test_new_rows_are_picked_up_and_old_ones_not_reloaded(store, source):
     source.add(
-        ("s1", "solo", "units", "2026-01-05T10:00:00Z", "10"),
+        ("s1", "solo", "units", "2026-01-04T10:00:00Z", "10"),
         ("s2", "solo", "units", "2026-01-06T10:00:00Z", "1"),
     )
     collect()
@@ -234,14 +234,16 @@ def test_new_rows_are_picked_up_and_old_ones_not_reloaded(store, source):
         ("s4", "solo", "units", "2026-01-09T10:00:00Z", "5"),
     )
     report = collect()
-    # Read from the watermark on: s2 (on it, already loaded), s3, s4; s1 is not read.
+    # Read from a day before the watermark on (the lookback): s2 (on the watermark,
+    # already loaded), s3, s4; s1, two days before it, is not read.
     assert (report.read, report.written, report.details["duplicates"]) == (3, 2, 1)
+    assert report.details["sql_late_events"] == 0
     assert loaded_ids(store) == ["s1", "s2", "s3", "s4"]
     assert watermark(store) == "2026-01-09T10:00:00Z"
     assert store.scalar("SELECT count(*) FROM usage_loads WHERE source = 'sql'") == 2
 
     nothing = collect()
-    assert (nothing.read, nothing.written) == (1, 0)  # the boundary row only
+    assert (nothing.read, nothing.written) == (2, 0)  # the last day's rows: s3, s4
     assert watermark(store) == "2026-01-09T10:00:00Z"
 
 

@@ -79,6 +79,8 @@ class IngestResult:
     per_file: list[FileCounts] = field(default_factory=list)
     # The usage_loads rows `ingest_files` added (one per file, not yet flushed).
     loads: list[UsageLoad] = field(default_factory=list)
+    # Of the events loaded, those earlier than `count_before` (the SQL source's late rows).
+    loaded_before: int = 0
 
 
 # Readers yield (row number, record). A record the reader already refuses carries the
@@ -139,15 +141,18 @@ def ingest_records(
     skip_invalid: bool = False,
     source: str = "cli",
     rejects: Any = None,
+    count_before: datetime | None = None,
 ) -> IngestResult:
     """Validate and write records from several named sources as one all-or-nothing load.
 
     With `skip_invalid`, bad rows are left out (and written to `rejects`, a CSV writer);
-    otherwise any bad row refuses everything. The caller commits.
+    otherwise any bad row refuses everything. Each source's own counts are in `per_file`;
+    with `count_before`, `loaded_before` counts the new events earlier than it. The caller
+    commits.
     """
     postgres.lock_usage_load(session)
     validator = load_reference(session)
-    writer = Writer(session, source)
+    writer = Writer(session, source, before=count_before)
     result = IngestResult()
     try:
         for name, records in sources:
@@ -183,6 +188,7 @@ def ingest_records(
             result.problems,
         )
     result.loaded = writer.finish()
+    result.loaded_before = writer.loaded_before
     result.duplicates = result.read - result.rejected - result.loaded
     # An event in two files of the load is new in the first: the writer counts the events
     # loaded up to each file's end, after the batches before it were written.
