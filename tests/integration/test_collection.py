@@ -420,6 +420,9 @@ def test_the_lookback_keeps_the_watermarks_own_form():
     assert earlier("2026-01-31T23:59:59.500000+00:00", day) == "2026-01-30T23:59:59.500000+00:00"
     assert earlier("2026-01-07T10:00:00.25Z", timedelta(hours=1)) == "2026-01-07T09:00:00.25Z"
     assert earlier("2026-01-07T10:00:00Z", timedelta(0)) == "2026-01-07T10:00:00Z"
+    # A watermark that is no instant (set by hand) is bound as it is.
+    assert earlier("2026-01-01", day) == "2026-01-01"
+    assert earlier("last tuesday", day) == "last tuesday"
     # Never before the epoch the first read starts from.
     assert earlier("1970-01-01T10:00:00Z", day) == "1970-01-01T00:00:00+00:00"
     assert earlier("2026-01-07T10:00:00Z", timedelta.max) == "1970-01-01T00:00:00+00:00"

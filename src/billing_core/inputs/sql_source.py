@@ -76,20 +76,24 @@ _SHAPE = re.compile(r"(\d{4}-\d{2}-\d{2})([Tt ])(\d{2}:\d{2}:\d{2})(?:([.,])(\d+
 
 def earlier(watermark: str, lookback: timedelta) -> str:
     """The watermark less the lookback, written as the watermark is (separator, fraction
-    digits, offset as written), never before the epoch the first read starts from."""
-    if not lookback:
-        return watermark
+    digits, offset as written), never before the epoch the first read starts from. A
+    watermark that is no instant (an operator's `2026-01-01`) is bound as it is."""
     try:
         parsed = datetime.fromisoformat(watermark)
+    except ValueError:
+        return watermark
+    if not lookback or parsed.tzinfo is None:
+        return watermark
+    try:
         shifted = parsed - lookback
-    except (ValueError, OverflowError):
+    except OverflowError:
         return EPOCH
-    if shifted.tzinfo is None or shifted < _instant(EPOCH):
+    if shifted < _instant(EPOCH):
         return EPOCH
     shape = _SHAPE.match(watermark)
     if shape is None:
         return shifted.isoformat()
-    date, sep, _, point, digits = shape.groups()
+    _, sep, _, point, digits = shape.groups()
     text = shifted.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
     if digits:  # cut, never rounded up: the bound stays at or before the instant
         text += point + f"{shifted.microsecond:06d}".ljust(len(digits), "0")[: len(digits)]
@@ -98,9 +102,11 @@ def earlier(watermark: str, lookback: timedelta) -> str:
 
 def lookback_text(lookback: timedelta) -> str:
     """`1 day`, `6 hours`, `90 minutes`, `45 seconds`, `none`."""
-    seconds = int(lookback.total_seconds())
-    if not seconds:
+    if not lookback:
         return "none"
+    seconds = int(lookback.total_seconds())
+    if seconds != lookback.total_seconds():
+        return f"{lookback.total_seconds()} seconds"
     for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
         if seconds % size == 0:
             count = seconds // size

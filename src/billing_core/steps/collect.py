@@ -5,7 +5,7 @@
   bad rows is moved to `rejected/` with a `.errors.txt` beside it naming each row, and
   nothing of it is loaded.
 - SQL source (`BILLING_USAGE_SQL_URL` + `BILLING_USAGE_SQL_QUERY`): read incrementally by a
-  watermark (see `sql_source`).
+  watermark, a lookback window before it read again for late rows (see `sql_source`).
 """
 
 from __future__ import annotations
