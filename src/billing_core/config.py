@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import field_validator
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     usage_inbox: Path | None = None
     usage_sql_url: str | None = None
     usage_sql_query: str | None = None
+    # How far before its watermark each collect reads the SQL source again, for rows that
+    # reach it late (ISO 8601 `P1D`, `PT6H`, or seconds; `0`: none).
+    usage_sql_lookback: timedelta = timedelta(days=1)
     # How long a close waits for another close over the same store before giving up.
     close_lock_timeout: float = 0.0
     # "Today" for a close without --through: the business's time zone.
@@ -70,6 +74,21 @@ class Settings(BaseSettings):
     @classmethod
     def _output_dir(cls, value: object) -> str:
         return str(value)
+
+    @field_validator("usage_sql_lookback", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A number of seconds as the environment gives it (text) is a duration too."""
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        return value
+
+    @field_validator("usage_sql_lookback")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("the lookback cannot be negative")
+        return value
 
     @property
     def formats(self) -> set[str]:

@@ -639,6 +639,58 @@ def test_a_problem_with_the_store_names_the_entry_and_index(based, tmp_path):
     assert snapshot(store) == before
 
 
+SOLO = """
+customers:
+  - {id: solo, name: Solo, currency: USD}
+prices:
+  - {code: fee, product: Fee, currency: USD, model: flat, amount: "10.00"}
+subscriptions:
+  - {id: sub, customer: solo, start: 2026-01-01, cadence: monthly, billing_day: 1,
+     items: [{price: fee, timing: in_advance}]}
+"""
+
+
+def dump(store) -> dict[str, list]:
+    """Every row of every table of the store, as text, in a stable order."""
+    import sqlalchemy as sa
+
+    from billing_core.store.engine import get_engine
+
+    meta = sa.MetaData()
+    meta.reflect(get_engine(store.url))
+    return {
+        name: sorted(tuple(str(v) for v in row) for row in store.rows(f"SELECT * FROM {name}"))
+        for name in sorted(meta.tables)
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "customers:\n  - {id: solo, name: Solo, currency: EUR}\n",  # the customer alone
+        SOLO.replace("USD", "EUR"),  # and its prices with it: the file agrees with itself
+    ],
+    ids=["customer-alone", "whole-catalog"],
+)
+def test_a_billed_customer_keeps_its_currency(store, tmp_path, change):
+    """Charges and invoices are in the customer's currency and there is no conversion: a
+    re-import that changes it is refused in one line naming the customer and what it
+    has, and the store is left as it was (the next close would stop on it otherwise)."""
+    import_yaml(SOLO, name="solo.yaml")
+    close("2026-02-01", issue=True)
+    charges = store.scalar("SELECT count(*) FROM charges")
+    issued = store.scalar("SELECT count(*) FROM invoices")
+    assert charges and issued
+    before = dump(store)
+    lines = refused(write(tmp_path, "eur.yaml", change))
+    assert lines == [
+        f"customers[0] (solo).currency: cannot change from USD to EUR: solo already has "
+        f"{charges} charge(s) and {issued} invoice(s) in USD, and there is no currency "
+        "conversion (bill EUR to a new customer)"
+    ]
+    assert dump(store) == before
+
+
 # --- any value in any field: one line, never a traceback ---------------------------------------
 
 FULL = """

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from billing_core.steps.collect import collect
+from billing_core.steps.collect import archive_name, collect
 from tests.helpers import import_yaml
 
 CATALOG = """
@@ -46,13 +48,15 @@ def test_an_inbox_file_is_loaded_once_and_archived(store, inbox):
     assert (report.read, report.written, report.warnings) == (2, 2, [])
     assert report.details["files"] == 1
     assert not (inbox / "jan.csv").exists()
-    assert (inbox / "archive" / "jan.csv").read_text() == GOOD
     assert events(store) == 2
-    [(source, key, run, loaded)] = store.rows(
-        "SELECT source, key, close_run_id, events_loaded FROM usage_loads"
+    [(load_id, source, key, run, loaded, archived_as)] = store.rows(
+        "SELECT id, source, key, close_run_id, events_loaded, archived_as FROM usage_loads"
     )
     assert (source, run, loaded) == ("inbox", 7, 2)
     assert key.startswith("jan.csv:")  # the file's name and its content's digest
+    # Archived under its load's id, its digest's first 12 digits and its name.
+    assert archived_as == f"{load_id}-{key.split(':')[1][:12]}-jan.csv"
+    assert (inbox / "archive" / archived_as).read_text() == GOOD
 
     # Nothing new: the next collect reads nothing.
     again = collect()
@@ -66,13 +70,54 @@ def test_the_same_file_dropped_again_is_not_loaded_twice(store, inbox):
     (inbox / "jan.csv").write_text(GOOD)
     report = collect()
     assert (report.read, report.written) == (0, 0)  # known by its content: skipped
-    assert (inbox / "archive" / "jan.csv").exists() and not (inbox / "jan.csv").exists()
-    assert store.scalar("SELECT count(*) FROM usage_loads") == 1
+    assert report.details["files_already_loaded"] == 1
+    assert not (inbox / "jan.csv").exists()
+    # The arrival is archived under a name of its own and recorded: nothing read.
+    loads = store.rows(
+        "SELECT key, events_read, events_loaded, archived_as FROM usage_loads ORDER BY id"
+    )
+    key = loads[0].key
+    assert [(r.key, r.events_read, r.events_loaded) for r in loads] == [(key, 2, 2), (key, 0, 0)]
+    assert sorted(p.name for p in (inbox / "archive").iterdir()) == sorted(
+        r.archived_as for r in loads
+    )
     # Under another name the same events are read, but their event ids count once.
     (inbox / "jan-copy.csv").write_text(GOOD)
     report = collect()
     assert (report.read, report.written, report.details["duplicates"]) == (2, 0, 2)
     assert events(store) == 2
+
+
+def test_two_files_of_one_name_are_both_archived_and_recorded(store, inbox):
+    """A file dropped with the name of one already archived does not replace it: each
+    arrival is kept under a name of its own (load id, content digest, name), recorded
+    with its load."""
+    later = HEADER + "i3,solo,units,2026-02-05T10:00:00Z,7\n"
+    (inbox / "usage.csv").write_text(GOOD)
+    collect(close_run_id=1)
+    (inbox / "usage.csv").write_text(later)
+    collect(close_run_id=2)
+    archived = {p.name: p.read_text() for p in (inbox / "archive").iterdir()}
+    assert sorted(archived.values()) == sorted([GOOD, later])  # both, intact
+    loads = store.rows(
+        "SELECT id, key, archived_as, close_run_id, events_loaded FROM usage_loads ORDER BY id"
+    )
+    assert [(r.close_run_id, r.events_loaded) for r in loads] == [(1, 2), (2, 1)]
+    for load, text in zip(loads, (GOOD, later), strict=True):
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert load.key == f"usage.csv:{digest}"
+        assert load.archived_as == f"{load.id}-{digest[:12]}-usage.csv"
+        assert archived[load.archived_as] == text
+    assert events(store) == 3
+
+
+def test_a_long_name_is_cut_to_fit_the_file_system_keeping_its_extension():
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert archive_name(12, digest, "jan.csv") == f"12-{digest[:12]}-jan.csv"
+    long = "é" * 120 + ".jsonl"  # 246 bytes
+    cut = archive_name(123456, digest, long)
+    assert len(cut.encode()) <= 255 and cut.endswith("é.jsonl")
+    assert cut.startswith(f"123456-{digest[:12]}-éé")
 
 
 def test_a_bad_inbox_file_is_rejected_whole_with_its_reasons(store, inbox):
@@ -127,6 +172,10 @@ class Source:
                 [(*row, None)[:6] if len(row) == 5 else row for row in rows],
             )
 
+    def remove(self, event_id: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM events WHERE id = ?", (event_id,))
+
     def fix(self, event_id: str, **values) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in values)
         with self.connect() as connection:
@@ -176,7 +225,7 @@ def test_first_collect_loads_every_row_and_sets_the_watermark(store, source):
 
 def test_new_rows_are_picked_up_and_old_ones_not_reloaded(store, source):
     source.add(
-        ("s1", "solo", "units", "2026-01-05T10:00:00Z", "10"),
+        ("s1", "solo", "units", "2026-01-04T10:00:00Z", "10"),
         ("s2", "solo", "units", "2026-01-06T10:00:00Z", "1"),
     )
     collect()
@@ -185,14 +234,16 @@ def test_new_rows_are_picked_up_and_old_ones_not_reloaded(store, source):
         ("s4", "solo", "units", "2026-01-09T10:00:00Z", "5"),
     )
     report = collect()
-    # Read from the watermark on: s2 (on it, already loaded), s3, s4; s1 is not read.
+    # Read from a day before the watermark on (the lookback): s2 (on the watermark,
+    # already loaded), s3, s4; s1, two days before it, is not read.
     assert (report.read, report.written, report.details["duplicates"]) == (3, 2, 1)
+    assert report.details["sql_late_events"] == 0
     assert loaded_ids(store) == ["s1", "s2", "s3", "s4"]
     assert watermark(store) == "2026-01-09T10:00:00Z"
     assert store.scalar("SELECT count(*) FROM usage_loads WHERE source = 'sql'") == 2
 
     nothing = collect()
-    assert (nothing.read, nothing.written) == (1, 0)  # the boundary row only
+    assert (nothing.read, nothing.written) == (2, 0)  # the last day's rows: s3, s4
     assert watermark(store) == "2026-01-09T10:00:00Z"
 
 
@@ -273,6 +324,108 @@ def test_a_bad_row_without_a_usable_timestamp_holds_the_watermark(store, source)
     source.fix("s2", ts="2026-01-06T10:00:00+01:00")
     assert collect().written == 1
     assert watermark(store) == "2026-01-07T10:00:00Z"
+
+
+# --- the lookback: late rows --------------------------------------------------------------
+
+
+def test_a_late_row_within_the_lookback_is_picked_up_and_counted(store, source):
+    """Every collect reads the last day before the watermark again (the default lookback):
+    a row that reaches the source late, with an earlier time, is loaded by the next
+    collect, and the step's report counts it. A row later than that is not (the limit)."""
+    source.add(
+        ("s1", "solo", "units", "2026-01-05T10:00:00Z", "1"),
+        ("s2", "solo", "units", "2026-01-07T10:00:00Z", "1"),
+    )
+    collect()
+    assert watermark(store) == "2026-01-07T10:00:00Z"
+    source.add(
+        ("late", "duo", "units", "2026-01-06T12:00:00Z", "3"),  # 22 hours before it
+        ("too-late", "duo", "units", "2026-01-05T12:00:00Z", "4"),  # 46 hours before it
+        ("s3", "solo", "units", "2026-01-08T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert loaded_ids(store) == ["late", "s1", "s2", "s3"]
+    # Read: late, s2 (already loaded) and s3; the late row is new and counted.
+    assert (report.read, report.written, report.details["duplicates"]) == (3, 2, 1)
+    assert report.details["sql_late_events"] == 1
+    assert report.details["sql_lookback"] == "1 day"
+    assert report.details["sql_read_from"] == "2026-01-06T10:00:00Z"
+    assert watermark(store) == "2026-01-08T10:00:00Z"
+    key = store.scalar("SELECT key FROM usage_loads WHERE source = 'sql' ORDER BY id DESC")
+    assert key == (
+        "watermark 2026-01-07T10:00:00Z -> 2026-01-08T10:00:00Z, read from 2026-01-06T10:00:00Z"
+    )
+
+    # Nothing late since: the window's rows are duplicates and none is counted late.
+    again = collect()
+    assert (again.written, again.details["sql_late_events"]) == (0, 0)
+
+
+def test_late_rows_are_counted_when_every_row_read_is_new(store, source):
+    """The late count holds on the store's fast path too (a batch of new events only)."""
+    source.add(("s1", "solo", "units", "2026-01-05T10:00:00Z", "1"))
+    collect()
+    source.remove("s1")  # the source keeps no history
+    source.add(
+        ("late", "solo", "units", "2026-01-04T23:00:00Z", "1"),
+        ("new", "solo", "units", "2026-01-06T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert (report.read, report.written, report.details["sql_late_events"]) == (2, 2, 1)
+
+
+def test_the_lookback_is_the_sources_setting(store, source, monkeypatch):
+    source.add(("s1", "solo", "units", "2026-01-07T10:00:00Z", "1"))
+    collect()
+    source.add(("late", "duo", "units", "2026-01-05T12:00:00Z", "4"))  # 46 hours late
+    monkeypatch.setenv("BILLING_USAGE_SQL_LOOKBACK", "0")  # none: the bare watermark
+    off = collect()
+    assert (off.written, off.details["sql_late_events"]) == (0, 0)
+    assert off.details["sql_lookback"] == "none"
+    monkeypatch.setenv("BILLING_USAGE_SQL_LOOKBACK", "P3D")  # ISO 8601, or seconds
+    wide = collect()
+    assert (wide.written, wide.details["sql_late_events"]) == (1, 1)
+    assert wide.details["sql_read_from"] == "2026-01-04T10:00:00Z"
+    assert loaded_ids(store) == ["late", "s1"]
+
+
+def test_a_late_bad_row_holds_the_watermark_back_until_fixed(store, source):
+    """A bad row the lookback finds is reported like any other, and the watermark goes
+    back to it, so it is read again at every collect, however far the source moves on."""
+    source.add(("s1", "solo", "units", "2026-01-07T10:00:00Z", "1"))
+    collect()
+    source.add(
+        ("late", "trio", "units", "2026-01-07T01:00:00Z", "1"),  # unknown customer
+        ("s2", "solo", "units", "2026-01-20T10:00:00Z", "1"),
+    )
+    report = collect()
+    assert "sql: row 2: customer: unknown customer 'trio'" in report.warnings
+    assert loaded_ids(store) == ["s1", "s2"]
+    assert watermark(store) == "2026-01-07T01:00:00Z"
+    assert collect().details["sql_rejected"] == 1  # still read, still reported
+    source.fix("late", cust="duo")
+    fixed = collect()
+    assert (fixed.written, fixed.warnings) == (1, [])
+    assert loaded_ids(store) == ["late", "s1", "s2"]
+    assert watermark(store) == "2026-01-20T10:00:00Z"
+
+
+def test_the_lookback_keeps_the_watermarks_own_form():
+    from billing_core.inputs.sql_source import earlier
+
+    day = timedelta(days=1)
+    assert earlier("2026-01-07T10:00:00Z", day) == "2026-01-06T10:00:00Z"
+    assert earlier("2026-03-01 00:30:00+01:00", day) == "2026-02-28 00:30:00+01:00"
+    assert earlier("2026-01-31T23:59:59.500000+00:00", day) == "2026-01-30T23:59:59.500000+00:00"
+    assert earlier("2026-01-07T10:00:00.25Z", timedelta(hours=1)) == "2026-01-07T09:00:00.25Z"
+    assert earlier("2026-01-07T10:00:00Z", timedelta(0)) == "2026-01-07T10:00:00Z"
+    # A watermark that is no instant (set by hand) is bound as it is.
+    assert earlier("2026-01-01", day) == "2026-01-01"
+    assert earlier("last tuesday", day) == "last tuesday"
+    # Never before the epoch the first read starts from.
+    assert earlier("1970-01-01T10:00:00Z", day) == "1970-01-01T00:00:00+00:00"
+    assert earlier("2026-01-07T10:00:00Z", timedelta.max) == "1970-01-01T00:00:00+00:00"
 
 
 def test_the_sql_and_inbox_sources_are_collected_together(store, source, tmp_path, monkeypatch):

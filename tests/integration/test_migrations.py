@@ -404,3 +404,40 @@ def test_price_terms_move_into_one_column_across_0009_and_back(empty_url):
             assert not columns & {"amount", "unit_price", "package_size", "package_price"}
         with get_engine(empty_url).connect() as connection:
             assert connection.execute(sa.text(frozen)).one() == issued
+
+
+def _load_columns(url: str) -> set[str]:
+    with get_engine(url).connect() as connection:
+        return {c["name"] for c in sa.inspect(connection).get_columns("usage_loads")}
+
+
+def test_usage_loads_take_an_archived_name_across_0011_and_back(empty_url):
+    """0011 adds `usage_loads.archived_as` (the inbox file's name in archive/), empty for
+    the loads before it; a downgrade drops it, and every load row stays."""
+    from alembic import command
+
+    from billing_core.store.engine import alembic_config
+
+    upgrade(empty_url, "0010")
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO usage_loads (source, key, events_read, events_loaded, duplicates, "
+                "rejected, loaded_at) VALUES ('inbox', 'jan.csv:ab', 2, 2, 0, 0, :at)"
+            ),
+            {"at": "2026-01-05 10:00:00+00:00"},
+        )
+    loads = "SELECT source, key, events_read, events_loaded FROM usage_loads"
+    for revision in ("0011", "0010", "0011"):
+        if revision == "0010":
+            command.downgrade(alembic_config(empty_url), "0010")
+            assert "archived_as" not in _load_columns(empty_url)
+        else:
+            upgrade(empty_url, "0011")
+            assert "archived_as" in _load_columns(empty_url)
+            with get_engine(empty_url).begin() as connection:
+                assert connection.execute(sa.text("SELECT archived_as FROM usage_loads")).all() == [
+                    (None,)
+                ]
+        with get_engine(empty_url).connect() as connection:
+            assert connection.execute(sa.text(loads)).all() == [("inbox", "jan.csv:ab", 2, 2)]

@@ -18,6 +18,8 @@ metrics:
   - {code: users, name: Users, aggregation: unique_count, field: user_id}
 """
 
+HEADER = "event_id,customer,metric,timestamp,quantity\n"
+
 BAD = """
 event_id,customer,metric,timestamp,quantity
 ok-1,solo,units,2026-01-05T10:00:00Z,10
@@ -95,6 +97,51 @@ def test_several_files_are_all_or_nothing(store, tmp_path):
     with pytest.raises(UsageRefused), unit_of_work() as session:
         ingest_files(session, [tmp_path / "good.csv", tmp_path / "bad.csv"])
     assert store.scalar("SELECT count(*) FROM usage_events") == 0
+
+
+def test_each_file_of_a_load_is_recorded_with_its_own_counts(store, tmp_path):
+    """One load of three files: each file's usage_loads row has what that file brought
+    (read, new, already loaded, rejected), and the rows add up to the load's totals. An
+    event in two files of the load is new in the first and already loaded in the second."""
+    import_yaml(CATALOG)
+    ingest_csv(HEADER + "p1,solo,units,2026-01-04T10:00:00Z,1\n", name="earlier.csv")
+    files = {
+        "a.csv": [  # one already stored, one twice, one bad
+            "p1,solo,units,2026-01-04T10:00:00Z,1",
+            "e1,solo,units,2026-01-05T10:00:00Z,1",
+            "e2,solo,units,2026-01-05T11:00:00Z,1",
+            "e1,solo,units,2026-01-05T10:00:00Z,1",
+            "x1,solo,units,2026-01-05T12:00:00Z,-1",
+        ],
+        "b.csv": [  # e2 came in a.csv
+            "e2,solo,units,2026-01-05T11:00:00Z,1",
+            "e3,solo,units,2026-01-06T10:00:00Z,1",
+        ],
+        "c.csv": [  # all new
+            "e4,solo,units,2026-01-07T10:00:00Z,1",
+            "e5,solo,units,2026-01-07T11:00:00Z,1",
+            "e6,solo,units,2026-01-07T12:00:00Z,1",
+        ],
+    }
+    paths = []
+    for name, rows in files.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_text(HEADER + "\n".join(rows) + "\n")
+    with unit_of_work() as session:
+        result = ingest_files(session, paths, rejects_path=tmp_path / "rejects.csv")
+        session.commit()
+    assert (result.read, result.loaded, result.duplicates, result.rejected) == (10, 6, 3, 1)
+    recorded = store.rows(
+        "SELECT key, events_read, events_loaded, duplicates, rejected FROM usage_loads "
+        "WHERE key <> :earlier ORDER BY id",
+        earlier=str(tmp_path / "earlier.csv"),
+    )
+    assert [tuple(r) for r in recorded] == [
+        (str(tmp_path / "a.csv"), 5, 2, 2, 1),
+        (str(tmp_path / "b.csv"), 2, 1, 1, 0),
+        (str(tmp_path / "c.csv"), 3, 3, 0, 0),
+    ]
+    assert [sum(r[i] for r in recorded) for i in (1, 2, 3, 4)] == [10, 6, 3, 1]
 
 
 def test_property_metrics_read_their_field(store):

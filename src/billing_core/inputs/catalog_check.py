@@ -18,8 +18,10 @@ from billing_core.domain.planning import rollup_of
 from billing_core.inputs.catalog_entry import CatalogError
 from billing_core.inputs.catalog_parse import Catalog
 from billing_core.store.models import (
+    Charge,
     CreditGrant,
     Customer,
+    Invoice,
     Metric,
     Price,
     Subscription,
@@ -99,6 +101,7 @@ def check(session: Session, catalog: Catalog) -> Merged:
     merged = merge(session, catalog)
     problems: list[str] = list(catalog.problems)
     _customers(catalog, merged, problems)
+    _currencies_kept(session, catalog, merged, problems)
     _metrics(session, catalog, merged, problems)
     _prices(catalog, merged, problems)
     _subscriptions(catalog, merged, problems)
@@ -124,6 +127,30 @@ def _customers(catalog: Catalog, m: Merged, problems: list[str]) -> None:
         blamed = next((c for c in cycle if c in catalog.customers), cycle[0])
         path = cycle if len(cycle) <= 12 else [*cycle[:10], f"… ({len(cycle) - 1} customers)"]
         problems.append(f"{at('customers', blamed)}.parent: parent cycle {' -> '.join(path)}")
+
+
+def _currencies_kept(session: Session, catalog: Catalog, m: Merged, problems: list[str]) -> None:
+    """A customer with charges or invoices keeps its currency: they are in it, and there is
+    no conversion (the next close would stop on a roll-up in two currencies)."""
+    for cid, row in catalog.customers.items():
+        before = m.old["customers"].get(cid)
+        if before is None or row["currency"] in (None, before["currency"]):
+            continue
+        charges = session.execute(
+            sa.select(sa.func.count())
+            .select_from(Charge)
+            .where(sa.or_(Charge.serviced_customer_id == cid, Charge.billed_customer_id == cid))
+        ).scalar_one()
+        invoices = session.execute(
+            sa.select(sa.func.count()).select_from(Invoice).where(Invoice.billed_customer_id == cid)
+        ).scalar_one()
+        if charges or invoices:
+            old, new = before["currency"], row["currency"]
+            problems.append(
+                f"{catalog.label('customers', cid)}.currency: cannot change from {old} to "
+                f"{new}: {cid} already has {charges} charge(s) and {invoices} invoice(s) in "
+                f"{old}, and there is no currency conversion (bill {new} to a new customer)"
+            )
 
 
 def _metrics(session: Session, catalog: Catalog, m: Merged, problems: list[str]) -> None:

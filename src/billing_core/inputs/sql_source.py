@@ -4,8 +4,11 @@
 and optionally `quantity` (default 1), `properties` (a JSON object) and any other column
 (a property, as in a CSV file). It must take the bound parameter `:watermark`: the greatest
 `timestamp` read so far, as the source returned it (ISO 8601 text for a text column; the
-epoch `1970-01-01T00:00:00+00:00` on the first read). Filter with `>=`: rows sharing the
-watermark's instant are read again, and event ids make that harmless.
+epoch `1970-01-01T00:00:00+00:00` on the first read), less the lookback
+(`BILLING_USAGE_SQL_LOOKBACK`, a day by default) written the same way. Filter with `>=`:
+the rows of the lookback window are read again, so a row that reached the source late with
+an earlier time is not lost, and event ids make reading the others again harmless; the
+step's report counts the late ones found (`sql_late_events`).
 
 Each collect reads every row the query returns as one batch, streamed (the memory used does
 not grow with the rows), validated and written like a usage file, in one transaction with
@@ -18,8 +21,9 @@ docs/usage-sources.md.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,6 +67,51 @@ def check_query(query: str) -> sa.TextClause:
             + ", ".join(f":{name}" for name in others)
         )
     return statement
+
+
+# The date and time of an ISO 8601 watermark, and its fraction's digits: `earlier` writes
+# the instant it binds the same way, so a text column compares it as it compares its own.
+_SHAPE = re.compile(r"(\d{4}-\d{2}-\d{2})([Tt ])(\d{2}:\d{2}:\d{2})(?:([.,])(\d+))?")
+
+
+def earlier(watermark: str, lookback: timedelta) -> str:
+    """The watermark less the lookback, written as the watermark is (separator, fraction
+    digits, offset as written), never before the epoch the first read starts from. A
+    watermark that is no instant (an operator's `2026-01-01`) is bound as it is."""
+    try:
+        parsed = datetime.fromisoformat(watermark)
+    except ValueError:
+        return watermark
+    if not lookback or parsed.tzinfo is None:
+        return watermark
+    try:
+        shifted = parsed - lookback
+    except OverflowError:
+        return EPOCH
+    if shifted < _instant(EPOCH):
+        return EPOCH
+    shape = _SHAPE.match(watermark)
+    if shape is None:
+        return shifted.isoformat()
+    _, sep, _, point, digits = shape.groups()
+    text = shifted.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits:  # cut, never rounded up: the bound stays at or before the instant
+        text += point + f"{shifted.microsecond:06d}".ljust(len(digits), "0")[: len(digits)]
+    return text + watermark[shape.end() :]
+
+
+def lookback_text(lookback: timedelta) -> str:
+    """`1 day`, `6 hours`, `90 minutes`, `45 seconds`, `none`."""
+    if not lookback:
+        return "none"
+    seconds = int(lookback.total_seconds())
+    if seconds != lookback.total_seconds():
+        return f"{lookback.total_seconds()} seconds"
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    raise AssertionError("unreachable")
 
 
 def _raw(value: Any) -> str:
@@ -154,10 +203,15 @@ def _refused(problem: tuple[str, str], timestamp: Any) -> dict[str, Any]:
 
 
 def collect_sql(
-    url: str, query: str, close_run_id: int | None, report: StepReport, session: Any = None
+    url: str,
+    query: str,
+    close_run_id: int | None,
+    report: StepReport,
+    lookback: timedelta = timedelta(0),
+    session: Any = None,
 ) -> None:
-    """Read the rows from the watermark on, load them, and move the watermark (in a dry
-    run's `session`: loaded there and never committed)."""
+    """Read the rows from the watermark less the lookback on, load them, and move the
+    watermark (in a dry run's `session`: loaded there and never committed)."""
     try:
         statement = check_query(query)
     except SqlSourceRefused as refused:
@@ -166,30 +220,42 @@ def collect_sql(
     engine = sa.create_engine(normalize_database_url(url), poolclass=sa.pool.NullPool)
     try:
         outcome = retrying_deadlocks(
-            lambda into: _load(into, engine, statement, close_run_id, report), session
+            lambda into: _load(into, engine, statement, close_run_id, report, lookback), session
         )
         if outcome is None:
             return
-        loaded, end = outcome
+        loaded, end, read_from = outcome
     finally:
         engine.dispose()
     _report(report, url, loaded, end)
+    report.details["sql_lookback"] = lookback_text(lookback)
+    if read_from is not None:
+        report.details["sql_read_from"] = read_from
+        report.details["sql_late_events"] = loaded.loaded_before
 
 
 def _load(
-    session: Any, engine: sa.Engine, statement: Any, close_run_id: int | None, report: StepReport
-) -> tuple[Any, str] | None:
-    """One load of the source's rows with the new watermark; None if the query is refused."""
+    session: Any,
+    engine: sa.Engine,
+    statement: Any,
+    close_run_id: int | None,
+    report: StepReport,
+    lookback: timedelta,
+) -> tuple[Any, str, str | None] | None:
+    """One load of the source's rows with the new watermark; None if the query is refused.
+    The rows from the watermark less the lookback are read (`read_from`, None on the first
+    read), and the new events before the watermark counted: the late ones."""
     state = session.get(UsageSource, SOURCE, with_for_update=True)
     if state is None:
         state = UsageSource(name=SOURCE, kind=KIND)
         session.add(state)
     start = state.watermark or EPOCH
+    read_from = earlier(start, lookback) if state.watermark else None
     span = _Span(start)
     bad = _BadRows()
     with engine.connect() as source:
         result = source.execution_options(stream_results=True, yield_per=FETCH).execute(
-            statement, {"watermark": start}
+            statement, {"watermark": read_from or start}
         )
         columns = set(result.keys())
         missing = [c for c in REQUIRED if c not in columns]
@@ -207,14 +273,16 @@ def _load(
             skip_invalid=True,
             source=SOURCE,
             rejects=bad,
+            count_before=_instant(start) if read_from is not None else None,
         )
     end = _end(start, span, bad)
     now = datetime.now(UTC)
     if loaded.read:
+        window = f", read from {read_from}" if read_from not in (None, start) else ""
         session.add(
             UsageLoad(
                 source=SOURCE,
-                key=f"watermark {start} -> {end}"[:512],
+                key=f"watermark {start} -> {end}{window}"[:512],
                 close_run_id=close_run_id,
                 events_read=loaded.read,
                 events_loaded=loaded.loaded,
@@ -226,20 +294,19 @@ def _load(
     state.kind = KIND
     state.watermark = end
     state.updated_at = now
-    return loaded, end
+    return loaded, end, read_from
 
 
 def _end(start: str, span: _Span, bad: _BadRows) -> str:
     """The new watermark. Skipped rows hold it at the earliest of them (read again next
-    time); one without a usable timestamp cannot be placed, so the watermark stays put."""
-    end, end_at = span.text, span.at
+    time), even one the lookback found before the old watermark: the watermark goes back
+    to it, so it stays in every read until it is fixed. One without a usable timestamp
+    cannot be placed, so the watermark stays put."""
     if bad.unplaced:
-        end, end_at = start, _instant(start)
-    elif bad.at is not None:
-        end, end_at = bad.text or start, bad.at
-    if end_at < _instant(start):
-        end = start
-    return end
+        return start
+    if bad.at is not None:
+        return bad.text or start
+    return span.text
 
 
 def _report(report: StepReport, url: str, loaded: Any, end: str) -> None:
@@ -279,5 +346,10 @@ class SqlQuery:
     ) -> None:
         if settings.usage_sql_url and settings.usage_sql_query:
             collect_sql(
-                settings.usage_sql_url, settings.usage_sql_query, close_run_id, report, session
+                settings.usage_sql_url,
+                settings.usage_sql_query,
+                close_run_id,
+                report,
+                settings.usage_sql_lookback,
+                session,
             )

@@ -53,6 +53,18 @@ class UsageRefused(ValueError):
 
 
 @dataclass
+class FileCounts:
+    """What one file (one named source) of a load brought: its rows read, new events,
+    events already stored (or earlier in the load) and rows rejected."""
+
+    name: str
+    read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass
 class IngestResult:
     files: int = 0
     read: int = 0
@@ -63,6 +75,12 @@ class IngestResult:
     # Files that cannot be read (a refused header, an unclosed quote): the load is refused
     # even when invalid rows may be skipped.
     unreadable: int = 0
+    # Each file's own counts, in order; they add up to the totals above.
+    per_file: list[FileCounts] = field(default_factory=list)
+    # The usage_loads rows `ingest_files` added (one per file, not yet flushed).
+    loads: list[UsageLoad] = field(default_factory=list)
+    # Of the events loaded, those earlier than `count_before` (the SQL source's late rows).
+    loaded_before: int = 0
 
 
 # Readers yield (row number, record). A record the reader already refuses carries the
@@ -129,19 +147,25 @@ def ingest_records(
     skip_invalid: bool = False,
     source: str = "cli",
     rejects: Any = None,
+    count_before: datetime | None = None,
 ) -> IngestResult:
     """Validate and write records from several named sources as one all-or-nothing load.
 
     With `skip_invalid`, bad rows are left out (and written to `rejects`, a CSV writer);
-    otherwise any bad row refuses everything. The caller commits.
+    otherwise any bad row refuses everything. Each source's own counts are in `per_file`;
+    with `count_before`, `loaded_before` counts the new events earlier than it. The caller
+    commits.
     """
     postgres.lock_usage_load(session)
     validator = load_reference(session)
-    writer = Writer(session, source)
+    writer = Writer(session, source, before=count_before)
     result = IngestResult()
     try:
         for name, records in sources:
+            if result.per_file:
+                writer.mark()  # the files before are counted apart from this one
             result.files += 1
+            counts = FileCounts(name, read=result.read, rejected=result.rejected)
             for number, record in records:
                 result.read += 1
                 row, problem = validator.event(record)
@@ -151,6 +175,9 @@ def ingest_records(
                 if result.problems and (not skip_invalid or result.unreadable):
                     continue  # refused anyway: keep validating, stop writing
                 writer.add(row)
+            counts.read = result.read - counts.read
+            counts.rejected = result.rejected - counts.rejected
+            result.per_file.append(counts)
     except BaseException:
         writer.abandon()
         raise
@@ -167,7 +194,14 @@ def ingest_records(
             result.problems,
         )
     result.loaded = writer.finish()
+    result.loaded_before = writer.loaded_before
     result.duplicates = result.read - result.rejected - result.loaded
+    # An event in two files of the load is new in the first: the writer counts the events
+    # loaded up to each file's end, after the batches before it were written.
+    start = 0
+    for counts, end in zip(result.per_file, [*writer.marks, result.loaded], strict=True):
+        counts.loaded, start = end - start, end
+        counts.duplicates = counts.read - counts.rejected - counts.loaded
     return result
 
 
@@ -231,16 +265,16 @@ def ingest_files(
         if handle is not None:
             handle.close()
     now = datetime.now(UTC)
-    for path in paths:
-        session.add(
-            UsageLoad(
-                source=source,
-                key=str(path),
-                events_read=result.read,
-                events_loaded=result.loaded,
-                duplicates=result.duplicates,
-                rejected=result.rejected,
-                loaded_at=now,
-            )
+    for path, counts in zip(paths, result.per_file, strict=True):
+        load = UsageLoad(
+            source=source,
+            key=str(path),
+            events_read=counts.read,
+            events_loaded=counts.loaded,
+            duplicates=counts.duplicates,
+            rejected=counts.rejected,
+            loaded_at=now,
         )
+        session.add(load)
+        result.loads.append(load)
     return result

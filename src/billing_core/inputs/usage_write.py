@@ -17,15 +17,16 @@ BATCH = 20_000
 
 class Writer:
     """Batches valid events into the store, skipping event ids already present, and notes
-    each customer and metric's earliest and latest event (the late-usage touches)."""
+    each customer and metric's earliest and latest event (the late-usage touches). With
+    `before`, it also counts the new events earlier than that instant (`loaded_before`)."""
 
-    def __init__(self, session: Session, source: str):
+    def __init__(self, session: Session, source: str, before: datetime | None = None):
         self.session = session
         self.now = datetime.now(UTC)
         # (customer, metric) -> earliest and latest timestamps seen: late-usage touches.
         self.touched: dict[tuple[str, str], list[datetime]] = {}
-        self.sink = postgres.event_copy(session, source, self.now, BATCH) or _Inserts(
-            session, source, self.now
+        self.sink = postgres.event_copy(session, source, self.now, BATCH, before) or _Inserts(
+            session, source, self.now, before
         )
         self.put = self.sink.add
 
@@ -40,6 +41,18 @@ class Writer:
         elif timestamp > span[1]:
             span[1] = timestamp
         self.put(row, key)
+
+    def mark(self) -> None:
+        """The end of a file: after `finish`, `marks` holds the events loaded up to each."""
+        self.sink.mark()
+
+    @property
+    def marks(self) -> list[int]:
+        return self.sink.marks
+
+    @property
+    def loaded_before(self) -> int:
+        return self.sink.loaded_before
 
     def close(self) -> None:
         """Wait for the batches under way; raise what writing them failed with."""
@@ -74,12 +87,15 @@ class Writer:
 class _Inserts:
     """SQLite's batches: multi-row inserts that skip event ids already present."""
 
-    def __init__(self, session: Session, source: str, now: datetime):
+    def __init__(self, session: Session, source: str, now: datetime, before: datetime | None):
         self.session = session
         self.source = source
         self.now = now
+        self.before = before
         self.batch: list[dict] = []
         self.loaded = 0
+        self.loaded_before = 0
+        self.marks: list[int] = []
 
     def add(self, row: dict, key: tuple[str, str]) -> None:
         self.batch.append(row)
@@ -90,6 +106,10 @@ class _Inserts:
         if self.batch:
             self._insert(self.batch)
             self.batch = []
+
+    def mark(self) -> None:
+        self.flush()
+        self.marks.append(self.loaded)
 
     def close(self) -> None:
         pass  # every batch is written when it is flushed
@@ -102,19 +122,23 @@ class _Inserts:
         from sqlalchemy.dialects.sqlite import insert
 
         stmt = insert(table).on_conflict_do_nothing(index_elements=["event_id"])
-        result = self.session.execute(
-            stmt,
-            [
-                {
-                    **r,
-                    "properties": _json_ready(r["properties"]),
-                    "source": self.source,
-                    "ingested_at": self.now,
-                }
-                for r in rows
-            ],
-        )
-        self.loaded += result.rowcount or 0
+        values = [
+            {
+                **r,
+                "properties": _json_ready(r["properties"]),
+                "source": self.source,
+                "ingested_at": self.now,
+            }
+            for r in rows
+        ]
+        if self.before is None:
+            self.loaded += self.session.execute(stmt, values).rowcount or 0
+            return
+        # The new events' times, to count those before `before` (rows in their order: of
+        # an event id met twice, the first is kept, as without RETURNING).
+        stamps = self.session.execute(stmt.returning(table.c.timestamp), values).scalars().all()
+        self.loaded += len(stamps)
+        self.loaded_before += sum(1 for at in stamps if at < self.before)
 
 
 def _json_ready(properties: dict | None) -> dict | None:

@@ -1,10 +1,11 @@
 """The close's usage-collection step: pull from the configured sources (`SOURCES`).
 
 - Inbox folder (`BILLING_USAGE_INBOX`): every CSV or JSON Lines file is loaded once, then
-  moved to `archive/`; a file with bad rows is moved to `rejected/` with a `.errors.txt`
-  beside it naming each row, and nothing of it is loaded.
+  moved to `archive/` under a name of its own per arrival (`archive_name`); a file with
+  bad rows is moved to `rejected/` with a `.errors.txt` beside it naming each row, and
+  nothing of it is loaded.
 - SQL source (`BILLING_USAGE_SQL_URL` + `BILLING_USAGE_SQL_QUERY`): read incrementally by a
-  watermark (see `sql_source`).
+  watermark, a lookback window before it read again for late rows (see `sql_source`).
 
 A dry run collects into its own session, which is never committed: every source is read
 and loaded as a close would, but no file moves and no watermark is kept.
@@ -43,34 +44,55 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# The most bytes a file name may take on common file systems (ext4, APFS, NTFS's 255 units).
+NAME_BYTES = 255
+
+
+def archive_name(load_id: int, digest: str, name: str) -> str:
+    """An inbox file's name in archive/: `<load id>-<sha256 prefix>-<name>`, one per
+    arrival. A name too long for the file system loses the end of its stem, not its
+    extension."""
+    prefix = f"{load_id}-{digest[:12]}-"
+    room = NAME_BYTES - len(prefix.encode())
+    if len(name.encode()) > room:
+        suffix = Path(name).suffix if len(Path(name).suffix.encode()) < room else ""
+        stem = name[: len(name) - len(suffix)] if suffix else name
+        cut = room - len(suffix.encode())
+        name = stem.encode()[:cut].decode(errors="ignore") + suffix
+    return prefix + name
+
+
 def collect_inbox(
     inbox: Path, close_run_id: int | None, report: StepReport, session: Session | None = None
 ) -> None:
-    """Load each new inbox file once, archive it; reject a bad file whole. With a dry
-    run's `session`: loaded into it, and every file left where it is."""
+    """Load each new inbox file once and archive it under a name of its own; reject a bad
+    file whole. With a dry run's `session`: loaded into it, and every file left where it
+    is."""
     archive, rejected = inbox / "archive", inbox / "rejected"
     files = sorted({p for pattern in INBOX_PATTERNS for p in inbox.glob(pattern)})
     u = UsageLoad.__table__.c
     for path in files:
-        key = f"{path.name}:{_digest(path)}"
+        digest = _digest(path)
+        key = f"{path.name}:{digest}"
 
-        def load(into, path=path, key=key):
+        def load(into, path=path, key=key, digest=digest):
             seen = into.execute(sa.select(u.id).where(u.source == "inbox", u.key == key)).first()
-            if seen is not None:
-                return None
-            result = ingest_files(into, [path], source="inbox")
-            # Loaded under its content's key: the same file dropped again is skipped.
-            # (The session does not autoflush: write the load row before renaming it.)
-            into.flush()
-            into.execute(
-                sa.update(UsageLoad.__table__)
-                .where(u.source == "inbox", u.key == str(path))
-                .values(key=key, close_run_id=close_run_id)
-            )
-            return result
+            if seen is None:
+                result = ingest_files(into, [path], source="inbox")
+                [record] = result.loads
+            else:
+                # Loaded before under its content's key: this arrival is recorded and
+                # archived, not read again.
+                result = None
+                record = UsageLoad(source="inbox", key=key, loaded_at=datetime.now(UTC))
+                into.add(record)
+            record.key, record.close_run_id = key, close_run_id
+            into.flush()  # its id names the archived copy
+            record.archived_as = archive_name(record.id, digest, path.name)
+            return result, record.archived_as
 
         try:
-            result = retrying_deadlocks(load, session)
+            result, archived_as = retrying_deadlocks(load, session)
         except UsageRefused as refused:
             if session is not None:
                 report.warnings.append(
@@ -92,15 +114,20 @@ def collect_inbox(
             )
             report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
             continue
+        details = report.details
         if result is not None:
             report.read += result.read
             report.written += result.loaded
-            report.details["duplicates"] = report.details.get("duplicates", 0) + result.duplicates
-        report.details["files"] = report.details.get("files", 0) + 1
+            details["duplicates"] = details.get("duplicates", 0) + result.duplicates
+        else:
+            details["files_already_loaded"] = details.get("files_already_loaded", 0) + 1
         if session is not None:
+            details["files"] = details.get("files", 0) + 1
             continue
         archive.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), archive / path.name)
+        # After the commit: a failed load leaves the file in the inbox for the next collect.
+        shutil.move(str(path), archive / archived_as)
+        details["files"] = details.get("files", 0) + 1
 
 
 class Inbox:

@@ -190,7 +190,8 @@ class UsageSource(SQLModel, table=True):
 
 
 class UsageLoad(SQLModel, table=True):
-    """What one load (a file, an inbox file, a SQL batch) brought in."""
+    """What one load brought in: one row per file of a load (its own counts), per inbox
+    file's arrival, per SQL batch."""
 
     __tablename__ = "usage_loads"
     id: int | None = Field(default=None, primary_key=True)
@@ -202,6 +203,8 @@ class UsageLoad(SQLModel, table=True):
     duplicates: int = 0
     rejected: int = 0
     loaded_at: datetime = Field(sa_type=UTCDateTime)
+    # An inbox file's name in the inbox's archive/ folder: `<id>-<sha256 prefix>-<name>`.
+    archived_as: str | None = Field(default=None, max_length=512)
 
 
 # --- schedules, charges, invoices ------------------------------------------------------

@@ -178,6 +178,11 @@ MERGE_STAGING = (
     "SELECT event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
     "properties, source, ingested_at FROM usage_staging ON CONFLICT (event_id) DO NOTHING"
 )
+# The same, counting the new events and those of them before an instant.
+MERGE_COUNTING = (
+    f"WITH added AS ({MERGE_STAGING} RETURNING timestamp) "
+    "SELECT count(*), count(*) FILTER (WHERE timestamp < %s) FROM added"
+)
 # pg_advisory lock key of usage loads: the bytes of "billload" as a signed 64-bit integer.
 LOAD_KEY = int.from_bytes(b"billload", "big", signed=True)
 
@@ -214,9 +219,15 @@ def analyze(engine: sa.Engine, table: str) -> None:
         connection.execute(sa.text(f"ANALYZE {table}"))
 
 
-def event_copy(session: Session, source: str, now: Any, batch: int) -> EventCopy | None:
+# Queued after a file's last batch: the writing thread then notes its running total.
+_MARK: Any = object()
+
+
+def event_copy(
+    session: Session, source: str, now: Any, batch: int, before: Any = None
+) -> EventCopy | None:
     """The COPY writer of usage events on PostgreSQL; None on SQLite."""
-    return EventCopy(session, source, now, batch) if is_postgres(session) else None
+    return EventCopy(session, source, now, batch, before) if is_postgres(session) else None
 
 
 class EventCopy:
@@ -228,12 +239,17 @@ class EventCopy:
     Python to run). At most two batches wait: bounded memory.
     """
 
-    def __init__(self, session: Session, source: str, now: Any, batch: int):
+    def __init__(self, session: Session, source: str, now: Any, batch: int, before: Any = None):
         self.session = session
         self.size = batch
         self.ids: list[str] = []  # the batch's event ids and COPY lines
         self.lines: list[str] = []
         self.loaded = 0
+        # With `before`: the batch's events earlier than it, and the new ones among them.
+        self.before = before
+        self.early = 0
+        self.loaded_before = 0
+        self.marks: list[int] = []  # `loaded` at each mark(), once its batches were written
         session.execute(
             sa.text(
                 "CREATE TEMP TABLE IF NOT EXISTS usage_staging "
@@ -244,7 +260,7 @@ class EventCopy:
         self.tail = f"\t{copy_text(source)}\t{now.isoformat()}\n"
         self.escaped: dict[tuple[str, str], str] = {}
         self.raw = session.connection().connection.driver_connection
-        self.queue: queue.Queue[tuple[list[str], list[str]] | None] = queue.Queue(maxsize=2)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="usage-writer", daemon=True)
         self.thread.start()
@@ -269,6 +285,8 @@ class EventCopy:
             )
             + self.tail
         )
+        if self.before is not None and row["timestamp"] < self.before:
+            self.early += 1
         if len(self.lines) >= self.size:
             self.flush()
 
@@ -277,8 +295,14 @@ class EventCopy:
             return
         if self.error is not None:
             self.close()
-        self.queue.put((self.ids, self.lines))
-        self.ids, self.lines = [], []
+        self.queue.put((self.ids, self.lines, self.early))
+        self.ids, self.lines, self.early = [], [], 0
+
+    def mark(self) -> None:
+        """The end of a file: `marks` gets the events loaded so far once the writing thread
+        has written every batch before it (the reader does not wait for it)."""
+        self.flush()
+        self.queue.put(_MARK)
 
     def close(self) -> None:
         """Wait for the writing thread; raise what it failed with."""
@@ -297,16 +321,26 @@ class EventCopy:
 
     def _work(self) -> None:
         while (batch := self.queue.get()) is not None:
+            if batch is _MARK:
+                self.marks.append(self.loaded)
+                continue
             if self.error is not None:
                 continue  # keep draining so the reader never blocks on a full queue
-            ids, lines = batch
+            ids, lines, early = batch
             try:
                 if self._copy_direct(ids, lines):
+                    self.loaded_before += early  # every event of the batch was new
                     continue
                 self._copy(lines, "usage_staging")
                 with self.raw.cursor() as cursor:
-                    cursor.execute(MERGE_STAGING)
-                    self.loaded += max(cursor.rowcount, 0)
+                    if early:
+                        cursor.execute(MERGE_COUNTING, (self.before,))
+                        added, added_before = cursor.fetchone()
+                        self.loaded += added
+                        self.loaded_before += added_before
+                    else:
+                        cursor.execute(MERGE_STAGING)
+                        self.loaded += max(cursor.rowcount, 0)
                     cursor.execute("TRUNCATE usage_staging")
             except BaseException as error:  # noqa: BLE001 - re-raised by close()
                 self.error = error
