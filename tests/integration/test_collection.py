@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from billing_core.steps.collect import archive_name, collect
+from billing_core.steps.collect import archive_name, collect, rejected_name
 from tests.helpers import import_yaml
 
 CATALOG = """
@@ -129,11 +129,35 @@ def test_a_bad_inbox_file_is_rejected_whole_with_its_reasons(store, inbox):
     assert events(store) == 2  # good.csv only: nothing of bad.csv, not even its good row
     assert report.written == 2 and report.details["rejected_files"] == 1
     assert not (inbox / "bad.csv").exists()
-    assert (inbox / "rejected" / "bad.csv").exists()
-    errors = (inbox / "rejected" / "bad.csv.errors.txt").read_text()
+    [copy] = [p for p in (inbox / "rejected").iterdir() if p.name.endswith("-bad.csv")]
+    assert copy.name == rejected_name(hashlib.sha256(copy.read_bytes()).hexdigest(), "bad.csv")
+    errors = copy.with_name(copy.name + ".errors.txt").read_text()
     assert "row 3: customer: unknown customer 'nobody'" in errors
     assert any("bad.csv" in w and "refused" in w for w in report.warnings)
     assert store.scalar("SELECT count(*) FROM usage_loads WHERE key LIKE 'bad.csv%'") == 0
+
+
+def test_two_bad_files_of_one_name_are_both_kept_with_their_reasons(store, inbox):
+    """A second refused file with the name of the first does not overwrite the first's
+    copy or its reasons before anyone has fixed them."""
+    first = HEADER + "b1,nobody,units,2026-01-05T10:00:00Z,1\n"
+    second = HEADER + "b2,solo,units,not-a-time,1\n"
+    (inbox / "bad.csv").write_text(first)
+    collect()
+    (inbox / "bad.csv").write_text(second)
+    report = collect()
+    assert report.details["rejected_files"] == 1
+    kept = sorted(p.name for p in (inbox / "rejected").iterdir())
+    copies = [name for name in kept if not name.endswith(".errors.txt")]
+    assert len(copies) == 2 and all(name.endswith("-bad.csv") for name in copies)
+    assert sorted((inbox / "rejected" / name).read_text() for name in copies) == sorted(
+        [first, second]
+    )
+    reasons = [(inbox / "rejected" / (name + ".errors.txt")).read_text() for name in copies]
+    assert any("unknown customer 'nobody'" in r for r in reasons)
+    assert any("row 2: timestamp" in r for r in reasons)
+    assert any(name in w for w in report.warnings for name in copies)
+    assert events(store) == 0
 
 
 def test_a_missing_inbox_folder_is_a_warning(store, tmp_path, monkeypatch):

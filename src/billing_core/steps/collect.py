@@ -2,8 +2,8 @@
 
 - Inbox folder (`BILLING_USAGE_INBOX`): every CSV or JSON Lines file is loaded once, then
   moved to `archive/` under a name of its own per arrival (`archive_name`); a file with
-  bad rows is moved to `rejected/` with a `.errors.txt` beside it naming each row, and
-  nothing of it is loaded.
+  bad rows is moved to `rejected/` under a name of its own per content (`rejected_name`)
+  with a `.errors.txt` beside it naming each row, and nothing of it is loaded.
 - SQL source (`BILLING_USAGE_SQL_URL` + `BILLING_USAGE_SQL_QUERY`): read incrementally by a
   watermark, a lookback window before it read again for late rows (see `sql_source`).
 
@@ -52,8 +52,18 @@ def archive_name(load_id: int, digest: str, name: str) -> str:
     """An inbox file's name in archive/: `<load id>-<sha256 prefix>-<name>`, one per
     arrival. A name too long for the file system loses the end of its stem, not its
     extension."""
-    prefix = f"{load_id}-{digest[:12]}-"
-    room = NAME_BYTES - len(prefix.encode())
+    return _fitted(f"{load_id}-{digest[:12]}-", name)
+
+
+def rejected_name(digest: str, name: str) -> str:
+    """A refused inbox file's name in rejected/: `<sha256 prefix>-<name>`. Two files of
+    one name with other contents are kept apart; the same file refused again is the same
+    copy."""
+    return _fitted(f"{digest[:12]}-", name)
+
+
+def _fitted(prefix: str, name: str) -> str:
+    room = NAME_BYTES - len(prefix.encode()) - len(".errors.txt")
     if len(name.encode()) > room:
         suffix = Path(name).suffix if len(Path(name).suffix.encode()) < room else ""
         stem = name[: len(name) - len(suffix)] if suffix else name
@@ -102,7 +112,7 @@ def collect_inbox(
                 report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
                 continue
             rejected.mkdir(parents=True, exist_ok=True)
-            target = rejected / path.name
+            target = rejected / rejected_name(digest, path.name)
             shutil.move(str(path), target)
             reasons = [refused.summary, *map(str, refused.problems)]
             target.with_name(target.name + ".errors.txt").write_text(
