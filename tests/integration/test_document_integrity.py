@@ -187,7 +187,7 @@ def test_repair_refuses_a_document_that_would_not_come_back_identical(store, mon
     for line in lines[:2]:
         assert re.search(
             r"rendered again it would be sha256 [0-9a-f]{64}, recorded [0-9a-f]{64} \(the "
-            r"templates, fonts or WeasyPrint changed since it was issued\); restore it from "
+            r"templates, fonts or WeasyPrint changed since it was written\); restore it from "
             r"a backup$",
             line,
         ), line

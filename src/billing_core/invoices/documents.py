@@ -208,6 +208,18 @@ def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
     return output_dir / document_key(invoice, fmt)
 
 
+def document_bytes(
+    data: dict, fmt: str, env: jinja2.Environment | None = None, folder: str | None = None
+) -> bytes:
+    """An invoice's document as the render step writes it: the HTML with its stylesheet,
+    or the PDF. The same context gives the same bytes (an issued invoice's context is
+    frozen with it), which is what lets a lost final document be written again and its
+    recorded SHA-256 prove it (`invoices.verification`)."""
+    if fmt == "pdf":
+        return pdf_document(render_html(data, env, inline_css=False), folder).write_pdf()
+    return render_html(data, env).encode("utf-8")
+
+
 def write_document(
     session: Session, invoice_id: int, path: Path, store_name: str = "billing"
 ) -> Path:
@@ -220,8 +232,7 @@ def write_document(
         raise InvoiceError(f"no invoice {invoice_id}")
     data = contexts(session, [invoice], store_name)[invoice.id]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".pdf":
-        render_pdf(render_html(data, inline_css=False), path)
-    else:
-        outputs.write_file(path, render_html(data).encode("utf-8"))
+    outputs.write_file(
+        path, document_bytes(data, "pdf" if path.suffix.lower() == ".pdf" else "html")
+    )
     return path
