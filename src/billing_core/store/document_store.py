@@ -3,8 +3,9 @@ of a cluster writes to (`BILLING_OUTPUT_DIR=s3://bucket/prefix`, through fsspec/
 
 A document is recorded (`invoice_documents.path`) as what finds it again in either: the
 absolute path of a file, or the `s3://bucket/key` URL of an object. Everything that reads
-a recorded document back goes through here: whether it is still there, removing it, and
-its link for a browser (`document_linker`).
+a recorded document back goes through here: whether it is still there, its bytes, writing
+it again where it was (`billing invoices verify`), removing it, and its link for a browser
+(`document_linker`).
 
 The local folder is the hot path of a close writing thousands of documents: it uses the
 file system directly (`files.write_file`, `Path`), never fsspec.
