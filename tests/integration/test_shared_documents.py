@@ -89,13 +89,14 @@ def test_a_close_writes_each_document_to_the_object_store_once(store, s3_bucket,
     report = steps.render(date(2026, 1, 1))
     assert report.written == 0 and report.warnings == []
     assert s3_bucket.versions() == versions
-    # A lost one is reported missing, as a lost file is, and not re-rendered.
-    s3_bucket.client.delete_object(
-        Bucket=s3_bucket.name, Key=final[("acme", "pdf")].split("/", 3)[3]
-    )
+    # A lost one is written again, identical to the first, and reported, as a lost file
+    # is (issue 23).
+    lost = final[("acme", "pdf")].split("/", 3)[3]
+    before = s3_bucket.read(lost)
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=lost)
     report = steps.render(date(2026, 1, 1))
-    assert report.written == 0
-    assert [w for w in report.warnings if "missing" in w and final[("acme", "pdf")] in w]
+    assert report.written == 1 and s3_bucket.read(lost) == before
+    assert [w for w in report.warnings if "written again" in w and final[("acme", "pdf")] in w]
 
 
 def test_draft_previews_follow_the_output_store(store, s3_bucket, monkeypatch, tmp_path):

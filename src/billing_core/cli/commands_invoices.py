@@ -1,4 +1,4 @@
-"""`billing invoices`: review, issue, change the status of and export invoices."""
+"""`billing invoices`: review, issue, change the status of, export and verify invoices."""
 
 from __future__ import annotations
 
@@ -226,6 +226,51 @@ def invoices_issue(
     problem = documents_problem([report, rendered] if rendered else [report])
     if problem:
         fail(problem)
+
+
+@invoices_app.command("verify")
+def invoices_verify(
+    invoices: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[INVOICE]...", help="invoice numbers or ids (default: every issued invoice)"
+        ),
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="write a missing document again, and replace an altered one (kept beside "
+            "it as NAME.altered-TIMESTAMP), when rendered again it has the recorded SHA-256",
+        ),
+    ] = False,
+) -> None:
+    """Check issued invoices' documents against the SHA-256 recorded when they were
+    written: one line per missing or altered document; exits 1 when any (with --repair,
+    when any is left)."""
+    from billing_core.invoices.lifecycle import InvoiceError, resolve
+    from billing_core.invoices.verification import check
+    from billing_core.invoices.verification import repair as write_again
+    from billing_core.store.engine import store_name, unit_of_work
+
+    require_store()
+    try:
+        with unit_of_work() as session:
+            ids = [resolve(session, reference) for reference in invoices or []] or None
+            checked = check(session, ids)
+            outcomes = write_again(session, checked.findings, store_name()) if repair else []
+    except InvoiceError as error:
+        fail(str(error))
+    for index, finding in enumerate(checked.findings):
+        line = finding.line() + (f"; {outcomes[index].text}" if outcomes else "")
+        out.print(line, soft_wrap=True)
+    summary = checked.summary()
+    if repair and checked.findings:
+        summary += f"; {sum(o.written for o in outcomes)} written again"
+    out.print(summary, soft_wrap=True)
+    left = [o for o in outcomes if not o.written] if repair else checked.findings
+    if left:
+        raise typer.Exit(1)
 
 
 @invoices_app.command("void")

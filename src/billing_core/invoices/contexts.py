@@ -125,15 +125,25 @@ def context(
 
 def _dates(invoice: Any, identity: dict, locale: str) -> dict:
     """Invoice date, due date and terms as the document prints them (a draft has no dates
-    yet, but its terms are known)."""
+    yet, but its terms are known), and the document's date in ISO form (`dated`: the
+    invoice date, a draft's billing date)."""
     dated = dates_of(invoice.issued_at, identity)
     if dated is None:
-        return {"issue_date": None, "due_date": None, "terms": terms_label(terms_of(identity))}
+        return {
+            "issue_date": None,
+            "due_date": None,
+            "terms": terms_label(terms_of(identity)),
+            "dated": invoice.billing_date.isoformat(),
+        }
     issued, due, days = dated
     return {
         "issue_date": day(issued, locale),
         "due_date": day(due, locale),
         "terms": terms_label(days),
+        # The document's own date (its PDF's creation and modification dates): the
+        # invoice date, frozen with it, never the clock that rendered it (docs/decisions.md,
+        # "Documents byte for byte").
+        "dated": issued.isoformat(),
     }
 
 

@@ -11,7 +11,7 @@ import atexit
 import gc
 import hashlib
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,11 +104,36 @@ def _pdf_resources(folder: str, mtime: float) -> tuple[list[Any], Any]:
 atexit.register(_pdf_resources.cache_clear)
 
 
+@cache
+def _fonts_keep_their_timestamp() -> None:
+    """Make WeasyPrint's font subsets keep the font's own `head.modified`, so that the
+    same document gives the same PDF bytes whenever it is rendered.
+
+    Without HarfBuzz's subsetter (libharfbuzz-subset0), WeasyPrint subsets each embedded
+    font with fontTools, whose TTFont stamps a font it saves with the current second
+    (`recalcTimestamp`, True by default; WeasyPrint passes no option for it), and the
+    same goes for the variable and colour fonts it rewrites. Its TTFont is given that
+    option False: a subset then keeps the stamp of the font it was made from, as
+    HarfBuzz's subsets do. Only WeasyPrint's PDF fonts are touched, once per process;
+    tests/integration/test_document_integrity.py renders with either subsetter.
+    """
+    from fontTools.ttLib import TTFont
+    from weasyprint.pdf import fonts
+
+    class _KeepTimestamp(TTFont):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("recalcTimestamp", False)
+            super().__init__(*args, **kwargs)
+
+    fonts.TTFont = _KeepTimestamp
+
+
 def pdf_document(html: str, folder: str | None = None) -> Any:
     """WeasyPrint's laid-out document of HTML made with `inline_css=False`, with the
     template folder's stylesheets and fonts."""
     from weasyprint import HTML
 
+    _fonts_keep_their_timestamp()
     folder = folder or str(templates_dir())
     found = [Path(folder) / n for n in PDF_STYLESHEETS if (Path(folder) / n).exists()]
     sheets, fonts = _pdf_resources(folder, max(p.stat().st_mtime for p in found))
@@ -121,10 +146,13 @@ Write = Callable[[Any, bytes], None]
 
 
 def render_pdf(html: str, path: Any, folder: str | None = None, write: Write | None = None) -> str:
-    """Write the PDF of a document's HTML made with `inline_css=False`; returns its SHA-256.
+    """Write the PDF of a document's HTML made with `inline_css=False`; returns the SHA-256
+    of the bytes written.
 
-    The same HTML gives the same pages, but not always the same bytes: a font subset made
-    by fontTools (without HarfBuzz's subsetter) carries the second it was made."""
+    The same HTML gives the same bytes (with the same templates, fonts and WeasyPrint):
+    font subsets keep their font's timestamp (`_fonts_keep_their_timestamp`), the PDF's
+    dates are the invoice's own (`dcterms.created` in the template) and WeasyPrint writes
+    no file identifier."""
     content = pdf_document(html, folder).write_pdf()
     (write or outputs.write_file)(path, content)
     return hashlib.sha256(content).hexdigest()
@@ -180,6 +208,18 @@ def document_path(output_dir: Path, invoice: Any, fmt: str) -> Path:
     return output_dir / document_key(invoice, fmt)
 
 
+def document_bytes(
+    data: dict, fmt: str, env: jinja2.Environment | None = None, folder: str | None = None
+) -> bytes:
+    """An invoice's document as the render step writes it: the HTML with its stylesheet,
+    or the PDF. The same context gives the same bytes (an issued invoice's context is
+    frozen with it), which is what lets a lost final document be written again and its
+    recorded SHA-256 prove it (`invoices.verification`)."""
+    if fmt == "pdf":
+        return pdf_document(render_html(data, env, inline_css=False), folder).write_pdf()
+    return render_html(data, env).encode("utf-8")
+
+
 def write_document(
     session: Session, invoice_id: int, path: Path, store_name: str = "billing"
 ) -> Path:
@@ -192,8 +232,7 @@ def write_document(
         raise InvoiceError(f"no invoice {invoice_id}")
     data = contexts(session, [invoice], store_name)[invoice.id]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".pdf":
-        render_pdf(render_html(data, inline_css=False), path)
-    else:
-        outputs.write_file(path, render_html(data).encode("utf-8"))
+    outputs.write_file(
+        path, document_bytes(data, "pdf" if path.suffix.lower() == ".pdf" else "html")
+    )
     return path

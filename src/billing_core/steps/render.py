@@ -2,7 +2,10 @@
 records them.
 
 Drafts get an HTML preview marked DRAFT, rendered again only when the invoice changes.
-Issued invoices get their final documents once; nothing regenerates them.
+Issued invoices get their final documents once. A final document found missing is written
+again where its record says, only when rendering it again gives the recorded bytes
+(`invoices.verification.identical`); otherwise it is reported, to be restored from a
+backup. Final records never change.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from billing_core.invoices.documents import (
     templates_dir,
 )
 from billing_core.invoices.lifecycle import unlink_after_commit
+from billing_core.invoices.verification import NotIdentical, identical
 from billing_core.report import StepReport
 from billing_core.store import files as outputs
-from billing_core.store.document_store import DocumentStore, document_store
+from billing_core.store.document_store import DocumentStore, document_store, write_recorded
 from billing_core.store.models import Invoice, InvoiceDocument
 from billing_core.store.reference import ALL, Scope
 from billing_core.store.rows import chunks, insert_rows
@@ -67,13 +71,14 @@ def render(
     report.read = len(invoices)
     if not invoices:
         return report
-    wanted = _wanted(invoices, _documents(session, invoices), formats, report, store)
-    if not wanted:
+    wanted, lost = _wanted(invoices, _documents(session, invoices), formats, store)
+    if not wanted and not lost:
         return report
-    needed = {invoice.id: invoice for invoice, _, _ in wanted}
+    needed = {invoice.id: invoice for invoice, _, _ in [*wanted, *lost]}
     data = contexts(session, list(needed.values()), store_name)
     digests = {i: source_hash(d) for i, d in data.items()}
-    written, failures = _write(wanted, data, digests, store)
+    written, failures = _write(wanted, data, digests, store) if wanted else ([], [])
+    failures += _write_again(lost, data, report)
     _report_missing(session, report, failures, store)
     _record(session, report, written, digests, now, store)
     report.details["documents"] = report.written
@@ -114,28 +119,47 @@ def _documents(session: Session, invoices: list[Any]) -> dict[tuple[int, str], A
 
 
 def _wanted(
-    invoices: list[Any],
-    documents: dict,
-    formats: list[str],
-    report: StepReport,
-    store: DocumentStore,
-) -> list[Wanted]:
+    invoices: list[Any], documents: dict, formats: list[str], store: DocumentStore
+) -> tuple[list[Wanted], list[Wanted]]:
     """Each invoice's documents that may need writing: a draft's HTML preview, an issued
-    invoice's formats not yet written for good."""
-    wanted = []
+    invoice's formats not yet written for good; and apart, the final documents on record
+    whose file is gone."""
+    wanted, lost = [], []
     for invoice in invoices:
         for fmt in formats if invoice.status != "draft" else ["html"]:
             doc = documents.get((invoice.id, fmt))
             if doc is not None and doc.final:
-                # Issued documents are written once, never again: a missing file is
-                # restored from a backup, not re-rendered from today's catalog.
                 if not store.exists(doc.path):
-                    report.warnings.append(
-                        f"invoice {invoice.number}: its {fmt} document {doc.path} is missing"
-                    )
+                    lost.append((invoice, fmt, doc))
                 continue
             wanted.append((invoice, fmt, doc))
-    return wanted
+    return wanted, lost
+
+
+def _write_again(lost: list[Wanted], data: dict[int, dict], report: StepReport) -> list[Failure]:
+    """Write the lost final documents again where their records say, each only when
+    rendered again it is the recorded bytes (from the invoice's frozen context, never
+    today's catalog); reported either way. Returns the ones the disk or the object store
+    refused: reported missing, and the next close tries again."""
+    env, folder = environment(), str(templates_dir())
+    failures: list[Failure] = []
+    for invoice, fmt, doc in lost:
+        said = f"invoice {invoice.number}: its {fmt} document {doc.path}"
+        try:
+            write_recorded(doc.path, identical(data[invoice.id], fmt, doc.sha256, env, folder))
+        except NotIdentical as refused:
+            report.warnings.append(f"{said} is missing; not written: {refused}")
+        except OSError as error:
+            failures.append((invoice, fmt, doc, error))
+        else:
+            report.written += 1
+            report.details.setdefault("documents_written_again", []).append(
+                {"invoice": invoice.number, "format": fmt, "path": doc.path}
+            )
+            report.warnings.append(
+                f"{said} was missing; written again, identical to the one issued"
+            )
+    return failures
 
 
 def _write(

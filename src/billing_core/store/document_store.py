@@ -3,8 +3,9 @@ of a cluster writes to (`BILLING_OUTPUT_DIR=s3://bucket/prefix`, through fsspec/
 
 A document is recorded (`invoice_documents.path`) as what finds it again in either: the
 absolute path of a file, or the `s3://bucket/key` URL of an object. Everything that reads
-a recorded document back goes through here: whether it is still there, removing it, and
-its link for a browser (`document_linker`).
+a recorded document back goes through here: whether it is still there, its bytes, writing
+it again where it was (`billing invoices verify`), removing it, and its link for a browser
+(`document_linker`).
 
 The local folder is the hot path of a close writing thousands of documents: it uses the
 file system directly (`files.write_file`, `Path`), never fsspec.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -303,6 +305,81 @@ def remove(recorded: str) -> None:
             raise as_os_error(error, recorded) from error
         return
     Path(recorded).unlink(missing_ok=True)
+
+
+# --- reading and writing a recorded document back (`billing invoices verify`) ------------
+
+# Objects read at once when documents are checked: each GET waits on the network, and a
+# batch is all that is held in memory.
+READ_BATCH = 32
+
+
+def read_recorded(
+    recorded: list[str], settings: Settings | None = None
+) -> Iterator[bytes | OSError | None]:
+    """The bytes of each recorded document, in order: None for one that is not there, the
+    OSError for one that cannot be read (permissions, a store that refuses or does not
+    answer, an unsafe key). A file is read from its path; objects READ_BATCH at a time, 8
+    requests at once, and after one request fails for the store's reasons the rest get its
+    error without asking (as uploads do: each would retry for some 11 s). A recorded
+    document is looked for only where its record says."""
+    objects = any(is_object_url(r) for r in recorded)
+    fs = filesystem(settings) if objects else None
+    broken: list[OSError] = []
+
+    def fetch(item: str) -> bytes | OSError | None:
+        try:
+            if not is_object_url(item):
+                return Path(item).read_bytes()
+            split_object_url(item)
+            if broken:
+                return OSError(broken[0].errno, broken[0].strerror, item)
+            return fs.cat_file(item)
+        except FileNotFoundError:
+            return None
+        except UnsafeKey as error:
+            return error
+        except Exception as error:  # noqa: BLE001 - the store's or the disk's, reported
+            failed = as_os_error(error, item)
+            if is_object_url(item):
+                broken.append(failed)
+            return failed
+
+    if not objects:
+        yield from map(fetch, recorded)  # files: one after the other, no threads
+        return
+    with ThreadPoolExecutor(8, thread_name_prefix="billing-read") as pool:
+        for start in range(0, len(recorded), READ_BATCH):
+            yield from pool.map(fetch, recorded[start : start + READ_BATCH])
+
+
+def write_recorded(recorded: str, content: bytes, settings: Settings | None = None) -> None:
+    """Write a document where its record says it is (a file, made whole or not at all, its
+    folder made if it is gone; an object, with its Content-Type), whatever
+    BILLING_OUTPUT_DIR says now: an issued invoice's records are frozen with it."""
+    if is_object_url(recorded):
+        split_object_url(recorded)
+        kind = CONTENT_TYPES.get(recorded.rpartition(".")[2], "application/octet-stream")
+        try:
+            filesystem(settings).pipe_file(recorded, content, ContentType=kind)
+        except Exception as error:  # noqa: BLE001 - reported as a document not written
+            raise as_os_error(error, recorded) from error
+        return
+    path = Path(recorded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_file(path, content, replace=True)
+
+
+def set_aside(recorded: str, suffix: str, content: bytes, settings: Settings | None = None) -> str:
+    """Keep a recorded document as it is now beside it, named with `suffix` added (before
+    it is replaced): a file is copied with its times and permissions, an object written
+    again from `content`, the bytes read from it. Returns where it was kept."""
+    kept = recorded + suffix
+    if is_object_url(recorded):
+        write_recorded(kept, content, settings)
+    else:
+        shutil.copy2(recorded, kept)
+    return kept
 
 
 def document_linker(settings: Settings | None = None) -> Callable[[str], str]:
