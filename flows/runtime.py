@@ -245,7 +245,7 @@ def publish_step_summaries(reports: list[dict], through: date) -> None:
 def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: date) -> None:
     """The invoices the close left, as a table, and links to their documents."""
     from billing_core.domain.money import money_str
-    from billing_core.store.document_store import document_linker
+    from billing_core.store.recorded_documents import document_linker
 
     # By column: the UI shows a dict of lists as the same table, and the server stores
     # each column name once instead of once per invoice (a third of the bytes).

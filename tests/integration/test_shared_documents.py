@@ -12,8 +12,9 @@ import pytest
 
 from billing_core.steps import close as steps
 from billing_core.steps.documents import documents_problem
-from billing_core.store import document_store
-from billing_core.store.document_store import UnsafeKey, document_linker, split_object_url
+from billing_core.store import document_store, recorded_documents
+from billing_core.store.document_store import UnsafeKey, split_object_url
+from billing_core.store.recorded_documents import document_linker
 from tests.helpers import close, import_yaml
 
 # Two billed customers with a flat fee on the 1st (two invoices a billing date).
@@ -164,7 +165,7 @@ def test_the_object_store_refuses_unsafe_keys_with_one_line(store, s3_bucket, mo
     # What reads a recorded document back refuses an unsafe one too.
     tampered = f"s3://{s3_bucket.name}/docs/../../etc/passwd"
     with pytest.raises(UnsafeKey):
-        document_store.remove(tampered)
+        recorded_documents.remove(tampered)
     with pytest.raises(UnsafeKey):
         document_linker()(tampered)
     assert not document_store.document_store().exists(tampered)

@@ -16,13 +16,13 @@ from billing_core.domain.terms import dates_of
 from billing_core.invoices.identity import live as live_identity
 from billing_core.invoices.ledger import rollback
 from billing_core.store import postgres
-from billing_core.store.document_store import remove
 from billing_core.store.models import (
     Invoice,
     InvoiceDocument,
     InvoiceLine,
     InvoiceSequence,
 )
+from billing_core.store.recorded_documents import remove
 from billing_core.store.reference import issuer as load_issuer
 from billing_core.store.rows import chunks
 

@@ -25,7 +25,7 @@ from sqlmodel import Session
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.documents import document_bytes, environment, templates_dir
 from billing_core.invoices.lifecycle import InvoiceError
-from billing_core.store import document_store
+from billing_core.store import recorded_documents
 from billing_core.store.files import os_reason
 from billing_core.store.models import Invoice, InvoiceDocument
 
@@ -138,7 +138,7 @@ def check(session: Session, invoice_ids: list[int] | None = None) -> Checked:
         )
     )
     findings = []
-    read = document_store.read_recorded([doc.path for doc in documents])
+    read = recorded_documents.read_recorded([doc.path for doc in documents])
     for doc, content in zip(documents, read, strict=True):
         found = Finding(invoices[doc.invoice_id], doc.format, doc.path, doc.sha256)
         if isinstance(content, OSError):
@@ -197,8 +197,10 @@ def repair(
         try:
             kept = None
             if finding.content is not None:
-                kept = document_store.set_aside(finding.path, f".altered-{stamp}", finding.content)
-            document_store.write_recorded(finding.path, content)
+                kept = recorded_documents.set_aside(
+                    finding.path, f".altered-{stamp}", finding.content
+                )
+            recorded_documents.write_recorded(finding.path, content)
         except OSError as error:
             outcomes.append(Outcome(False, f"not written ({os_reason(error)})"))
             continue

@@ -32,8 +32,9 @@ from billing_core.invoices.lifecycle import unlink_after_commit
 from billing_core.invoices.verification import NotIdentical, identical
 from billing_core.report import StepReport
 from billing_core.store import files as outputs
-from billing_core.store.document_store import DocumentStore, document_store, write_recorded
+from billing_core.store.document_store import DocumentStore, document_store
 from billing_core.store.models import Invoice, InvoiceDocument
+from billing_core.store.recorded_documents import write_recorded
 from billing_core.store.reference import ALL, Scope
 from billing_core.store.rows import chunks, insert_rows
 
