@@ -77,6 +77,9 @@ def collect_inbox(inbox: Path, close_run_id: int | None, report: StepReport) -> 
                 f"moved to {target}; reasons in {target.name}.errors.txt"
             )
             report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
+            report.details["refused_rows"] = report.details.get("refused_rows", 0) + len(
+                refused.problems
+            )
             continue
         if result is not None:
             report.read += result.read

@@ -68,6 +68,10 @@ def render(
     if not invoices:
         return report
     wanted = _wanted(invoices, _documents(session, invoices), formats, report)
+    # Every document the invoices in scope have: those not written now were up to date.
+    report.details["documents_unchanged"] = sum(
+        len(formats) if i.status != "draft" else 1 for i in invoices
+    )
     if not wanted:
         return report
     needed = {invoice.id: invoice for invoice, _, _ in wanted}
@@ -77,6 +81,7 @@ def render(
     _report_missing(session, report, failures)
     _record(session, report, written, digests, now)
     report.details["documents"] = report.written
+    report.details["documents_unchanged"] -= report.written + len(failures)
     return report
 
 
