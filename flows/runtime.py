@@ -46,10 +46,8 @@ def step(name: str):
             from prefect.runtime import flow_run
 
             from billing_core.steps.failures import FamilyFailures
-            from billing_core.store.locks import join_close
 
-            with join_close(flow_run.get_id()):
-                report = fn(*args, **kwargs)
+            report = _one_line_failures(name, fn, flow_run.get_id(), args, kwargs)
             if report.get("failures"):
                 raise FamilyFailures(report)
             return report
@@ -64,6 +62,26 @@ def step(name: str):
         )(fenced_step)
 
     return decorate
+
+
+def _one_line_failures(name: str, fn, run: str | None, args: tuple, kwargs: dict) -> dict:
+    """Run a step fenced by its close's lock. A database error (whose text is the whole
+    statement and its parameters) or an error of several lines fails the task as
+    `StepFailed`: one line naming the step and the reason, for the task's and the flow
+    run's state; the statement, its parameters and the whole text go to the debug log."""
+    from billing_core.steps.failures import statement_of, step_failed
+    from billing_core.store.locks import join_close
+
+    try:
+        with join_close(run):
+            return fn(*args, **kwargs)
+    except Exception as error:
+        failed = step_failed(name, error)
+        if failed is None:
+            raise
+        logger = get_run_logger()
+        logger.debug(f"{name}: {statement_of(error) or error}", exc_info=error)
+        raise failed from error
 
 
 def outcome(value) -> dict:

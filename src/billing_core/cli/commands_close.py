@@ -27,13 +27,18 @@ def close(
     _quiet_tracebacks()
 
     from billing_core.steps.documents import DocumentsNotWritten
-    from billing_core.steps.failures import CloseFailed
+    from billing_core.steps.failures import CloseFailed, StepFailed
     from billing_core.store.locks import CloseLocked, LockLost
 
     try:
         result = configured_close()(through=day, issue=issue)
     except (CloseLocked, LockLost) as locked:
         fail(str(locked))
+    except StepFailed as failed:
+        fail(
+            f"close through {day} stopped: {failed}; the steps before it are done: fix the "
+            "cause and close again"
+        )
     except CloseFailed as failed:
         _print_invoices(None, through=day)
         _fail_families(f"close through {day}", "close again", failed)
