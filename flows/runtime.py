@@ -48,6 +48,8 @@ def step(name: str):
             from billing_core.steps.failures import FamilyFailures
 
             report = _one_line_failures(name, fn, flow_run.get_id(), args, kwargs)
+            # The flow-run attempt that computed it: a Retry that finds it cached says so.
+            report["details"]["attempt"] = attempt()
             if report.get("failures"):
                 raise FamilyFailures(report)
             return report
@@ -82,6 +84,24 @@ def _one_line_failures(name: str, fn, run: str | None, args: tuple, kwargs: dict
         logger = get_run_logger()
         logger.debug(f"{name}: {statement_of(error) or error}", exc_info=error)
         raise failed from error
+
+
+def attempt() -> int:
+    """This flow run's attempt (1, then 2 after a Retry…); 0 outside a flow run."""
+    from prefect.runtime import flow_run
+
+    try:
+        return int(flow_run.get_run_count() or 0)
+    except Exception:  # noqa: BLE001 - the API unreachable: the attempt is not known
+        return 0
+
+
+def ended_by(error: BaseException) -> str:
+    """How a close that raised `error` ended: "stopped" by a signal (SIGTERM, a
+    cancellation, Ctrl-C), else "failed"."""
+    from prefect.exceptions import ExternalSignal
+
+    return "stopped" if isinstance(error, ExternalSignal | KeyboardInterrupt) else "failed"
 
 
 def outcome(value) -> dict:
@@ -236,28 +256,6 @@ def merged(reports: list[dict]) -> dict:
         total = total.merge(StepReport.from_dict(other))
     total.details["shards"] = len(reports)
     return total.as_dict()
-
-
-def publish_step_summaries(reports: list[dict], through: date) -> None:
-    """A markdown summary per step: rows read and written, warnings."""
-    for report in reports:
-        lines = [
-            f"### {report['step']} (through {through})",
-            "",
-            "| read | written | removed |",
-            "|---:|---:|---:|",
-            f"| {report['read']} | {report['written']} | {report['deleted']} |",
-            "",
-        ]
-        details = {k: v for k, v in report["details"].items() if not isinstance(v, list | dict)}
-        if details:
-            lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(details.items())]
-        if report["warnings"]:
-            lines += ["", "**Warnings**", ""] + [f"- {md(w)}" for w in report["warnings"]]
-        key = "step-" + report["step"].replace(" ", "-")
-        create_markdown_artifact(
-            key=key, markdown="\n".join(lines), description=f"{report['step']}: what the step did"
-        )
 
 
 def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: date) -> None:

@@ -20,7 +20,7 @@ from prefect.states import Scheduled
 import flows.period_close as period_close_module
 from billing_core.store.engine import dispose_engines, get_engine
 from flows.period_close import period_close
-from tests.flows.refusals import refuse_inserts
+from tests.flows.refusals import accept_inserts, refuse_inserts
 from tests.flows.test_period_close_flow import task_runs
 from tests.helpers import import_yaml, ingest_csv
 from tests.integration.test_close import USAGE
@@ -82,6 +82,57 @@ def refusal(store) -> str:
 def recorded_steps(store) -> tuple[str, dict]:
     status, steps = store.rows("SELECT status, steps FROM close_runs")[0]
     return status, steps if isinstance(steps, dict) else json.loads(steps)
+
+
+def test_a_failed_run_shows_the_steps_done_and_a_retry_says_which_were_cached(
+    store, prefect_server, monkeypatch
+):
+    import_yaml(FAMILIES)
+    ingest_csv(USAGE)
+    refuse_inserts(store, "invoices")  # the consolidation cannot write its drafts
+    no_retries(monkeypatch, "consolidate_rollups")
+
+    state = period_close(through=THROUGH, return_state=True)
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+    # The steps that completed published their summaries; the failed one says why.
+    first = latest_artifacts(flow_run_id)
+    assert sorted(first) == KEYS[:4]
+    rate = first["3-rate-usage"]
+    assert "| rated | 9 | 40.00 | 1580.00 |" in rate  # money per currency
+    assert "computed on attempt 1" in rate and "Cached" not in rate
+    assert "Failed on attempt 1" in first["4-consolidate-rollups"]
+    assert "consolidate-rollups failed: " in first["4-consolidate-rollups"]
+    assert refusal(store) in unescaped(first["4-consolidate-rollups"])
+    # ... and the store has their reports too.
+    status, steps = recorded_steps(store)
+    assert status == "failed"
+    assert set(steps) == {"recalculate schedules", "collect usage", "rate"}
+    assert steps["rate"]["details"]["money"]["rated"] == {"EUR": "40.00", "USD": "1580.00"}
+
+    accept_inserts(store, "invoices")  # the fix
+    done = retry(flow_run_id)
+    assert done.is_completed(), done
+    assert done.state_details.flow_run_id == flow_run_id
+    latest = latest_artifacts(flow_run_id)
+    assert [k for k in sorted(latest) if k[0].isdigit()] == KEYS  # task names, step order
+    names = {r.name.rsplit("-", 1)[0] for r in task_runs(flow_run_id)}
+    assert {key.split("-", 1)[1] for key in KEYS} == names
+    for key in KEYS[:3]:
+        assert "Cached from attempt 1 (not run again)" in latest[key], latest[key]
+        assert "computed on attempt 1" in latest[key]
+    assert "| rated | 9 | 40.00 | 1580.00 |" in latest["3-rate-usage"]  # attempt 1's figures
+    for key in KEYS[3:]:
+        assert "Cached" not in latest[key] and "computed on attempt 2" in latest[key]
+    consolidated = latest["4-consolidate-rollups"]
+    assert "| invoices created | 6 | 40.00 | 1580.00 |" in consolidated
+    assert "| credit applied to drafts | 150.00 |" in latest["5-apply-credits"]
+    assert "close-invoices" in latest
+    status, steps = recorded_steps(store)
+    assert status == "completed"
+    assert steps["rate"]["details"]["cached_from"] == 1
+    assert "cached_from" not in steps["consolidate roll-ups"]["details"]
+    assert steps["render invoices"]["details"]["attempt"] == 2
 
 
 def test_a_failed_steps_state_is_one_line_and_its_statement_goes_to_the_debug_log(
