@@ -169,6 +169,26 @@ def close_turn(holder: str, run: str | None = None):
         yield
 
 
+class StoppableThreadPoolTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that a stopped close does not wait for its threads.
+
+    When a flow ends, Prefect's runner waits for every thread of its pool; a thread that
+    waits out a step's retry delay sleeps, and nothing interrupts the sleep, so a SIGTERM
+    (or a cancellation, or Ctrl-C) would be held for up to BILLING_TASK_RETRY_DELAY. When
+    the flow is stopped, this runner cancels what has not started and leaves at once: the
+    flow has already given the close lock back, and a step that wakes up is cancelled
+    before it runs (Prefect checks) and could not commit anyway (its fence is gone)."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            for event in self._cancel_events.values():
+                event.set()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # set it to keep Dask's own
 
 
@@ -195,7 +215,7 @@ def task_runner():
                 "processes": True,
             }
         )
-    return ThreadPoolTaskRunner(max_workers=max(settings.shards, 1))
+    return StoppableThreadPoolTaskRunner(max_workers=max(settings.shards, 1))
 
 
 def today() -> date:

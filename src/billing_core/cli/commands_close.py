@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.stopping import stops_on_sigterm
 
 
 def close(
@@ -22,6 +23,11 @@ def close(
     """Run the period-close flow for every billing date up to and including --through."""
     require_store()
     day = parse_date(through, "--through") or date.today()
+    with stops_on_sigterm(f"close through {day}"):
+        _close(day, issue)
+
+
+def _close(day: date, issue: bool) -> None:
     from flows.period_close import configured_close
 
     _quiet_tracebacks()
@@ -36,8 +42,8 @@ def close(
         fail(str(locked))
     except StepFailed as failed:
         fail(
-            f"close through {day} stopped: {failed}; the steps before it are done: fix the "
-            "cause and close again"
+            f"close through {day}: {failed}; the steps before it are done: fix the cause "
+            "and close again"
         )
     except CloseFailed as failed:
         _print_invoices(None, through=day)
@@ -60,6 +66,11 @@ def backfill(
     assert start and end
     if end < start:
         fail(f"--to {end} is before --from {start}", code=2)
+    with stops_on_sigterm(f"backfill to {end}"):
+        _backfill(start, end, issue)
+
+
+def _backfill(start: date, end: date, issue: bool) -> None:
     from flows.backfill import backfill as backfill_flow
 
     _quiet_tracebacks()
