@@ -31,16 +31,17 @@ from billing_core.store.reference import one_catalog_read
 from flows.close_diff import dry_close, publish_close_diff
 from flows.runtime import (
     close_turn,
+    ended_by,
     log_report,
     merged,
     outcome,
     publish_failures,
     publish_invoices,
-    publish_step_summaries,
     step,
     task_runner,
     today,
 )
+from flows.summaries import StepLog
 
 
 @step("recalculate-schedules")
@@ -82,7 +83,19 @@ def render_invoices(through: date, families: list[str] | None) -> dict:
 render_invoices = render_invoices.with_options(refresh_cache=True)
 
 
-def _fan_out(task, through: date, shards: list, failed: Failures) -> dict | None:
+def _once(task, log: StepLog, failed: Failures, *args) -> dict:
+    """Run a step once (not sharded); its report is recorded and published as it
+    finishes. A failure stops the close, its step's artifact saying why."""
+    state = task(*args, return_state=True)
+    try:
+        report = outcome(state.result(raise_on_failure=False))
+    except Exception as error:
+        log.failed(task.name, error)
+        raise
+    return log.done(failed.note(report), [state])
+
+
+def _fan_out(task, through: date, shards: list, failed: Failures, log: StepLog) -> dict | None:
     """Run a step over every shard and report it as one; show progress while it runs. A
     shard that failed some families still reports the others; any other failure stops
     the close."""
@@ -94,7 +107,12 @@ def _fan_out(task, through: date, shards: list, failed: Failures) -> dict | None
         progress = create_progress_artifact(0.0, description=f"{task.name}: shards done")
         for done, _ in enumerate(as_completed(futures), start=1):
             update_progress_artifact(progress, 100.0 * done / len(shards))
-    return failed.note(merged([outcome(f.result(raise_on_failure=False)) for f in futures]))
+    try:
+        parts = [outcome(f.result(raise_on_failure=False)) for f in futures]
+    except Exception as error:
+        log.failed(task.name, error)
+        raise
+    return log.done(failed.note(merged(parts)), [f.state for f in futures], parts)
 
 
 @flow(name="period-close", task_runner=task_runner())
@@ -121,32 +139,29 @@ def period_close(
     with close_turn(f"flow run {run or 'local'}", run), one_catalog_read():
         replaced = dry_runs.drafts()
         run_id = close_runs.start_run(through, issue, run or None)
+        # Each step's report is recorded and published as the step finishes.
+        log = StepLog(through, run_id)
         try:
-            state = recalculate_schedules(through, return_state=True)
-            reports = [
-                failed.note(outcome(state.result(raise_on_failure=False))),
-                collect_usage(through, run_id),
-            ]
+            _once(recalculate_schedules, log, failed, through)
+            _once(collect_usage, log, failed, through, run_id)
             shards = sharding.shards(settings.shards) if settings.shards > 1 else [None]
             get_run_logger().info(f"{len(shards)} shard(s) of customer families")
             for task in (rate_usage, consolidate_rollups, apply_credits):
-                reports.append(_fan_out(task, through, shards, failed))
+                _fan_out(task, through, shards, failed, log)
             if issue:
-                reports.append(issue_invoices(through, sorted(failed) or None))
+                _once(issue_invoices, log, failed, through, sorted(failed) or None)
             if len(shards) > 1:  # documents weigh differently from customers
                 shards = sharding.render_shards(through, settings.shards)
-            reports.append(_fan_out(render_invoices, through, shards, failed))
-            reports = [r for r in reports if r is not None]
-            close_runs.record_steps(run_id, reports)
-        except BaseException:
-            close_runs.finish_run(run_id, "failed", dict(failed))
+            _fan_out(render_invoices, through, shards, failed, log)
+        except BaseException as error:
+            close_runs.finish_run(run_id, ended_by(error), dict(failed))
             raise
+        reports = log.reports
         # Documents that could not be written: the close is recorded, and ends failed.
         problem = documents_problem(reports)
         ended = "failed" if failed or problem else "completed"
         close_runs.finish_run(run_id, ended, dict(failed))
         changed = dry_runs.changes(replaced, reports, through, issue)
-    publish_step_summaries(reports, through)
     publish_invoices(summary_rows(through=through), documents(through=through), through)
     publish_close_diff(changed)
     if failed:

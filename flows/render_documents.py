@@ -19,6 +19,7 @@ from billing_core.steps.documents import (
 )
 from billing_core.steps.failures import FamilyFailures
 from flows.runtime import close_turn, log_report, outcome, publish_invoices, step, today
+from flows.summaries import StepLog
 
 
 @step("render-invoices")
@@ -39,9 +40,8 @@ def render_documents(
     run = str(flow_run.get_id() or "")
     # Never beside a close: the same slot and lock.
     with close_turn(f"flow run {run} (documents)", run):
-        report = outcome(
-            render(through, invoice_ids, return_state=True).result(raise_on_failure=False)
-        )
+        state = render(through, invoice_ids, return_state=True)
+        report = StepLog(through).done(outcome(state.result(raise_on_failure=False)), [state])
     publish_invoices(summary_rows(invoice_ids, through), documents(through=through), through)
     if report.get("failures"):
         raise FamilyFailures(report)

@@ -46,10 +46,10 @@ def step(name: str):
             from prefect.runtime import flow_run
 
             from billing_core.steps.failures import FamilyFailures
-            from billing_core.store.locks import join_close
 
-            with join_close(flow_run.get_id()):
-                report = fn(*args, **kwargs)
+            report = _one_line_failures(name, fn, flow_run.get_id(), args, kwargs)
+            # The flow-run attempt that computed it: a Retry that finds it cached says so.
+            report["details"]["attempt"] = attempt()
             if report.get("failures"):
                 raise FamilyFailures(report)
             return report
@@ -64,6 +64,44 @@ def step(name: str):
         )(fenced_step)
 
     return decorate
+
+
+def _one_line_failures(name: str, fn, run: str | None, args: tuple, kwargs: dict) -> dict:
+    """Run a step fenced by its close's lock. A database error (whose text is the whole
+    statement and its parameters) or an error of several lines fails the task as
+    `StepFailed`: one line naming the step and the reason, for the task's and the flow
+    run's state; the statement, its parameters and the whole text go to the debug log."""
+    from billing_core.steps.failures import statement_of, step_failed
+    from billing_core.store.locks import join_close
+
+    try:
+        with join_close(run):
+            return fn(*args, **kwargs)
+    except Exception as error:
+        failed = step_failed(name, error)
+        if failed is None:
+            raise
+        logger = get_run_logger()
+        logger.debug(f"{name}: {statement_of(error) or error}", exc_info=error)
+        raise failed from error
+
+
+def attempt() -> int:
+    """This flow run's attempt (1, then 2 after a Retry…); 0 outside a flow run."""
+    from prefect.runtime import flow_run
+
+    try:
+        return int(flow_run.get_run_count() or 0)
+    except Exception:  # noqa: BLE001 - the API unreachable: the attempt is not known
+        return 0
+
+
+def ended_by(error: BaseException) -> str:
+    """How a close that raised `error` ended: "stopped" by a signal (SIGTERM, a
+    cancellation, Ctrl-C), else "failed"."""
+    from prefect.exceptions import ExternalSignal
+
+    return "stopped" if isinstance(error, ExternalSignal | KeyboardInterrupt) else "failed"
 
 
 def outcome(value) -> dict:
@@ -131,6 +169,26 @@ def close_turn(holder: str, run: str | None = None):
         yield
 
 
+class StoppableThreadPoolTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that a stopped close does not wait for its threads.
+
+    When a flow ends, Prefect's runner waits for every thread of its pool; a thread that
+    waits out a step's retry delay sleeps, and nothing interrupts the sleep, so a SIGTERM
+    (or a cancellation, or Ctrl-C) would be held for up to BILLING_TASK_RETRY_DELAY. When
+    the flow is stopped, this runner cancels what has not started and leaves at once: the
+    flow has already given the close lock back, and a step that wakes up is cancelled
+    before it runs (Prefect checks) and could not commit anyway (its fence is gone)."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            for event in self._cancel_events.values():
+                event.set()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"  # set it to keep Dask's own
 
 
@@ -157,7 +215,7 @@ def task_runner():
                 "processes": True,
             }
         )
-    return ThreadPoolTaskRunner(max_workers=max(settings.shards, 1))
+    return StoppableThreadPoolTaskRunner(max_workers=max(settings.shards, 1))
 
 
 def today() -> date:
@@ -218,28 +276,6 @@ def merged(reports: list[dict]) -> dict:
         total = total.merge(StepReport.from_dict(other))
     total.details["shards"] = len(reports)
     return total.as_dict()
-
-
-def publish_step_summaries(reports: list[dict], through: date) -> None:
-    """A markdown summary per step: rows read and written, warnings."""
-    for report in reports:
-        lines = [
-            f"### {report['step']} (through {through})",
-            "",
-            "| read | written | removed |",
-            "|---:|---:|---:|",
-            f"| {report['read']} | {report['written']} | {report['deleted']} |",
-            "",
-        ]
-        details = {k: v for k, v in report["details"].items() if not isinstance(v, list | dict)}
-        if details:
-            lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(details.items())]
-        if report["warnings"]:
-            lines += ["", "**Warnings**", ""] + [f"- {md(w)}" for w in report["warnings"]]
-        key = "step-" + report["step"].replace(" ", "-")
-        create_markdown_artifact(
-            key=key, markdown="\n".join(lines), description=f"{report['step']}: what the step did"
-        )
 
 
 def publish_invoices(rows: list, documents: dict[int, dict[str, str]], through: date) -> None:

@@ -1,9 +1,33 @@
-"""What a step did: rows read and written, warnings, details for the operator."""
+"""What a step did: rows read and written, warnings, details for the operator.
+
+Money a step handled is kept in `details["money"]`: {label: {currency: amount}}, the
+amounts as decimal strings (the report is stored as JSON), summed when shards merge.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+# Details that say when a report was made, not how much was done: shards keep the latest.
+LATEST = frozenset({"attempt"})
+
+
+def add_money(totals: dict[str, Decimal], currency: str, amount: Decimal) -> None:
+    """Add an amount to a running total per currency."""
+    totals[currency] = totals.get(currency, Decimal(0)) + amount
+
+
+def _money_sum(
+    ours: dict[str, dict[str, str]], theirs: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    out = {label: dict(amounts) for label, amounts in ours.items()}
+    for label, amounts in theirs.items():
+        target = out.setdefault(label, {})
+        for currency, amount in amounts.items():
+            target[currency] = str(Decimal(target.get(currency, "0")) + Decimal(amount))
+    return out
 
 
 @dataclass
@@ -17,11 +41,22 @@ class StepReport:
     # Families the step could not finish: family id -> the reason, in one line.
     failures: dict[str, str] = field(default_factory=dict)
 
+    def money(self, label: str, totals: dict[str, Decimal]) -> None:
+        """Record amounts per currency under `label` (added to what it holds)."""
+        if not totals:
+            return
+        money = self.details.setdefault("money", {})
+        money.update(_money_sum(money, {label: {c: str(a) for c, a in sorted(totals.items())}}))
+
     def merge(self, other: StepReport) -> StepReport:
         """Sum of two shards' reports of the same step."""
         details = dict(self.details)
         for key, value in other.details.items():
-            if isinstance(value, int | float) and isinstance(details.get(key), int | float):
+            if key in LATEST and key in details:
+                details[key] = max(details[key], value)
+            elif key == "money":
+                details[key] = _money_sum(details.get(key, {}), value)
+            elif isinstance(value, int | float) and isinstance(details.get(key), int | float):
                 details[key] += value
             elif isinstance(value, list):
                 details[key] = list(details.get(key, [])) + value

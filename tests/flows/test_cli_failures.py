@@ -86,3 +86,27 @@ def test_a_failed_family_is_named_one_line_each_and_the_exit_is_non_zero(store):
     assert "failed for 1 customer family" in lines[start]
     assert lines[start + 1].strip().startswith("family solo-b: rate failed: InvalidOperation")
     assert "solo-a" in done.stdout  # the other families' invoices
+
+
+@pytest.mark.slow
+def test_a_step_the_store_refuses_is_one_line_naming_the_step_and_the_reason(store, prefect_server):
+    from tests.flows.refusals import refuse_inserts
+    from tests.integration.test_close import POOLED
+
+    (store.workdir / "catalog.yaml").write_text(POOLED)
+    assert _billing("import", "catalog.yaml", cwd=store.workdir).returncode == 0
+    refuse_inserts(store, "charges")
+    done = _billing(
+        "close",
+        "--through",
+        "2026-02-01",
+        cwd=store.workdir,
+        PREFECT_API_URL=prefect_server,
+        BILLING_TASK_RETRIES="0",
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "INSERT" not in done.stderr, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("close through")]
+    assert len(ours) == 1, done.stderr
+    assert ours[0].startswith("close through 2026-02-01: rate-usage failed: ")
+    assert ours[0].endswith("the steps before it are done: fix the cause and close again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 from prefect import get_client
@@ -21,12 +22,20 @@ STEPS = [
 ]
 
 
-def task_runs(flow_run_id) -> list:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return sorted(runs, key=lambda r: r.start_time)
+def task_runs(flow_run_id, at_least: int = 0) -> list:
+    """The task runs of a flow run, in the order they started. The server records task
+    runs from their events, a moment after they happen: wait (up to 30 s) for `at_least`
+    of them, each in a final state."""
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        settled = len(runs) >= at_least and all(r.state and r.state.is_final() for r in runs)
+        if settled or time.monotonic() > deadline:
+            return sorted(runs, key=lambda r: r.start_time)
+        time.sleep(0.2)
 
 
 def test_close_runs_the_six_steps_in_order(store, prefect_server):
@@ -34,7 +43,7 @@ def test_close_runs_the_six_steps_in_order(store, prefect_server):
     ingest_csv(USAGE)
     state = period_close(through=date(2026, 2, 1), return_state=True)
     assert state.is_completed()
-    runs = task_runs(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id, at_least=len(STEPS))
     assert [r.name.rsplit("-", 1)[0] for r in runs] == STEPS
     assert all(r.state.is_completed() for r in runs)
     assert one(billed_customer="hq", billing_date="2026-02-01")["total"] == "1410.00"
@@ -50,6 +59,7 @@ def test_flow_twice_leaves_the_same_rows_and_issue_adds_a_step(store, prefect_se
     period_close(through=date(2026, 2, 1))
     assert snapshot(store.url) == first
     state = period_close(through=date(2026, 2, 1), issue=True, return_state=True)
-    names = [r.name.rsplit("-", 1)[0] for r in task_runs(state.state_details.flow_run_id)]
+    runs = task_runs(state.state_details.flow_run_id, at_least=len(STEPS) + 1)
+    names = [r.name.rsplit("-", 1)[0] for r in runs]
     assert names == STEPS[:5] + ["issue-invoices", "render-invoices"]
     assert one(billed_customer="hq", billing_date="2026-02-01")["status"] == "issued"

@@ -153,7 +153,7 @@ def test_the_close_publishes_what_the_operator_reads(store, prefect_server):
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     by_key = {a.key: a for a in artifacts if a.key}
-    assert {"close-invoices", "close-documents", "step-rate", "step-apply-credits"} <= set(by_key)
+    assert {"close-invoices", "close-documents", "3-rate-usage", "5-apply-credits"} <= set(by_key)
     table = json.loads(by_key["close-invoices"].data)  # by column, as the UI reads it
     assert list(table) == [
         "invoice",
@@ -166,7 +166,7 @@ def test_the_close_publishes_what_the_operator_reads(store, prefect_server):
     assert len({len(column) for column in table.values()}) == 1
     assert "hq" in table["billed customer"] and "1410.00" in table["total"]
     assert ".html" in by_key["close-documents"].data
-    assert "read" in by_key["step-rate"].data
+    assert "| rated | 5 | 1560.00 |" in by_key["3-rate-usage"].data
 
 
 def test_a_local_dask_cluster_is_started_without_dasks_profiler(monkeypatch):

@@ -128,6 +128,7 @@ def test_a_bad_inbox_file_is_rejected_whole_with_its_reasons(store, inbox):
     report = collect()
     assert events(store) == 2  # good.csv only: nothing of bad.csv, not even its good row
     assert report.written == 2 and report.details["rejected_files"] == 1
+    assert report.details["refused_rows"] == 1
     assert not (inbox / "bad.csv").exists()
     [copy] = [p for p in (inbox / "rejected").iterdir() if p.name.endswith("-bad.csv")]
     assert copy.name == rejected_name(hashlib.sha256(copy.read_bytes()).hexdigest(), "bad.csv")
@@ -314,6 +315,7 @@ def test_invalid_rows_are_skipped_reported_and_read_again_until_fixed(store, sou
     # The valid rows are billed now, the bad ones named one by one.
     assert loaded_ids(store) == ["s1", "s4"]
     assert (report.read, report.written, report.details["sql_rejected"]) == (4, 2, 2)
+    assert report.details["refused_rows"] == 2
     assert "sql: row 2: customer: unknown customer 'trio'" in report.warnings
     assert any(w.startswith("sql: row 3: quantity: negative") for w in report.warnings)
     # The watermark stops at the earliest bad row, so it is read again...

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.stopping import stops_on_sigterm
 
 
 def close(
@@ -34,6 +35,11 @@ def close(
     require_store()
     _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
+    with stops_on_sigterm(f"close through {day}"):
+        _close(day, issue, dry_run, format_)
+
+
+def _close(day: date, issue: bool, dry_run: bool = False, format_: str = "table") -> None:
     from flows.period_close import configured_close
 
     _quiet_tracebacks()
@@ -42,13 +48,18 @@ def close(
         return
 
     from billing_core.steps.documents import DocumentsNotWritten
-    from billing_core.steps.failures import CloseFailed
+    from billing_core.steps.failures import CloseFailed, StepFailed
     from billing_core.store.locks import CloseLocked, LockLost
 
     try:
         result = configured_close()(through=day, issue=issue)
     except (CloseLocked, LockLost) as locked:
         fail(str(locked))
+    except StepFailed as failed:
+        fail(
+            f"close through {day}: {failed}; the steps before it are done: fix the cause "
+            "and close again"
+        )
     except CloseFailed as failed:
         _print_invoices(None, through=day)
         _fail_families(f"close through {day}", "close again", failed)
@@ -80,6 +91,13 @@ def backfill(
     assert start and end
     if end < start:
         fail(f"--to {end} is before --from {start}", code=2)
+    with stops_on_sigterm(f"backfill to {end}"):
+        _backfill(start, end, issue, dry_run, format_)
+
+
+def _backfill(
+    start: date, end: date, issue: bool, dry_run: bool = False, format_: str = "table"
+) -> None:
     from flows.backfill import backfill as backfill_flow
 
     _quiet_tracebacks()

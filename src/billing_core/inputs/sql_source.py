@@ -319,6 +319,7 @@ def _report(report: StepReport, url: str, loaded: Any, end: str) -> None:
     details["sql_watermark"] = end
     if loaded.rejected:
         details["sql_rejected"] = loaded.rejected
+        details["refused_rows"] = details.get("refused_rows", 0) + loaded.rejected
         for problem in loaded.problems[:MAX_ROW_WARNINGS]:
             report.warnings.append(str(problem))
         more = loaded.rejected - MAX_ROW_WARNINGS

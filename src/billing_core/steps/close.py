@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
 
 from billing_core.invoices import lifecycle as invoices
-from billing_core.report import StepReport
+from billing_core.report import StepReport, add_money
 from billing_core.steps import collect as collection
 from billing_core.steps import collector, credits
 from billing_core.steps import consolidate as rollup
@@ -224,6 +225,10 @@ def issue(
         session.commit()
         report.warnings += invoices.unlink_failures(session)
     report.written = len(issued)
+    totals: dict[str, Decimal] = {}
+    for invoice in issued:
+        add_money(totals, invoice.currency, invoice.total)
+    report.money("issued", totals)
     report.details["issued"] = [i.number for i in issued]
     report.details["invoice_ids"] = [i.id for i in issued]
     return report

@@ -123,6 +123,9 @@ def collect_inbox(
                 f"moved to {target}; reasons in {target.name}.errors.txt"
             )
             report.details["rejected_files"] = report.details.get("rejected_files", 0) + 1
+            report.details["refused_rows"] = report.details.get("refused_rows", 0) + len(
+                refused.problems
+            )
             continue
         details = report.details
         if result is not None:

@@ -18,13 +18,17 @@ from billing_core.domain.charge import GROUPING_FIELDS, LINE_FIELDS, pick
 from billing_core.domain.lines import build_lines, content_hash, totals
 from billing_core.domain.model import CustomerInfo
 from billing_core.invoices.lifecycle import discard_draft
-from billing_core.report import StepReport
+from billing_core.report import StepReport, add_money
 from billing_core.store.models import Charge, Invoice, InvoiceCharge, InvoiceLine, charges_joined
 from billing_core.store.reference import ALL, Scope, load_customers, tax_rates
 from billing_core.store.rows import delete_in, dicts, insert_ids, insert_rows
 
 # The columns of a charge the roll-up reads.
 READ_COLUMNS = ("id", *pick(*LINE_FIELDS, *GROUPING_FIELDS))
+
+
+# What a consolidation did to each draft it looked at, as its report counts them.
+OUTCOMES = ("created", "changed", "unchanged", "removed")
 
 
 class ConsolidationError(RuntimeError):
@@ -74,6 +78,7 @@ def consolidate(
     report.details.update(
         drafts_kept=work.kept, drafts_built=len(work.new), drafts_discarded=work.discarded
     )
+    work.tally.report(report)
     return report
 
 
@@ -97,6 +102,30 @@ def _charges(session: Session, through: date, scope: Scope) -> list[dict]:
 
 
 @dataclass
+class _Tally:
+    """Drafts created, changed (rebuilt), unchanged and removed, and their totals per
+    currency before credits (the credit step comes next); a changed draft's previous
+    total too. Counted from the rows in hand: no query."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    money: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+
+    def add(self, outcome: str, currency: str, total: Decimal) -> None:
+        if outcome in self.counts:  # "changed_from": a changed draft's previous total
+            self.counts[outcome] += 1
+        add_money(self.money.setdefault(outcome, {}), currency, total)
+
+    def report(self, report: StepReport) -> None:
+        report.details.update({f"invoices_{k}": v for k, v in self.counts.items()})
+        for outcome, amounts in self.money.items():
+            report.money(outcome, amounts)
+
+
+def _before_credits(invoice: Any) -> Decimal:
+    return invoice.total - invoice.credit_total
+
+
+@dataclass
 class _Drafts:
     """What a consolidation decides, one billed customer and billing date at a time,
     before it writes the new drafts."""
@@ -109,14 +138,16 @@ class _Drafts:
     report: StepReport
     kept: int = 0
     discarded: int = 0
+    tally: _Tally = field(default_factory=_Tally)
     # invoice row, its lines, its charges
     new: list[tuple[dict, list[dict], list[dict]]] = field(default_factory=list)
     # (charge, invoice to set, invoice it had)
     assign: list[tuple[int, int, int | None]] = field(default_factory=list)
 
-    def discard(self, existing: Any, reason: str) -> None:
+    def discard(self, existing: Any, reason: str, outcome: str = "removed") -> None:
         discard_draft(self.session, existing, reason, self.now)
         self.discarded += 1
+        self.tally.add(outcome, existing.currency, _before_credits(existing))
 
     def place(self, key: tuple[str, date], group: list[dict], existing: Any) -> None:
         """One billed customer's charges on one billing date: its draft kept, discarded,
@@ -146,6 +177,7 @@ class _Drafts:
         fingerprint = content_hash(lines, currency)
         if existing is not None and existing.content_hash == fingerprint:
             self.kept += 1
+            self.tally.add("unchanged", currency, _before_credits(existing))
             self.assign.extend(
                 (c["id"], existing.id, c["invoice_id"])
                 for c in group
@@ -153,7 +185,7 @@ class _Drafts:
             )
             return
         if existing is not None:
-            self.discard(existing, "rebuilt by a close")
+            self.discard(existing, "rebuilt by a close", "changed_from")
         row = {
             "issuer_id": self.issuer_id,
             "number": None,
@@ -167,6 +199,7 @@ class _Drafts:
             **totals(lines),
         }
         self.new.append((row, lines, group))
+        self.tally.add("created" if existing is None else "changed", currency, row["total"])
 
 
 def _insert_new(

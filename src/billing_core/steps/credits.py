@@ -19,7 +19,7 @@ from billing_core.domain.lines import build_lines
 from billing_core.domain.money import ZERO
 from billing_core.invoices.ledger import ledger_net, rollback
 from billing_core.invoices.lifecycle import lines_of
-from billing_core.report import StepReport
+from billing_core.report import StepReport, add_money
 from billing_core.store.models import (
     Charge,
     CreditGrant,
@@ -219,6 +219,7 @@ def apply_credits(
     for grant in all_grants:
         by_holder[grant.customer_id].append(grant)
     parts = _invoice_parts(session, drafts, lines_by_invoice, by_holder, scope)
+    applied: dict[str, Decimal] = {}
     for invoice in drafts:
         holders = {x for x, _, _ in parts[invoice.id] or ()} | {invoice.billed_customer_id}
         usable = [
@@ -228,8 +229,12 @@ def apply_credits(
             if usable_on(g, invoice.billing_date, invoice.currency)
         ]
         plan = plan_credits(parts[invoice.id] or (), invoice.billed_customer_id, usable, balance)
+        for _, amount in plan:
+            add_money(applied, invoice.currency, amount)
         if _reapply(session, invoice, lines_by_invoice[invoice.id], plan, current, now):
             report.written += 1
+    report.details["drafts_credited"] = report.written
+    report.money("applied", applied)
     return report
 
 

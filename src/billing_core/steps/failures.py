@@ -25,6 +25,39 @@ class FamilyFailures(RuntimeError):
         return describe_failures({self.report["step"]: self.report.get("failures", {})})
 
 
+class StepFailed(RuntimeError):
+    """A step stopped on an error of the store (or one whose message runs over several
+    lines): one line naming the step and the database's own reason, for the task's and
+    the flow run's state. The statement and its parameters go to the debug log."""
+
+    def __init__(self, step: str, reason: str):
+        super().__init__(step, reason)
+        self.step = step
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.step} failed: {self.reason}"
+
+
+def step_failed(step: str, error: Exception) -> StepFailed | None:
+    """The one-line error a step's task fails with in place of `error`: for a database
+    error (whose text carries the whole statement and its parameters) or any error of
+    several lines; None for the others (kept as they are)."""
+    if isinstance(error, sa.exc.StatementError) or "\n" in str(error).strip():
+        return StepFailed(step, reason(error))
+    return None
+
+
+def statement_of(error: BaseException, limit: int = 4000) -> str | None:
+    """The statement a database error ran, and its parameters (cut at `limit`)."""
+    if not isinstance(error, sa.exc.StatementError) or error.statement is None:
+        return None
+    params = repr(error.params)
+    if len(params) > limit:
+        params = params[:limit] + f"… ({len(params)} characters)"
+    return f"{error.statement}\nparameters: {params}"
+
+
 class CloseFailed(RuntimeError):
     """A close finished every family it could and failed the others."""
 
@@ -92,11 +125,18 @@ def reason(error: BaseException) -> str:
     return (f"{name}: {text}" if text else name)[:300]
 
 
+# SQLSTATEs of the store refusing the close's role (a privilege taken away): no family's
+# data causes them, so they are not split up family by family.
+STORE_REFUSALS = frozenset({"42501"})
+
+
 def isolatable(error: Exception) -> bool:
     """Whether an error may be one family's (its data) rather than the store's or the
     machine's: those are retried or stop the close as a whole."""
     if isinstance(error, LockLost | CloseLocked | OSError | MemoryError):
         return False
     if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    if getattr(getattr(error, "orig", None), "sqlstate", None) in STORE_REFUSALS:
         return False
     return not (isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated)

@@ -28,7 +28,7 @@ from billing_core.domain.rating import (
     usage_amount,
     usage_unit_price,
 )
-from billing_core.report import StepReport
+from billing_core.report import StepReport, add_money
 from billing_core.steps.rate_late import LateUsage
 from billing_core.steps.rate_periods import PeriodCharges, settle_periods
 from billing_core.steps.rate_usage import UsageWindows, pool_members, usage_window
@@ -86,7 +86,7 @@ def rate(
     # 4. Late usage on issued periods.
     for row in late.adjustments(windows):
         charges[row["charge_key"]] = row
-    report.details["adjustments"] = sum(1 for c in charges.values() if c["kind"] == "adjustment")
+    _report_money(report, charges)
 
     written, deleted = _write(session, scope, through, charges, late.pending_keys)
     late.clear_touches()
@@ -94,6 +94,22 @@ def rate(
     report.details["charges"] = len(charges)
     report.details["windows"] = len(windows.windows)
     return report
+
+
+def _report_money(report: StepReport, charges: dict[str, ChargeRow]) -> None:
+    """What the unfrozen charges through the date come to, per currency (one pass over the
+    charges in hand), and how much of it adjusts issued periods for late usage."""
+    rated: dict[str, Decimal] = {}
+    late: dict[str, Decimal] = {}
+    adjustments = 0
+    for c in charges.values():
+        add_money(rated, c["currency"], c["amount"])
+        if c["kind"] == "adjustment":
+            adjustments += 1
+            add_money(late, c["currency"], c["amount"])
+    report.details["adjustments"] = adjustments
+    report.money("rated", rated)
+    report.money("adjustments", late)
 
 
 def _due_slots(session: Session, through: date, scope: Scope, frozen: set[str]) -> list[Any]:

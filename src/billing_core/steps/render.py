@@ -73,6 +73,10 @@ def render(
     if not invoices:
         return report
     wanted, lost = _wanted(invoices, _documents(session, invoices), formats, store)
+    # Every document the invoices in scope have: those not written now were up to date.
+    report.details["documents_unchanged"] = sum(
+        len(formats) if i.status != "draft" else 1 for i in invoices
+    )
     if not wanted and not lost:
         return report
     needed = {invoice.id: invoice for invoice, _, _ in [*wanted, *lost]}
@@ -83,6 +87,7 @@ def render(
     _report_missing(session, report, failures, store)
     _record(session, report, written, digests, now, store)
     report.details["documents"] = report.written
+    report.details["documents_unchanged"] -= report.written + len(failures)
     return report
 
 
