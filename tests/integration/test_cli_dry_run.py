@@ -4,6 +4,7 @@ and the totals per currency; `--format json`; nothing written."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 from typer.testing import CliRunner
 
@@ -45,3 +46,31 @@ def test_the_cli_names_the_billed_customers_and_the_totals_per_currency(
     assert everything(store.url) == rows
     refused = runner.invoke(app, ["close", "--through", THROUGH.isoformat(), "--format", "json"])
     assert refused.exit_code == 2 and "--dry-run" in refused.stderr
+
+
+def test_a_close_on_the_terminal_says_the_money_each_step_handled(
+    store, monkeypatch, prefect_server
+):
+    """Each step's line adds the money it handled, per currency, as its summary does."""
+    prepared(store, monkeypatch)
+    done = CliRunner().invoke(app, ["close", "--through", THROUGH.isoformat()])
+    assert done.exit_code == 0, (done.stdout, done.stderr)
+    lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if ":" in line}
+    assert "; rated " in lines["rate"] and " USD" in lines["rate"] and " EUR" in lines["rate"]
+    assert "created " in lines["consolidate roll-ups"]
+    # The sum shown for what was rated is the store's unfrozen charges through the date.
+    rated = store.scalar(
+        "SELECT sum(amount) FROM charges WHERE currency = 'USD' AND billing_date <= :d "
+        "AND id NOT IN (SELECT charge_id FROM invoice_charges ic JOIN invoices i "
+        "ON i.id = ic.invoice_id WHERE i.status <> 'draft')",
+        d=THROUGH,
+    )
+    assert f"{Decimal(str(rated)):,.2f} USD" in lines["rate"]
+
+
+def test_money_said_groups_digits_and_keeps_the_sign():
+    from billing_core.cli.commands_close import _money_said
+
+    step = {"details": {"money": {"rated": {"USD": "-1234567.50", "EUR": "0.00"}}}}
+    assert _money_said(step) == "; rated 0.00 EUR, -1,234,567.50 USD"
+    assert _money_said({"details": {}}) == ""

@@ -159,11 +159,29 @@ def _print_close(result: dict) -> None:
     for step in result["steps"]:
         out.print(
             f"  {step['step']}: read {step['read']}, wrote {step['written']}, "
-            f"removed {step['deleted']}"
+            f"removed {step['deleted']}" + _money_said(step)
         )
         for warning in step["warnings"]:
             err.print(f"  warning: {warning}")
     _print_invoices(None, through=date.fromisoformat(result["through"]))
+
+
+def _money_said(step: dict) -> str:
+    """The money a step handled, as one clause: "; amount rated 1,234.50 USD, 99.00 EUR"."""
+    money = (step.get("details") or {}).get("money") or {}
+    said = [
+        f"{label} "
+        + ", ".join(f"{_grouped(amount)} {currency}" for currency, amount in sorted(totals.items()))
+        for label, totals in money.items()
+        if totals
+    ]
+    return "; " + "; ".join(said) if said else ""
+
+
+def _grouped(amount: str) -> str:
+    whole, _, fraction = amount.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    return f"{sign}{int(whole.lstrip('-') or 0):,}" + (f".{fraction}" if fraction else "")
 
 
 def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
