@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.prefect_server import flow_api
 
 
 def close(
@@ -34,6 +35,11 @@ def close(
     require_store()
     _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
+    with flow_api(announce=err.print):
+        _close(day, issue, dry_run, format_)
+
+
+def _close(day: date, issue: bool, dry_run: bool, format_: str) -> None:
     from flows.period_close import configured_close
 
     _quiet_tracebacks()
@@ -80,6 +86,11 @@ def backfill(
     assert start and end
     if end < start:
         fail(f"--to {end} is before --from {start}", code=2)
+    with flow_api(announce=err.print):
+        _backfill(start, end, issue, dry_run, format_)
+
+
+def _backfill(start: date, end: date, issue: bool, dry_run: bool, format_: str) -> None:
     from flows.backfill import backfill as backfill_flow
 
     _quiet_tracebacks()

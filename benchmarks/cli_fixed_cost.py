@@ -1,0 +1,219 @@
+"""Benchmark: what a `billing close` of a tiny catalog costs beyond its steps, per way of
+reaching a Prefect server (BILLING_PREFECT_SERVER), when PREFECT_API_URL is not set.
+
+A SQLite store with a four-customer catalog (one family, four fixed fees: the close's
+steps take a few tenths of a second), closed again and again through the `billing`
+command in a child process. Each round runs every mode once, in a rotating order, so
+that the machine's load falls on every mode alike:
+
+- `prefect`: Prefect's own temporary server, started and stopped by each command (the
+  behaviour before BILLING_PREFECT_SERVER existed);
+- `temporary`: our temporary server, one per command;
+- `reuse`: the kept server, already running (what every command after the first pays);
+- `reuse-first`: the kept server stopped before the command, which starts it again
+  (what the first command pays; `PREFECT_HOME`'s database already exists);
+- `api-url`: PREFECT_API_URL set to a `prefect server start` of the benchmark's own
+  (the floor: no server handling at all).
+
+Each mode has its own PREFECT_HOME, created and migrated by a warm-up close that is not
+counted. For every close it records the process's wall time and, from the store's
+`close_runs`, the steps' own time (each step measures itself) and the close's span.
+Prints medians, minima and maxima, the load average before and after; writes the runs
+as JSON (--json).
+
+    .venv/bin/python benchmarks/cli_fixed_cost.py --runs 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+BILLING = [sys.executable, "-m", "billing_core.cli.app"]
+THROUGH = "2026-02-01"
+MODES = ("prefect", "temporary", "reuse", "reuse-first", "api-url")
+
+# Alguna's roll-up example: one family, four fixed fees on the parent's invoice.
+CATALOG = (
+    Path(__file__).resolve().parents[1] / "tests/scenarios/alguna-global-industries/catalog.yaml"
+)
+
+
+def environment(work: Path, mode: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BILLING_"))}
+    if "BILLING_TEMPLATES_DIR" in os.environ:  # a checkout's templates, with its code
+        env["BILLING_TEMPLATES_DIR"] = os.environ["BILLING_TEMPLATES_DIR"]
+    env.update(
+        BILLING_DATABASE_URL=f"sqlite:///{work / 'billing.db'}",
+        BILLING_OUTPUT_DIR=str(work / "documents"),
+        PREFECT_HOME=str(work / f"prefect-{mode}"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        BILLING_PREFECT_SERVER="reuse" if mode.startswith("reuse") else mode,
+    )
+    if mode == "api-url":
+        env["BILLING_PREFECT_SERVER"] = "reuse"  # unused: the API is configured
+    return env
+
+
+def billing(env: dict[str, str], *args: str, check: bool = True) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([*BILLING, *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if check and done.returncode:
+        raise SystemExit(f"billing {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    return wall, done.stderr
+
+
+def last_close(work: Path) -> dict:
+    import sqlite3
+    from datetime import datetime
+
+    with sqlite3.connect(work / "billing.db") as db:
+        steps, started, finished = db.execute(
+            "SELECT steps, started_at, finished_at FROM close_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    steps = json.loads(steps)
+    span = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+    return {
+        "steps_seconds": round(sum(s["details"].get("seconds", 0.0) for s in steps.values()), 3),
+        "close_span_seconds": round(span.total_seconds(), 3),
+    }
+
+
+@contextmanager
+def prefect_server(home: Path):
+    """A `prefect server start` of the benchmark's own (the `api-url` mode); its API URL."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false"
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        for _ in range(1200):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            raise SystemExit("prefect server start did not answer in 5 minutes")
+        yield url
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"{statistics.median(values):6.2f} [{min(values):5.2f} – {max(values):5.2f}]"
+        if values
+        else "-"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="rounds (every mode once each)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {MODES}")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+
+    work = Path(tempfile.mkdtemp(prefix="billing-cli-fixed-cost-"))
+    results: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_before": os.getloadavg(),
+        "runs": {m: [] for m in modes},
+    }
+    envs = {m: environment(work, m) for m in modes}
+    try:
+        shutil.copy(CATALOG, work / "catalog.yaml")
+        base = envs[modes[0]]
+        billing(base, "db", "upgrade")
+        billing(base, "import", str(work / "catalog.yaml"))
+        server = prefect_server(work / "prefect-api-url") if "api-url" in modes else nullcontext()
+        with server as url:
+            if url:
+                envs["api-url"]["PREFECT_API_URL"] = url
+            for mode in modes:  # warm-up: each PREFECT_HOME created and migrated
+                billing(envs[mode], "close", "--through", THROUGH)
+            print(f"load average before: {results['load_before']}", flush=True)
+            for round_ in range(args.runs):
+                order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
+                for mode in order:
+                    if mode == "reuse-first":
+                        billing(envs[mode], "server", "stop", "--force")
+                    wall, stderr = billing(envs[mode], "close", "--through", THROUGH)
+                    run = {"wall_seconds": round(wall, 3), **last_close(work)}
+                    if mode.startswith("reuse") and "started a Prefect server" in stderr:
+                        run["started_server"] = True
+                    results["runs"][mode].append(run)
+                    print(f"round {round_ + 1} {mode:<12} {run}", flush=True)
+        for mode in modes:
+            if mode.startswith("reuse"):
+                billing(envs[mode], "server", "stop", "--force", check=False)
+    finally:
+        results["load_after"] = os.getloadavg()
+        if args.keep:
+            print(f"work folder: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nload average before {results['load_before']}, after {results['load_after']}")
+    print(f"{'mode':<14}{'whole process, s':>28}{'steps, s':>28}{'beyond the steps, s':>28}")
+    table = {}
+    for mode in modes:
+        runs = results["runs"][mode]
+        walls = [r["wall_seconds"] for r in runs]
+        steps = [r["steps_seconds"] for r in runs]
+        beyond = [r["wall_seconds"] - r["steps_seconds"] for r in runs]
+        table[mode] = {
+            "wall_median": round(statistics.median(walls), 2),
+            "wall_min": round(min(walls), 2),
+            "wall_max": round(max(walls), 2),
+            "steps_median": round(statistics.median(steps), 3),
+            "beyond_steps_median": round(statistics.median(beyond), 2),
+        }
+        print(f"{mode:<14}{summary(walls):>28}{summary(steps):>28}{summary(beyond):>28}")
+    results["summary"] = table
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
