@@ -13,7 +13,9 @@ that the machine's load falls on every mode alike:
 - `reuse-first`: the kept server stopped before the command, which starts it again
   (what the first command pays; `PREFECT_HOME`'s database already exists);
 - `api-url`: PREFECT_API_URL set to a `prefect server start` of the benchmark's own
-  (the floor: no server handling at all).
+  (the floor: no server handling at all);
+- `before` (with `--before DIR`): the code of another checkout (`git archive COMMIT | tar
+  -x -C DIR`), run as it is configured by default, for before/after in the same run.
 
 Each mode has its own PREFECT_HOME, created and migrated by a warm-up close that is not
 counted. For every close it records the process's wall time and, from the store's
@@ -52,10 +54,14 @@ CATALOG = (
 )
 
 
-def environment(work: Path, mode: str) -> dict[str, str]:
+def environment(work: Path, mode: str, before: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BILLING_"))}
     if "BILLING_TEMPLATES_DIR" in os.environ:  # a checkout's templates, with its code
         env["BILLING_TEMPLATES_DIR"] = os.environ["BILLING_TEMPLATES_DIR"]
+    if mode == "before":
+        assert before is not None
+        env["PYTHONPATH"] = os.pathsep.join([str(before / "src"), str(before)])
+        env["BILLING_TEMPLATES_DIR"] = str(before / "templates")
     env.update(
         BILLING_DATABASE_URL=f"sqlite:///{work / 'billing.db'}",
         BILLING_OUTPUT_DIR=str(work / "documents"),
@@ -63,8 +69,8 @@ def environment(work: Path, mode: str) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         BILLING_PREFECT_SERVER="reuse" if mode.startswith("reuse") else mode,
     )
-    if mode == "api-url":
-        env["BILLING_PREFECT_SERVER"] = "reuse"  # unused: the API is configured
+    if mode in ("api-url", "before"):
+        del env["BILLING_PREFECT_SERVER"]  # the API is configured / the code knows none
     return env
 
 
@@ -146,11 +152,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="rounds (every mode once each)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {MODES}")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="a checkout of the code to compare with"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
+    if args.before is not None and "before" not in modes:
+        modes.insert(0, "before")
+    unknown = set(modes) - set(MODES) - {"before"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
 
@@ -159,11 +170,12 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "load_before": os.getloadavg(),
         "runs": {m: [] for m in modes},
+        "before": str(args.before) if args.before else None,
     }
-    envs = {m: environment(work, m) for m in modes}
+    envs = {m: environment(work, m, args.before and args.before.resolve()) for m in modes}
     try:
         shutil.copy(CATALOG, work / "catalog.yaml")
-        base = envs[modes[0]]
+        base = envs[next((m for m in modes if m != "before"), modes[0])]
         billing(base, "db", "upgrade")
         billing(base, "import", str(work / "catalog.yaml"))
         server = prefect_server(work / "prefect-api-url") if "api-url" in modes else nullcontext()

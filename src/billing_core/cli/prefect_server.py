@@ -517,10 +517,11 @@ def serve(
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
             runner.run(run())
     finally:
-        if not temporary:
-            with contextlib.suppress(OSError):
-                if _recorded_by(home, me.pid) is not None:
-                    (home / RECORD).unlink()
+        with contextlib.suppress(OSError):
+            if temporary and port_file is not None:
+                port_file.unlink()
+            elif _recorded_by(home, me.pid) is not None:
+                (home / RECORD).unlink()
 
 
 def _idle_out(home: Path, me: Server) -> bool:
