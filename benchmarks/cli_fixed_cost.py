@@ -83,19 +83,29 @@ def billing(env: dict[str, str], *args: str, check: bool = True) -> tuple[float,
     return wall, done.stderr
 
 
-def last_close(work: Path) -> dict:
-    import sqlite3
-    from datetime import datetime
+def last_close(url: str) -> dict:
+    """The store's record of its last close: the steps' own time (each step measures
+    itself) and the close's span from its start to its end."""
+    import sqlalchemy as sa
 
-    with sqlite3.connect(work / "billing.db") as db:
-        steps, started, finished = db.execute(
-            "SELECT steps, started_at, finished_at FROM close_runs ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    steps = json.loads(steps)
-    span = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            steps, started, finished = connection.execute(
+                sa.text(
+                    "SELECT steps, started_at, finished_at FROM close_runs ORDER BY id DESC LIMIT 1"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    steps = steps if isinstance(steps, dict) else json.loads(steps)
+    if isinstance(started, str):
+        from datetime import datetime
+
+        started, finished = datetime.fromisoformat(started), datetime.fromisoformat(finished)
     return {
         "steps_seconds": round(sum(s["details"].get("seconds", 0.0) for s in steps.values()), 3),
-        "close_span_seconds": round(span.total_seconds(), 3),
+        "close_span_seconds": round((finished - started).total_seconds(), 3),
     }
 
 
@@ -148,6 +158,80 @@ def summary(values: list[float]) -> str:
     )
 
 
+def rotated(modes: list[str], round_: int) -> list[str]:
+    return modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
+
+
+def measured_close(env: dict[str, str], mode: str, url: str) -> dict:
+    """One `billing close` in a child process: its wall time and the store's own record."""
+    if mode == "reuse-first":
+        billing(env, "server", "stop", "--force")
+    wall, stderr = billing(env, "close", "--through", THROUGH)
+    run = {"wall_seconds": round(wall, 3), **last_close(url)}
+    if mode.startswith("reuse") and "started a Prefect server" in stderr:
+        run["started_server"] = True
+    return run
+
+
+def big_store(args, modes: list[str], envs: dict, work: Path, results: dict) -> None:
+    """Each mode's first close of a copy of the benchmark store (close_benchmark.py's
+    catalog and usage on PostgreSQL), next to a bare GROUP BY on the same copy."""
+    import random
+
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from close_benchmark import load
+    from usage_rating import bare_group_by, database
+
+    from billing_core.config import normalize_database_url
+
+    admin_url = normalize_database_url(args.postgres)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    runs = results["big_store"] = {"runs": {m: [] for m in modes}}
+    with database(admin_url) as template_url:
+        env = {
+            **envs[next(m for m in modes if m != "before")],
+            "BILLING_DATABASE_URL": template_url,
+        }
+        runs["load"] = load(
+            template_url, env, work, args.customers, args.families, args.events, random.Random(42)
+        )
+        template = template_url.rsplit("/", 1)[1]
+        for round_ in range(args.big_runs):
+            for mode in rotated(modes, round_):
+                name = f"{template}_{mode.replace('-', '_')}"
+                with admin.connect() as connection:
+                    connection.execute(
+                        sa.text(
+                            f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'
+                        )
+                    )
+                url = admin_url.rsplit("/", 1)[0] + "/" + name
+                try:
+                    bare = bare_group_by(url)
+                    documents = work / "documents-big"
+                    close_env = {
+                        **envs[mode],
+                        "BILLING_DATABASE_URL": url,
+                        "BILLING_OUTPUT_DIR": str(documents),
+                    }
+                    run = {**measured_close(close_env, mode, url), "bare_group_by_seconds": bare}
+                    run["bare_group_by_seconds"] = round(min(bare, bare_group_by(url)), 3)
+                    shutil.rmtree(documents, ignore_errors=True)
+                finally:
+                    from billing_core.store.engine import dispose_engines
+
+                    dispose_engines()
+                    with admin.connect() as connection:
+                        connection.execute(
+                            sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                        )
+                runs["runs"][mode].append(run)
+                print(f"big store, round {round_ + 1} {mode:<12} {run}", flush=True)
+    admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="rounds (every mode once each)")
@@ -155,6 +239,15 @@ def main() -> None:
     parser.add_argument(
         "--before", type=Path, default=None, help="a checkout of the code to compare with"
     )
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        help="also close, per mode, copies of close_benchmark.py's store on this server",
+    )
+    parser.add_argument("--big-runs", type=int, default=3)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--families", type=int, default=2_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -173,6 +266,7 @@ def main() -> None:
         "before": str(args.before) if args.before else None,
     }
     envs = {m: environment(work, m, args.before and args.before.resolve()) for m in modes}
+    tiny = f"sqlite:///{work / 'billing.db'}"
     try:
         shutil.copy(CATALOG, work / "catalog.yaml")
         base = envs[next((m for m in modes if m != "before"), modes[0])]
@@ -186,16 +280,13 @@ def main() -> None:
                 billing(envs[mode], "close", "--through", THROUGH)
             print(f"load average before: {results['load_before']}", flush=True)
             for round_ in range(args.runs):
-                order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
-                for mode in order:
-                    if mode == "reuse-first":
-                        billing(envs[mode], "server", "stop", "--force")
-                    wall, stderr = billing(envs[mode], "close", "--through", THROUGH)
-                    run = {"wall_seconds": round(wall, 3), **last_close(work)}
-                    if mode.startswith("reuse") and "started a Prefect server" in stderr:
-                        run["started_server"] = True
+                for mode in rotated(modes, round_):
+                    run = measured_close(envs[mode], mode, tiny)
                     results["runs"][mode].append(run)
                     print(f"round {round_ + 1} {mode:<12} {run}", flush=True)
+            results["load_after_tiny"] = os.getloadavg()
+            if args.postgres:
+                big_store(args, modes, envs, work, results)
         for mode in modes:
             if mode.startswith("reuse"):
                 billing(envs[mode], "server", "stop", "--force", check=False)
@@ -207,10 +298,27 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nload average before {results['load_before']}, after {results['load_after']}")
+    results["summary"] = report("a tiny catalog (four customers)", results["runs"])
+    if args.postgres:
+        big = results["big_store"]
+        big["summary"] = report(
+            f"{args.customers:,} customers, {args.events:,} events (PostgreSQL)", big["runs"]
+        )
+        print(f"{'mode':<14}{'whole process / bare GROUP BY':>32}")
+        for mode, runs in big["runs"].items():
+            ratios = [r["wall_seconds"] / r["bare_group_by_seconds"] for r in runs]
+            groups = [r["bare_group_by_seconds"] for r in runs]
+            big["summary"][mode]["ratio_to_group_by_median"] = round(statistics.median(ratios), 1)
+            print(f"{mode:<14}{summary(ratios):>32}   (GROUP BY {summary(groups)} s)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def report(title: str, runs_by_mode: dict[str, list[dict]]) -> dict:
+    print(f"\n{title}: median [min – max] of each mode's runs")
     print(f"{'mode':<14}{'whole process, s':>28}{'steps, s':>28}{'beyond the steps, s':>28}")
     table = {}
-    for mode in modes:
-        runs = results["runs"][mode]
+    for mode, runs in runs_by_mode.items():
         walls = [r["wall_seconds"] for r in runs]
         steps = [r["steps_seconds"] for r in runs]
         beyond = [r["wall_seconds"] - r["steps_seconds"] for r in runs]
@@ -222,9 +330,7 @@ def main() -> None:
             "beyond_steps_median": round(statistics.median(beyond), 2),
         }
         print(f"{mode:<14}{summary(walls):>28}{summary(steps):>28}{summary(beyond):>28}")
-    results["summary"] = table
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return table
 
 
 if __name__ == "__main__":
