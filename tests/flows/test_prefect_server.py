@@ -160,6 +160,14 @@ def test_a_kept_server_holds_the_flow_runs_is_found_again_and_a_dead_one_is_repl
     assert not (home / ps.RECORD).exists()
     assert wait_for(lambda: not ps._running(replaced.pid), 15)
 
+    # `billing server start`: one now, its API on the last line; `status` names it.
+    started = billing("server", "start", home=home, cwd=tiny)
+    assert started.returncode == 0 and "started a Prefect server" in started.stdout
+    api = started.stdout.strip().splitlines()[-1].removeprefix("PREFECT_API_URL=")
+    assert api == ps.Server.read(home).url and ps.healthy(api)
+    status = billing("server", "status", home=home, cwd=tiny)
+    assert api.removesuffix("/api") in status.stdout
+
 
 @pytest.mark.slow
 def test_a_temporary_server_is_gone_with_its_command_and_kept_the_flow_run(tiny, home):

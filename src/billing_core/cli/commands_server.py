@@ -54,6 +54,31 @@ def server_status() -> None:
     out.print(f"log: {home / prefect_server.LOG}")
 
 
+@server_app.command("start")
+def server_start() -> None:
+    """Start the kept Prefect server now (the first command that needs one would), or show
+    the one running: to open its UI, or to talk to it with `prefect` commands."""
+    from prefect.settings import get_current_settings
+
+    from billing_core.cli import prefect_server
+    from billing_core.config import get_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        out.print(f"flow runs go to the configured Prefect API {settings.api.url}")
+        return
+    if prefect_server.fcntl is None:
+        fail("no server is kept between commands on this system")
+    with prefect_server.reused_server(
+        _home(),
+        float(settings.server.ephemeral.startup_timeout_seconds),
+        get_settings().prefect_server_idle.total_seconds(),
+        prefect_server.server_environment(settings),
+    ) as (url, started):
+        out.print(started or f"a Prefect server is running at {url.removesuffix('/api')}")
+    out.print(f"PREFECT_API_URL={url}")
+
+
 @server_app.command("stop")
 def server_stop(
     force: Annotated[
