@@ -26,6 +26,18 @@ from tests.object_store import s3_bucket, s3_server  # noqa: F401 - fixtures
 # Isolate Prefect before it is imported anywhere: its own home, no telemetry.
 _PREFECT_HOME = Path(tempfile.mkdtemp(prefix="billing-tests-prefect-"))
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+
+
+def _stop_kept_prefect_server() -> None:
+    """The Prefect server the `billing` commands of the tests kept (BILLING_PREFECT_SERVER
+    =reuse) stops with the session (it would also notice its home gone)."""
+    from billing_core.cli.prefect_server import stop
+
+    with contextlib.suppress(Exception):
+        stop(_PREFECT_HOME, force=True)
+
+
+atexit.register(_stop_kept_prefect_server)  # before the home is removed (last in, first out)
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ["DASK_TEMPORARY_DIRECTORY"] = str(_PREFECT_HOME / "dask")  # local clusters' scratch
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # Retries of each close step (a database hiccup, a file not yet there).
     task_retries: int = 2
     task_retry_delay: float = 10.0
+    # The Prefect server of a CLI flow run when no Prefect API is configured: "reuse" one
+    # kept in the background between commands, or a "temporary" one per command
+    # (billing_core/cli/prefect_server.py, docs/operations.md).
+    prefect_server: str = "reuse"
+    # How long a reused server waits unused before it stops (ISO 8601 or seconds).
+    prefect_server_idle: timedelta = timedelta(minutes=30)
 
     @field_validator("database_url")
     @classmethod
@@ -75,7 +81,25 @@ class Settings(BaseSettings):
     def _output_dir(cls, value: object) -> str:
         return str(value)
 
-    @field_validator("usage_sql_lookback", mode="before")
+    @field_validator("prefect_server")
+    @classmethod
+    def _prefect_server(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("reuse", "temporary", "prefect"):
+            raise ValueError(
+                "reuse (a server kept between commands), temporary (one per command) or "
+                "prefect (Prefect's own temporary server, one per command)"
+            )
+        return value
+
+    @field_validator("prefect_server_idle")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("a reused server waits some time unused before it stops")
+        return value
+
+    @field_validator("usage_sql_lookback", "prefect_server_idle", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         """A number of seconds as the environment gives it (text) is a duration too."""

@@ -30,19 +30,24 @@ def _billing(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_temporary_server_that_does_not_start_is_one_line_saying_what_to_do(store):
+@pytest.mark.parametrize("mode", ["reuse", "temporary", "prefect"])
+def test_a_server_that_does_not_start_is_one_line_saying_what_to_do(store, mode, tmp_path):
+    home = tmp_path / "prefect-home"
     done = _billing(
         "close",
         "--through",
         "2026-02-01",
         cwd=store.workdir,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+        PREFECT_HOME=str(home),
+        BILLING_PREFECT_SERVER=mode,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    ours = [line for line in done.stderr.splitlines() if "temporary Prefect server" in line]
+    ours = [line for line in done.stderr.splitlines() if "did not start within 1 s" in line]
     assert len(ours) == 1, done.stderr
     assert "prefect server start" in ours[0] and "PREFECT_API_URL" in ours[0]
+    assert not (home / "billing-prefect-server.json").exists()  # nothing left half started
 
 
 def test_the_cli_waits_generously_for_the_temporary_server(monkeypatch):

@@ -9,6 +9,8 @@ the one Typer app.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -24,6 +26,7 @@ from billing_core.cli import (
     commands_demo,
     commands_invoices,
     commands_reports,
+    commands_server,
     commands_subscriptions,
     commands_usage,
 )
@@ -64,27 +67,38 @@ app.add_typer(commands_invoices.invoices_app, name="invoices")
 app.add_typer(commands_subscriptions.subscriptions_app, name="subscriptions")
 app.add_typer(commands_credits.credits_app, name="credits")
 app.add_typer(commands_reports.reports_app, name="reports")
+app.add_typer(commands_server.server_app, name="server")
 app.command("import")(commands_catalog.import_)
 app.command("close")(commands_close.close)
 app.command("backfill")(commands_close.backfill)
 app.command("demo")(commands_demo.demo)
 
 
-# Prefect starts a temporary API server for a flow run when PREFECT_API_URL is unset; its
-# default 20 s to start is too short on a busy machine.
+# Without PREFECT_API_URL a flow run needs a Prefect server started for it (kept between
+# commands, or one per command: `prefect_server`); Prefect's default 20 s for it to start
+# is too short on a busy machine.
 SERVER_STARTUP_SECONDS = "180"
 SERVER_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
+WHAT_TO_DO = (
+    "start one with `prefect server start` and run with "
+    "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+)
+
+
 def _one_line(error: BaseException) -> str:
     """An unexpected error as one line (the traceback with BILLING_DEBUG=1)."""
+    from billing_core.cli.prefect_server import ServerDidNotStart
+
+    if isinstance(error, ServerDidNotStart):
+        return f"{error}: {WHAT_TO_DO}"
     if SERVER_TIMEOUT in str(error):
         timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
         return (
             f"the temporary Prefect server did not start within {timeout} s (a busy machine?): "
-            "start one with `prefect server start` and run with "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            + WHAT_TO_DO
         )
     from billing_core.store.engine import safe_url
 
@@ -102,6 +116,10 @@ def main() -> None:
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", SERVER_STARTUP_SECONDS
     )
+    # The last exit handler (registered first): what the command built lives until the
+    # process ends, so the interpreter's final collections need not walk it (0.5-1 s of a
+    # close's wall time with Prefect and SQLAlchemy loaded; docs/performance.md).
+    atexit.register(gc.freeze)
     try:
         app()  # exits itself, with click's one-line usage errors
     except Exception as error:  # noqa: BLE001 - the last guard: one line, not a traceback

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.prefect_server import flow_api
 from billing_core.cli.stopping import stops_on_sigterm
 
 
@@ -35,7 +36,7 @@ def close(
     require_store()
     _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
-    with stops_on_sigterm(f"close through {day}"):
+    with flow_api(announce=err.print), stops_on_sigterm(f"close through {day}"):
         _close(day, issue, dry_run, format_)
 
 
@@ -91,7 +92,7 @@ def backfill(
     assert start and end
     if end < start:
         fail(f"--to {end} is before --from {start}", code=2)
-    with stops_on_sigterm(f"backfill to {end}"):
+    with flow_api(announce=err.print), stops_on_sigterm(f"backfill to {end}"):
         _backfill(start, end, issue, dry_run, format_)
 
 

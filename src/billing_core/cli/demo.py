@@ -130,13 +130,17 @@ def _load_sample(folder: Path, console: Console) -> None:
 
 
 def _close_months(console: Console) -> None:
-    from flows.period_close import period_close
+    from billing_core.cli.common import err
+    from billing_core.cli.prefect_server import flow_api
 
-    for through in DEMO_CLOSES:
-        period_close(through=through, issue=True)
-        console.print(f"closed and issued through {through}")
-    period_close(through=DEMO_DRAFT_CLOSE, issue=False)
-    console.print(f"closed through {DEMO_DRAFT_CLOSE} (drafts for review)")
+    with flow_api(announce=err.print):
+        from flows.period_close import period_close
+
+        for through in DEMO_CLOSES:
+            period_close(through=through, issue=True)
+            console.print(f"closed and issued through {through}")
+        period_close(through=DEMO_DRAFT_CLOSE, issue=False)
+        console.print(f"closed through {DEMO_DRAFT_CLOSE} (drafts for review)")
 
 
 def _print_summary(folder: Path, console: Console) -> None:
