@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.config import get_settings
+from billing_core.invoices import markup
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.lifecycle import InvoiceError
 from billing_core.store import files as outputs
@@ -131,13 +132,45 @@ def _fonts_keep_their_timestamp() -> None:
 def pdf_document(html: str, folder: str | None = None) -> Any:
     """WeasyPrint's laid-out document of HTML made with `inline_css=False`, with the
     template folder's stylesheets and fonts."""
-    from weasyprint import HTML
-
     _fonts_keep_their_timestamp()
     folder = folder or str(templates_dir())
     found = [Path(folder) / n for n in PDF_STYLESHEETS if (Path(folder) / n).exists()]
     sheets, fonts = _pdf_resources(folder, max(p.stat().st_mtime for p in found))
-    return HTML(string=html, base_url=folder).render(stylesheets=sheets, font_config=fonts)
+    return weasy_html(html, folder).render(stylesheets=sheets, font_config=fonts)
+
+
+def weasy_html(html: str, base_url: str) -> Any:
+    """WeasyPrint's HTML document of `html`: its element tree read by the C XML parser
+    when the markup keeps to the subset where that gives what HTML5 parsing gives
+    (`invoices.markup`, a fifteenth of the time), else parsed by WeasyPrint."""
+    from weasyprint import HTML
+
+    root = markup.tree(html)
+    if root is None:
+        return HTML(string=html, base_url=base_url)
+    return _parsed_html_class()(root, base_url)
+
+
+@cache
+def _parsed_html_class() -> type:
+    import cssselect2
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher, ensure_url
+
+    class ParsedHTML(HTML):
+        """WeasyPrint's HTML given its tree, set up as `HTML(string=..., base_url=...)`
+        sets up the tree it parses (the document has no `<base>`: markup's subset)."""
+
+        def __init__(self, root: Any, base_url: str) -> None:
+            self.base_url = ensure_url(base_url)
+            self.url_fetcher = URLFetcher()
+            self.media_type = "print"
+            self.wrapper_element = cssselect2.ElementWrapper.from_html_root(
+                root, content_language=None
+            )
+            self.etree_element = self.wrapper_element.etree_element
+
+    return ParsedHTML
 
 
 # Writes a document's bytes where it goes: a file (`files.write_file`, the default) or
