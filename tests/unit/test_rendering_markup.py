@@ -1,6 +1,7 @@
 """The PDF's HTML read without the HTML5 parser (`invoices.markup`): whenever it gives a
 tree, it is the tree WeasyPrint's HTML5 parser (tinyhtml5) gives, for any markup; the
-invoice template's markup takes that path; and the PDF is the same bytes either way."""
+invoice template's markup takes that path; and the lean user agent stylesheet
+(`invoices.weasy`) only where no element needs what it leaves out."""
 
 from __future__ import annotations
 
@@ -135,3 +136,33 @@ def test_markup_outside_the_subset_goes_to_the_html5_parser(body):
 
 def test_a_document_without_its_doctype_goes_to_the_html5_parser():
     assert markup.tree("<html><head><title>t</title></head><body></body></html>") is None
+
+
+LIST_ITEM = (
+    f"{DOCTYPE}\n<html>\n<head>\n<title>t</title>\n</head>\n<body>\n"
+    '<div class="x">one</div>\n<div style="display: list-item">two</div>\n</body>\n</html>\n'
+)
+
+
+def test_the_lean_user_agent_stylesheet_only_where_no_element_needs_its_pseudo_elements():
+    """Without the user agent's rules for list markers, footnotes and notes only where
+    neither the stylesheets nor the document make an element one of those."""
+    from weasyprint import HTML
+
+    from billing_core.invoices import weasy
+
+    plain = LIST_ITEM.replace("display: list-item", "color: red")
+    assert weasy.html_document(plain, "/", plain_css=True).lean
+    assert not weasy.html_document(plain, "/", plain_css=False).lean
+    assert not weasy.html_document(LIST_ITEM, "/", plain_css=True).lean
+    assert weasy.plain_stylesheet("td.note { color: red } .tax-note { margin: 0 }")
+    for text in ("li { display: list-item }", "p { float: footnote }", "@import 'more.css';"):
+        assert not weasy.plain_stylesheet(text), text
+    assert not weasy.plain_stylesheet("p { position: note(side) }")
+    # A list item keeps its marker: the PDF is WeasyPrint's own.
+    document = weasy.html_document(LIST_ITEM, "/", plain_css=True)
+    assert document.render().write_pdf() == HTML(string=LIST_ITEM, base_url="/").write_pdf()
+    assert (
+        weasy.html_document(plain, "/", plain_css=True).render().write_pdf()
+        == HTML(string=plain, base_url="/").write_pdf()
+    )

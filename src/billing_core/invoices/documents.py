@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.config import get_settings
-from billing_core.invoices import markup
+from billing_core.invoices import weasy
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.lifecycle import InvoiceError
 from billing_core.store import files as outputs
@@ -84,9 +84,10 @@ PDF_STYLESHEETS = ("fonts.css", "invoice.css")
 
 
 @lru_cache(maxsize=4)
-def _pdf_resources(folder: str, mtime: float) -> tuple[list[Any], Any]:
+def _pdf_resources(folder: str, mtime: float) -> tuple[list[Any], Any, bool]:
     """The parsed stylesheets and the font configuration, shared by every PDF a process
-    writes (parsing them per document costs more than laying the document out).
+    writes (parsing them per document costs more than laying the document out), and
+    whether the stylesheets make no list item, footnote or note (`weasy.plain_stylesheet`).
 
     `fonts.css`, where the template folder has one, declares the PDF's own fonts
     (templates/fonts): WeasyPrint subsets every embedded font per PDF, and a small font
@@ -96,8 +97,9 @@ def _pdf_resources(folder: str, mtime: float) -> tuple[list[Any], Any]:
     from weasyprint.text.fonts import FontConfiguration
 
     fonts = FontConfiguration()
-    sheets = [Path(folder) / name for name in PDF_STYLESHEETS]
-    return [CSS(filename=str(p), font_config=fonts) for p in sheets if p.exists()], fonts
+    found = [p for p in (Path(folder) / name for name in PDF_STYLESHEETS) if p.exists()]
+    plain = all(weasy.plain_stylesheet(p.read_text(encoding="utf-8")) for p in found)
+    return [CSS(filename=str(p), font_config=fonts) for p in found], fonts, plain
 
 
 # The font configuration keeps the @font-face files in a temporary folder it removes when
@@ -135,42 +137,8 @@ def pdf_document(html: str, folder: str | None = None) -> Any:
     _fonts_keep_their_timestamp()
     folder = folder or str(templates_dir())
     found = [Path(folder) / n for n in PDF_STYLESHEETS if (Path(folder) / n).exists()]
-    sheets, fonts = _pdf_resources(folder, max(p.stat().st_mtime for p in found))
-    return weasy_html(html, folder).render(stylesheets=sheets, font_config=fonts)
-
-
-def weasy_html(html: str, base_url: str) -> Any:
-    """WeasyPrint's HTML document of `html`: its element tree read by the C XML parser
-    when the markup keeps to the subset where that gives what HTML5 parsing gives
-    (`invoices.markup`, a fifteenth of the time), else parsed by WeasyPrint."""
-    from weasyprint import HTML
-
-    root = markup.tree(html)
-    if root is None:
-        return HTML(string=html, base_url=base_url)
-    return _parsed_html_class()(root, base_url)
-
-
-@cache
-def _parsed_html_class() -> type:
-    import cssselect2
-    from weasyprint import HTML
-    from weasyprint.urls import URLFetcher, ensure_url
-
-    class ParsedHTML(HTML):
-        """WeasyPrint's HTML given its tree, set up as `HTML(string=..., base_url=...)`
-        sets up the tree it parses (the document has no `<base>`: markup's subset)."""
-
-        def __init__(self, root: Any, base_url: str) -> None:
-            self.base_url = ensure_url(base_url)
-            self.url_fetcher = URLFetcher()
-            self.media_type = "print"
-            self.wrapper_element = cssselect2.ElementWrapper.from_html_root(
-                root, content_language=None
-            )
-            self.etree_element = self.wrapper_element.etree_element
-
-    return ParsedHTML
+    sheets, fonts, plain = _pdf_resources(folder, max(p.stat().st_mtime for p in found))
+    return weasy.html_document(html, folder, plain).render(stylesheets=sheets, font_config=fonts)
 
 
 # Writes a document's bytes where it goes: a file (`files.write_file`, the default) or
