@@ -8,9 +8,15 @@ aggregation, every price model, pools), loads them into a throwaway database, an
   difference is Prefect's overhead;
 - the close without documents next to a bare `SELECT … GROUP BY` over the same events;
 - the close process's peak memory (RSS, from wait4);
-- HTML rendering rate (the draft previews the close wrote);
+- HTML rendering rate (the draft previews the close wrote), and the rendering thread's
+  CPU time per document;
 - PDF rate: a second, smaller store closed with `--issue` on the Dask task runner
-  (2 worker processes, 4 shards), issued invoices getting HTML and PDF.
+  (2 worker processes, 4 shards), issued invoices getting HTML and PDF; with the render
+  shards' CPU time (their threads', summed), per invoice and as the rate two idle cores
+  would give (the machine may be shared: its load average is reported too).
+
+The templates are the installed package's, or BILLING_TEMPLATES_DIR's when it is set
+(the only BILLING_ variable passed on to the close).
 
     .venv/bin/python benchmarks/close_benchmark.py --customers 10000 --families 2000 \
         --events 5000000 --postgres postgresql://postgres@localhost:5432/postgres
@@ -202,6 +208,8 @@ def main() -> None:
         },
     }
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "PREFECT_"))}
+    if os.environ.get("BILLING_TEMPLATES_DIR"):
+        base_env["BILLING_TEMPLATES_DIR"] = os.environ["BILLING_TEMPLATES_DIR"]
     home = workdir / "prefect"
     home.mkdir()
     with prefect_server(home) as api:
@@ -252,6 +260,10 @@ def main() -> None:
                 results["bare_group_by_runs"] = [round(b, 2) for b in bare]
                 results["close_to_group_by_ratio"] = round((flow_seconds - render) / min(bare), 2)
                 results["html_per_second"] = round(drafts / render, 1) if render else None
+                html_cpu = run["steps"]["render invoices"]["details"].get("cpu_seconds")
+                results["html_cpu_ms_per_document"] = (
+                    round(1000 * html_cpu / drafts, 3) if html_cpu and drafts else None
+                )
 
         # PDFs: a smaller store, closed and issued on the Dask task runner.
         with database(admin_url) as url:
@@ -279,12 +291,19 @@ def main() -> None:
             _, task_walls = flow_and_tasks(api, run["flow_run_id"])
             issued = run["invoices"].get("issued", 0)
             render_wall = task_walls.get("render-invoices", 0.0)
+            render_cpu = run["steps"]["render invoices"]["details"].get("cpu_seconds") or 0.0
             results["pdf"] = {
                 "issued_invoices": issued,
                 "render_wall_seconds": round(render_wall, 2),
                 "render_shard_seconds": shard_seconds(api, run["flow_run_id"], "render-invoices"),
                 "documents_per_invoice": "html + pdf",
                 "pdf_per_second": round(issued / render_wall, 1) if render_wall else None,
+                "render_cpu_seconds": round(render_cpu, 2),
+                "cpu_ms_per_invoice": round(1000 * render_cpu / issued, 1) if issued else None,
+                # What two cores given to nothing else would write a second.
+                "pdf_per_second_two_idle_cores": (
+                    round(2 * issued / render_cpu, 1) if render_cpu else None
+                ),
             }
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -299,6 +318,16 @@ def _print(results: dict) -> None:
     print(
         f"{'PDF documents per second':<28}{pdf['pdf_per_second']:>10}"
         f"   ({pdf['issued_invoices']} issued invoices, Dask, 2 processes)"
+    )
+    print(
+        f"{'PDF render CPU per invoice':<28}{pdf['cpu_ms_per_invoice']!s:>10} ms"
+        f"   (two idle cores: {pdf['pdf_per_second_two_idle_cores']}/s; shards "
+        f"{pdf['render_shard_seconds']} s)"
+    )
+    load = results["machine"]
+    print(
+        f"{'load average':<28}{load['load_average_at_start'][0]:>10.2f} at start, "
+        f"{load['load_average_at_end'][0]:.2f} at the end"
     )
 
 
@@ -321,6 +350,7 @@ def _print_close(results: dict) -> None:
     print(f"{'ratio':<28}{results['close_to_group_by_ratio']:>10.2f} x")
     print(f"{'peak memory of the close':<28}{c['peak_rss_mb']:>10} MB")
     print(f"{'HTML documents per second':<28}{results['html_per_second']:>10}")
+    print(f"{'HTML render CPU per document':<28}{results['html_cpu_ms_per_document']!s:>10} ms")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from billing_core.cli.app import app
+from billing_core.invoices import markup
 from billing_core.invoices.contexts import contexts
-from billing_core.invoices.documents import pdf_document, templates_dir
+from billing_core.invoices.documents import pdf_document, render_html, templates_dir
 from billing_core.invoices.formatting import day, money, period
 from billing_core.invoices.lifecycle import transition
 from billing_core.steps import close as steps
@@ -150,6 +151,30 @@ def test_rollup_document_sections_totals_and_breakdown(store):
     document = pdf_document(html)
     document.write_pdf()
     assert {font.family for font in document.fonts.values()} == {"Invoice Sans"}
+
+
+def test_the_pdf_is_the_same_whichever_parser_reads_its_html(store, monkeypatch):
+    """A PDF's HTML is read by the C XML parser when its markup allows (invoices.markup),
+    as the invoice template's does, drafts and issued invoices alike: the PDF is the bytes
+    WeasyPrint's own HTML5 parser gives, and those the close wrote and recorded."""
+    import_yaml(FAMILY)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    close("2026-03-01")
+    with unit_of_work() as session:
+        invoices = list(session.execute(sa.select(Invoice.__table__)))
+        data = contexts(session, invoices)
+    assert {i.status for i in invoices} == {"issued", "draft"}
+    for invoice in invoices:
+        html = render_html(data[invoice.id], inline_css=False)
+        assert markup.tree(html) is not None
+        fast = pdf_document(html).write_pdf()
+        with monkeypatch.context() as patched:
+            patched.setattr(markup, "tree", lambda html: None)
+            assert pdf_document(html).write_pdf() == fast
+        if invoice.status == "issued":
+            written = Path(f"documents/{invoice.billing_date}/gi-{invoice.number}.pdf")
+            assert written.read_bytes() == fast
 
 
 def test_a_draft_is_marked_and_gets_no_pdf(store):

@@ -166,3 +166,63 @@ def test_the_brightside_example_reads_18_of_31_days():
         "Prorated: 18 of 31 days × $900.00 ≈ $522.580645, rounded: $522.58"
     ]
     assert summary(found, "USD") == "Prorated: 18 of 31 days of $900.00"
+
+
+def charge_record(**fields):
+    """A charge as the documents read it (`invoices.breakdown.charges_of`)."""
+    from billing_core.invoices.breakdown import ChargeRecord
+
+    base = dict.fromkeys(ChargeRecord._fields)
+    base.update(
+        invoice_id=1,
+        kind="usage",
+        currency="USD",
+        period_start=date(2026, 1, 1),
+        period_end=date(2026, 2, 1),
+        full_start=date(2026, 1, 1),
+        full_end=date(2026, 2, 1),
+    )
+    return ChargeRecord(**{**base, **fields})
+
+
+def test_charges_alike_are_explained_and_worded_once_for_a_batch():
+    """The documents of a batch share the explanation of charges alike (same terms,
+    kind, currency, quantity, amount, part period, pool) and its words; charges that
+    differ in any of those get their own, the words those made one by one would be."""
+    from billing_core.invoices.breakdown import Explainer
+    from billing_core.invoices.explanations import Formatter
+
+    terms = TERMS["graduated"]
+    pools = {("s", "p", date(2026, 1, 1), date(2026, 2, 1)): (Decimal(300), Decimal(270))}
+    explainer = Explainer(pools)
+    fmt = Formatter("en_US")
+    one = charge_record(id=1, pricing=terms, quantity=Decimal(150), amount=Decimal("142.50"))
+    alike = charge_record(id=2, pricing=terms, quantity=Decimal(150), amount=Decimal("142.50"))
+    other = charge_record(id=3, pricing=terms, quantity=Decimal(151), amount=Decimal("143.25"))
+    pooled = charge_record(
+        id=4,
+        pricing=terms,
+        quantity=Decimal(150),
+        amount=Decimal("135.00"),
+        pool="breakdown",
+        subscription_id="s",
+        price_code="p",
+    )
+    found = explainer.of(one)
+    assert explainer.of(alike) is found
+    assert explainer.of(other) is not found and explainer.of(pooled).pool is not None
+    assert explainer.steps(found, "USD", fmt) is explainer.steps(explainer.of(alike), "USD", fmt)
+    for charge in (one, other, pooled):
+        alone = explain(
+            terms,
+            "USD",
+            charge.quantity,
+            charge.amount,
+            pool=pools[("s", "p", date(2026, 1, 1), date(2026, 2, 1))] if charge.pool else None,
+        )
+        assert explainer.steps(explainer.of(charge), "USD", fmt) == steps(alone, "USD", fmt)
+        assert explainer.summary(explainer.of(charge), "USD", fmt) == summary(alone, "USD", fmt)
+    # Terms equal in value but not one object (rows read one by one) are explained apart.
+    assert explainer.of(one._replace(pricing=dict(terms))) is not found
+    late = charge_record(kind="adjustment", pricing=terms, quantity=Decimal(1))
+    assert explainer.of(late) is None

@@ -63,6 +63,31 @@ def test_money_is_what_babel_writes(amount, currency, locale, exact):
     assert money(amount, currency, locale, exact) == _babel_money(normal, currency, exact, locale)
 
 
+def as_written_before(amount, currency, locale, exact=False, at_least=0):
+    """`money` as it was before its fast path stopped taking the amount's tuple apart
+    (the reference: every string equal to it)."""
+    amount = amount.normalize() if amount else D(0)
+    layout = formatting._money_layout(currency, locale)
+    if layout is not None:
+        negative, positive, suffix, places, table = layout
+        shown = max(-amount.as_tuple().exponent, 0, at_least if exact else 0)
+        if exact or shown <= places:
+            text = f"{abs(amount).quantize(D(1).scaleb(-max(shown, places))):,f}"
+            if table:
+                text = text.translate(table)
+            return (negative if amount < 0 else positive) + text + suffix
+    return _babel_money(amount, currency, exact, locale)
+
+
+@given(AMOUNTS, CURRENCIES, LOCALES, st.booleans(), st.sampled_from([0, 2, 4, 6]))
+@settings(max_examples=800, deadline=None)
+def test_money_writes_what_it_wrote_before_its_fast_path_changed(
+    amount, currency, locale, exact, at_least
+):
+    written = money(amount, currency, locale, exact, at_least)
+    assert written == as_written_before(amount, currency, locale, exact, at_least)
+
+
 @given(AMOUNTS, LOCALES)
 @settings(max_examples=400, deadline=None)
 def test_quantity_is_what_babel_writes(value, locale):

@@ -19,3 +19,16 @@ def test_templates_read_a_dicts_keys_first_and_anything_else_as_jinja_does():
     assert render("{{ o.name }}", o=types.SimpleNamespace(name="HQ")) == "HQ"
     with pytest.raises(jinja2.UndefinedError):
         render("{{ row.missing }}", row={"amount": 1})
+
+
+def test_templates_write_every_value_escaped_as_markupsafe_escapes_it():
+    from markupsafe import Markup, escape
+
+    env = _Environment(undefined=jinja2.StrictUndefined, autoescape=True)
+    template = env.from_string("<p>{{ a }}|{{ b }}|{{ c }}|{{ d }}|{{ e | e }}</p>")
+    hostile = "<script>alert('x')</script> & \"quoted\""
+    values = dict(a=hostile, b=Markup("<b>kept</b>"), c=12.5, d=None, e=hostile)
+    expected = "<p>{}|{}|{}|{}|{}</p>".format(*(escape(v) for v in values.values()))
+    assert template.render(**values) == expected
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(a=1, b=2, c=3, e=4)

@@ -3,12 +3,15 @@ each metric counted and how each line was priced, step by step, and the part per
 flat fees; and the short note and the average label a line takes on the first page.
 
 `charges_of` and `pool_totals` read the charges and pool totals of many invoices
-set-based; the rest builds one invoice's breakdown from those rows.
+set-based; the rest builds one invoice's breakdown from those rows. An `Explainer` works
+out and words each distinct charge once for all the documents it serves (see its
+docstring).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+from collections import defaultdict, namedtuple
 from decimal import Decimal
 from typing import Any
 
@@ -46,19 +49,38 @@ BREAKDOWN_COLUMNS = pick(
 )
 # What identifies a pool's period: its members' charges share these.
 POOL_KEY = ("subscription_id", "price_code", "period_start", "period_end")
+# A charge as the documents read it: a named tuple (a field read costs a twentieth of a
+# SQLAlchemy Row's), its price terms parsed.
+ChargeRecord = namedtuple("ChargeRecord", ("invoice_id", "id", *BREAKDOWN_COLUMNS))  # type: ignore[misc]
+_TERMS = BREAKDOWN_COLUMNS.index("pricing") + 2
 
 
 def charges_of(session: Session, ids: list[int]) -> dict[int, list[Any]]:
-    """The charges of each invoice, with the columns the breakdown reads."""
+    """The charges of each invoice, with the columns the breakdown reads.
+
+    The price terms are read as text and parsed once per distinct terms: the charges of
+    one price share one dict (read it, never change it), and thousands of charges of a
+    few prices cost a few parses, not thousands."""
     ch = Charge.__table__.c
     link = InvoiceCharge.__table__.c
+    columns = [
+        sa.cast(ch.pricing, sa.Text).label(name) if name == "pricing" else ch[name]
+        for name in BREAKDOWN_COLUMNS
+    ]
+    parsed: dict[str | None, Any] = {None: None}  # terms text -> its dict
     charges: dict[int, list[Any]] = defaultdict(list)
     for part in chunks(ids):
-        for charge in session.execute(
-            sa.select(link.invoice_id, ch.id, *(ch[name] for name in BREAKDOWN_COLUMNS))
+        for row in session.execute(
+            sa.select(link.invoice_id, ch.id, *columns)
             .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
             .where(link.invoice_id.in_(part))
-        ):
+        ).fetchall():
+            text = row[_TERMS]
+            if text in parsed:
+                terms = parsed[text]
+            else:
+                terms = parsed[text] = json.loads(text)
+            charge = ChargeRecord(*row[:_TERMS], terms, *row[_TERMS + 1 :])
             charges[charge.invoice_id].append(charge)
     return charges
 
@@ -92,9 +114,66 @@ def pool_totals(session: Session, ids: list[int]) -> dict[tuple, tuple[Decimal, 
     return totals
 
 
-def explanation(charge: Any, pools: dict[tuple, tuple[Decimal, Decimal]]) -> Explanation | None:
-    pool = pools.get(tuple(getattr(charge, k) for k in POOL_KEY)) if charge.pool else None
-    return explain_charge(charge, pool)
+def _fields(charge: Any) -> Any:
+    """What `domain.explain.of_charge` reads a charge from: a mapping."""
+    if isinstance(charge, dict):
+        return charge
+    if isinstance(charge, tuple) and hasattr(charge, "_asdict"):
+        return charge._asdict()
+    return charge._mapping
+
+
+class Explainer:
+    """Charges explained and worded, each distinct one once, for the documents of one
+    batch (a render step's, a command's).
+
+    A close bills thousands of charges that come out alike: every root's flat fee, the
+    many customers with the same count of seats or active users under the same price. A
+    charge's explanation depends only on its terms, kind, currency, quantity, amount, part
+    period (a flat fee) and pool totals (a pooled share), so charges equal in those share
+    one `Explanation`, and an explanation's wording (`steps`, `summary`) in a currency and
+    locale is made once. The words are the same as made one by one; the lists returned
+    are shared between documents, to be read, not changed.
+    """
+
+    def __init__(self, pools: dict[tuple, tuple[Decimal, Decimal]] | None = None):
+        self.pools = pools or {}
+        # key -> (the terms object keyed by identity, kept alive; the explanation)
+        self._explained: dict[tuple, tuple[Any, Explanation | None]] = {}
+        # (explanation id, currency, locale) -> (the explanation, kept alive; its words)
+        self._steps: dict[tuple, tuple[Explanation, list[str]]] = {}
+        self._summaries: dict[tuple, tuple[Explanation, str | None]] = {}
+
+    def of(self, charge: Any) -> Explanation | None:
+        terms = charge.pricing
+        if charge.kind not in ("fixed", "usage") or not terms:
+            return None
+        pool = None
+        if charge.pool:
+            pool = self.pools.get(tuple(getattr(charge, k) for k in POOL_KEY))
+        period = None
+        if charge.kind == "fixed":
+            period = (charge.period_start, charge.period_end, charge.full_start, charge.full_end)
+        key = (id(terms), charge.kind, charge.currency, charge.quantity, charge.amount, period)
+        key += (pool,)
+        found = self._explained.get(key)
+        if found is None or found[0] is not terms:
+            found = self._explained[key] = (terms, explain_charge(_fields(charge), pool))
+        return found[1]
+
+    def steps(self, explanation: Explanation, currency: str, fmt: Formatter) -> list[str]:
+        key = (id(explanation), currency, fmt.locale)
+        found = self._steps.get(key)
+        if found is None or found[0] is not explanation:
+            found = self._steps[key] = (explanation, steps(explanation, currency, fmt))
+        return found[1]
+
+    def summary(self, explanation: Explanation, currency: str, fmt: Formatter) -> str | None:
+        key = (id(explanation), currency, fmt.locale)
+        found = self._summaries.get(key)
+        if found is None or found[0] is not explanation:
+            found = self._summaries[key] = (explanation, summary(explanation, currency, fmt))
+        return found[1]
 
 
 def line_notes(
@@ -103,10 +182,12 @@ def line_notes(
     explained: dict[int, Explanation | None],
     currency: str,
     fmt: Formatter,
+    explainer: Explainer | None = None,
 ) -> dict[int, tuple[str | None, bool]]:
     """Per line position: a short note on how its amount came about (a part period, a
     pool's share, packages, tiers), and whether its unit price is an average. A line of
     several charges (a pool's summary, merged periods) is an average when its price is."""
+    worded = explainer.summary if explainer is not None else summary
     by_price: dict[str | None, Explanation] = {}
     for charge in charges:
         found = explained.get(charge.id)
@@ -119,7 +200,7 @@ def line_notes(
         own = explained.get(line.charge_id) if line.charge_id is not None else None
         found = own or by_price.get(line.price_code)
         if found is not None:
-            how = summary(own, currency, fmt) if own is not None else None
+            how = worded(own, currency, fmt) if own is not None else None
             out[line.position] = (how, line.kind != "fixed" and found.averaged)
     return out
 
@@ -131,10 +212,12 @@ def breakdown(
     identity: dict,
     explained: dict[int, Explanation | None],
     fmt: Formatter,
+    explainer: Explainer | None = None,
 ) -> list[dict]:
     """Usage per serviced customer, then per metric: what was counted, the quantities and
     service periods, and how each was priced, step by step; then the part periods of
     flat fees as days of days."""
+    worded = explainer.steps if explainer is not None else steps
     metric_names: dict[str, str] = identity["metrics"]
     rules: dict[str, list] = identity.get("metric_rules", {})
     usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -154,7 +237,7 @@ def breakdown(
             "customer_id": customer_id,
             "name": names.get(customer_id, customer_id),
             "metrics": [
-                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt)
+                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt, worded)
                 for code in sorted(
                     usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
                 )
@@ -164,7 +247,7 @@ def breakdown(
                     "product": c.product,
                     "period": period(c.period_start, c.period_end, fmt.locale),
                     "amount": money(c.amount, c.currency, fmt.locale),
-                    "how": steps(explained[c.id], c.currency, fmt),
+                    "how": worded(explained[c.id], c.currency, fmt),
                 }
                 for c in sorted(prorated[customer_id], key=lambda c: (c.period_start, c.product))
             ],
@@ -180,6 +263,7 @@ def _metric(
     rules: dict[str, list],
     explained: dict[int, Explanation | None],
     fmt: Formatter,
+    worded: Any = steps,
 ) -> dict:
     """One metric's usage for one customer: a row per service period with how it was
     priced, and their total."""
@@ -194,7 +278,7 @@ def _metric(
                 "quantity": quantity(c.quantity, fmt.locale),
                 "amount": money(c.amount, c.currency, fmt.locale),
                 "note": "late usage" if c.kind == "adjustment" else ("pooled" if c.pool else ""),
-                "how": steps(how, c.currency, fmt) if how is not None else _late(c, fmt),
+                "how": worded(how, c.currency, fmt) if how is not None else _late(c, fmt),
             }
         )
     return {

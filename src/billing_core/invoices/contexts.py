@@ -20,9 +20,9 @@ from billing_core.domain.money import ZERO
 from billing_core.domain.tax import TAXED_KINDS
 from billing_core.domain.terms import dates_of, locale_of, terms_label, terms_of
 from billing_core.invoices.breakdown import (
+    Explainer,
     breakdown,
     charges_of,
-    explanation,
     line_notes,
     pool_totals,
 )
@@ -50,7 +50,11 @@ def contexts(session: Session, invoices: list[Any], store_name: str = "billing")
         store_name,
         {i.id: mentions_of(lines[i.id], charges[i.id]) for i in invoices},
     )
-    return {i.id: context(i, lines[i.id], charges[i.id], identities[i.id], pools) for i in invoices}
+    explainer = Explainer(pools)
+    return {
+        i.id: context(i, lines[i.id], charges[i.id], identities[i.id], pools, explainer)
+        for i in invoices
+    }
 
 
 def context(
@@ -59,11 +63,13 @@ def context(
     charges: list[Any],
     identity: dict,
     pools: dict[tuple, tuple[Decimal, Decimal]] | None = None,
+    explainer: Explainer | None = None,
 ) -> dict:
     """Everything a document or the terminal shows, grouped and formatted the way finance
     reads it. Only what is frozen with an issued invoice goes in (its lines, charges and
     the identity snapshot taken at issue), so a final document reads the same whenever it
-    is rendered."""
+    is rendered. `explainer` (with the same `pools`) is shared by the invoices of a batch:
+    each distinct charge is explained and worded once."""
     names: dict[str, str] = identity["customers"]
     issuer = {k: v for k, v in identity["issuer"].items() if k not in ("id", "invoice_prefix")}
     currency = invoice.currency
@@ -74,9 +80,10 @@ def context(
     for line in lines:
         by_customer[line.serviced_customer_id].append(line)
     rates: dict[str, dict] = identity.get("tax_rates", {})
-    explained = {c.id: explanation(c, pools or {}) for c in charges}
+    explainer = explainer or Explainer(pools)
+    explained = {c.id: explainer.of(c) for c in charges}
     fmt = Formatter(locale)
-    notes = line_notes(lines, charges, explained, currency, fmt)
+    notes = line_notes(lines, charges, explained, currency, fmt, explainer)
     sections = [
         _section(
             customer_id,
@@ -118,7 +125,7 @@ def context(
         "multiple_sections": len(sections) > 1,
         "summary": summary_of(sections, invoice, currency, locale),
         "totals": _totals(invoice, currency, locale),
-        "breakdown": breakdown(charges, billed, names, identity, explained, fmt),
+        "breakdown": breakdown(charges, billed, names, identity, explained, fmt, explainer),
         "tax_notes": [rates[j]["note"] for j in sorted(used) if rates.get(j, {}).get("note")],
     }
 

@@ -64,23 +64,34 @@ def money(
     """
     if amount is None:
         return ""
-    # Equal decimals are spelt one way: no "-0", and no trailing zeros beyond the minor
-    # units.
-    amount = amount.normalize() if amount else Decimal(0)
     layout = _money_layout(currency, locale)
     if layout is not None:
         negative, positive, suffix, places, table = layout
-        shown = max(-amount.as_tuple().exponent, 0, at_least if exact else 0)
-        if exact or shown <= places:
-            # What Babel writes, without its per-call pattern machinery: the amount with
-            # grouping and at least the minor units, in the locale's separators, between
-            # the prefix and suffix Babel gives this currency (checked against Babel by
-            # the tests).
-            text = f"{abs(amount).quantize(Decimal(1).scaleb(-max(shown, places))):,f}"
-            if table:
-                text = text.translate(table)
-            return (negative if amount < 0 else positive) + text + suffix
-    return _babel_money(amount, currency, exact, locale)
+        # What Babel writes, without its per-call pattern machinery: the amount with
+        # grouping and at least the minor units (every significant digit beyond them when
+        # `exact`), in the locale's separators, between the prefix and suffix Babel gives
+        # this currency (checked against Babel by the tests). Equal decimals are spelt one
+        # way: no "-0", no trailing zeros beyond the minor units.
+        if exact:
+            text = f"{abs(amount.normalize()):,f}"
+            decimals = len(text) - text.find(".") - 1 if "." in text else 0
+            wanted = max(places, at_least)
+            if decimals < wanted:
+                text += ("" if decimals else ".") + "0" * (wanted - decimals)
+        else:
+            rounded = amount.quantize(_MINOR[places])
+            if rounded != amount:
+                # More digits than the minor units: Babel rounds them.
+                return _babel_money(amount.normalize(), currency, False, locale)
+            text = f"{abs(rounded):,f}"
+        if table:
+            text = text.translate(table)
+        return (negative if amount < 0 else positive) + text + suffix
+    return _babel_money(amount.normalize() if amount else Decimal(0), currency, exact, locale)
+
+
+# The smallest unit of 0 to 8 decimal places (what an amount is quantized to).
+_MINOR = [Decimal(1).scaleb(-places) for places in range(9)]
 
 
 @lru_cache(maxsize=65536)

@@ -201,6 +201,7 @@ class LocalFolder:
     def __init__(self, root: str | Path, settings: Settings):
         self.root = Path(root)
         self.folders: dict[Path, OSError | None] = {}
+        self.resolved: dict[Path, Path] = {}  # folder -> its absolute path, links resolved
         self.listings = _Listings(settings)  # documents recorded in an object store before
 
     def target(self, key: str) -> Path:
@@ -217,7 +218,15 @@ class LocalFolder:
         return self.folders[path.parent]
 
     def record(self, path: Path) -> str:
-        return str(path.resolve())
+        """The absolute path a document is recorded as (symbolic links resolved): each
+        folder resolved once, the file itself only when it is a link (a close records
+        thousands of documents in a few folders)."""
+        if path.is_symlink():
+            return str(path.resolve())
+        folder = self.resolved.get(path.parent)
+        if folder is None:
+            folder = self.resolved[path.parent] = path.parent.resolve()
+        return str(folder / path.name)
 
     def exists(self, recorded: str) -> bool:
         if is_object_url(recorded):
