@@ -1,5 +1,6 @@
 """Valid usage events written in batches: COPY on PostgreSQL (`store.postgres.EventCopy`),
-multi-row inserts on SQLite; the late-usage touches of the load with them."""
+multi-row inserts on SQLite; with them the day buckets of the events written
+(`store.usage_buckets`) and the load's late-usage touches."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlmodel import Session
 from billing_core.store import postgres
 from billing_core.store.models import UsageEvent, UsageTouch
 from billing_core.store.rows import insert_rows
+from billing_core.store.usage_buckets import DayBuckets
 
 BATCH = 20_000
 
@@ -66,6 +68,7 @@ class Writer:
         self.sink.flush()
         self.sink.close()
         loaded = self.sink.loaded
+        self.sink.write_buckets()
         if loaded:
             insert_rows(
                 self.session,
@@ -96,6 +99,7 @@ class _Inserts:
         self.loaded = 0
         self.loaded_before = 0
         self.marks: list[int] = []
+        self.buckets = DayBuckets()
 
     def add(self, row: dict, key: tuple[str, str]) -> None:
         self.batch.append(row)
@@ -114,6 +118,9 @@ class _Inserts:
     def close(self) -> None:
         pass  # every batch is written when it is flushed
 
+    def write_buckets(self) -> None:
+        self.buckets.write(self.session)
+
     def abandon(self) -> None:
         pass
 
@@ -131,14 +138,19 @@ class _Inserts:
             }
             for r in rows
         ]
-        if self.before is None:
-            self.loaded += self.session.execute(stmt, values).rowcount or 0
-            return
-        # The new events' times, to count those before `before` (rows in their order: of
-        # an event id met twice, the first is kept, as without RETURNING).
-        stamps = self.session.execute(stmt.returning(table.c.timestamp), values).scalars().all()
-        self.loaded += len(stamps)
-        self.loaded_before += sum(1 for at in stamps if at < self.before)
+        # The events actually written (of an event id met twice, the first is kept), for
+        # their day buckets, written at the end of the load.
+        c = table.c
+        written = self.session.execute(
+            stmt.returning(
+                c.customer_id, c.metric_code, c.timestamp, c.value, c.dimension, c.event_id
+            ),
+            values,
+        ).all()
+        self.buckets.add(written)
+        self.loaded += len(written)
+        if self.before is not None:
+            self.loaded_before += sum(1 for row in written if row[2] < self.before)
 
 
 def _json_ready(properties: dict | None) -> dict | None:

@@ -166,6 +166,39 @@ class UsageEvent(SQLModel, table=True):
     ingested_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class UsageBucket(SQLModel, table=True):
+    """A customer and metric's usage of one UTC day, kept by ingestion from the events it
+    actually wrote (an event id already stored adds nothing): what every aggregation needs
+    to combine days without reading their events. Rating reads the days a window covers
+    whole from here and only its cut days' events (`store.usage_totals`)."""
+
+    __tablename__ = "usage_buckets"
+    __table_args__ = (sa.Index("ix_usage_buckets_day", "day"),)
+    customer_id: str = Field(primary_key=True, max_length=128)
+    metric_code: str = Field(primary_key=True, max_length=128)
+    day: datetime = Field(primary_key=True, sa_type=UTCDateTime)  # 00:00 UTC
+    events: int = Field(sa_type=sa.BigInteger)
+    # The sum of the events' values (millionths) as its high and low 32 bits summed
+    # apart: (high << 32) + low, exact on both stores without overflow.
+    total_high: int = Field(sa_type=sa.BigInteger)
+    total_low: int = Field(sa_type=sa.BigInteger)
+    max_value: int = Field(sa_type=sa.BigInteger)
+    # The day's last event by timestamp, equal timestamps going to the greater event id.
+    latest_at: datetime = Field(sa_type=UTCDateTime)
+    latest_event_id: str = Field(max_length=256)
+    latest_value: int = Field(sa_type=sa.BigInteger)
+
+
+class UsageBucketValue(SQLModel, table=True):
+    """A value a customer's events of a `unique_count` metric carried on one UTC day."""
+
+    __tablename__ = "usage_bucket_values"
+    customer_id: str = Field(primary_key=True, max_length=128)
+    metric_code: str = Field(primary_key=True, max_length=128)
+    day: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    dimension: str = Field(primary_key=True)
+
+
 class UsageTouch(SQLModel, table=True):
     """Usage arrived for a customer and metric between two instants: the rating step checks
     issued periods it overlaps for late usage, then clears the touch."""

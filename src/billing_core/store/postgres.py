@@ -170,19 +170,21 @@ USAGE_COLUMNS = (
     "event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
     "properties, source, ingested_at"
 )
-# A batch from the staging table into the events; an event id already there (or twice
-# in the batch) is skipped.
+# A batch from the staging table into the events (an event id already there, or twice in
+# the batch, is skipped); the events written are kept for their day buckets (written at
+# the end of the load, `EventCopy.write_buckets`) and counted: all of them, and those
+# before an instant.
 MERGE_STAGING = (
-    "INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, quantity, value, "
-    "dimension, properties, source, ingested_at) "
+    "WITH added AS (INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, "
+    "quantity, value, dimension, properties, source, ingested_at) "
     "SELECT event_id, customer_id, metric_code, timestamp, quantity, value, dimension, "
-    "properties, source, ingested_at FROM usage_staging ON CONFLICT (event_id) DO NOTHING"
-)
-# The same, counting the new events and those of them before an instant.
-MERGE_COUNTING = (
-    f"WITH added AS ({MERGE_STAGING} RETURNING timestamp) "
+    "properties, source, ingested_at FROM usage_staging ON CONFLICT (event_id) DO NOTHING "
+    "RETURNING event_id, customer_id, metric_code, timestamp, value, dimension), "
+    "kept AS (INSERT INTO usage_added SELECT * FROM added) "
     "SELECT count(*), count(*) FILTER (WHERE timestamp < %s) FROM added"
 )
+
+
 # pg_advisory lock key of usage loads: the bytes of "billload" as a signed 64-bit integer.
 LOAD_KEY = int.from_bytes(b"billload", "big", signed=True)
 
@@ -234,7 +236,9 @@ class EventCopy:
     """Usage events batched into COPY text, skipping event ids already present.
 
     Each event becomes its line of COPY text as it is validated; a thread of its own sends
-    the batches. While the server copies one batch, the reading thread parses the next
+    the batches, each COPied into a staging table, then merged into the events by one statement
+    that keeps the events it wrote for their day buckets (MERGE_STAGING), written at the end
+    of the load (`write_buckets`). While the server copies one batch, the reading thread parses the next
     (psycopg waits for the server without the GIL, and the sending thread has almost no
     Python to run). At most two batches wait: bounded memory.
     """
@@ -256,7 +260,14 @@ class EventCopy:
                 "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
         )
-        session.execute(sa.text("TRUNCATE usage_staging"))
+        session.execute(
+            sa.text(
+                "CREATE TEMP TABLE IF NOT EXISTS usage_added (event_id text, customer_id text, "
+                "metric_code text, timestamp timestamptz, value bigint, dimension text) "
+                "ON COMMIT DELETE ROWS"
+            )
+        )
+        session.execute(sa.text("TRUNCATE usage_staging, usage_added"))
         self.tail = f"\t{copy_text(source)}\t{now.isoformat()}\n"
         self.escaped: dict[tuple[str, str], str] = {}
         self.raw = session.connection().connection.driver_connection
@@ -312,6 +323,15 @@ class EventCopy:
         if self.error is not None:
             raise self.error
 
+    def write_buckets(self) -> None:
+        """The load's events, kept in `usage_added`, into their day buckets (after `close`)."""
+        from billing_core.store.usage_buckets import fill_sql
+
+        with self.raw.cursor() as cursor:
+            for statement in fill_sql("postgresql", "usage_added"):
+                cursor.execute(statement)
+            cursor.execute("TRUNCATE usage_added")
+
     def abandon(self) -> None:
         """Stop the writing thread without waiting for its batches (the load failed)."""
         if self.thread.is_alive():
@@ -326,51 +346,20 @@ class EventCopy:
                 continue
             if self.error is not None:
                 continue  # keep draining so the reader never blocks on a full queue
-            ids, lines, early = batch
             try:
-                if self._copy_direct(ids, lines):
-                    self.loaded_before += early  # every event of the batch was new
-                    continue
-                self._copy(lines, "usage_staging")
-                with self.raw.cursor() as cursor:
-                    if early:
-                        cursor.execute(MERGE_COUNTING, (self.before,))
-                        added, added_before = cursor.fetchone()
-                        self.loaded += added
-                        self.loaded_before += added_before
-                    else:
-                        cursor.execute(MERGE_STAGING)
-                        self.loaded += max(cursor.rowcount, 0)
-                    cursor.execute("TRUNCATE usage_staging")
+                self._write_batch(batch[1])
             except BaseException as error:  # noqa: BLE001 - re-raised by close()
                 self.error = error
 
-    def _copy_direct(self, ids: list[str], lines: list[str]) -> bool:
-        """COPY a batch straight into the events when none of its ids is known yet.
-
-        The usual case (new usage) then costs one pass of the server instead of a COPY into
-        staging plus a merge. A concurrent load that writes one of the ids first makes the
-        COPY fail; it is undone to its savepoint and the batch goes through staging.
-        """
-        from psycopg.errors import UniqueViolation
-
-        if len(set(ids)) != len(ids):
-            return False
-        # A sample of the ids tells a batch loaded before (a file sent again) without
-        # probing them all, which costs the server as much as the COPY; the COPY's own
-        # key check is the guard for the rest.
-        sample = ids[:: max(1, len(ids) // 16)] + ids[-1:]
+    def _write_batch(self, lines: list[str]) -> None:
+        """One batch into the staging table, then merged (MERGE_STAGING)."""
+        self._copy(lines, "usage_staging")
         with self.raw.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM usage_events WHERE event_id = ANY(%s) LIMIT 1", (sample,))
-            if cursor.fetchone() is not None:
-                return False
-        try:
-            with self.raw.transaction():  # a savepoint inside the load's transaction
-                self._copy(lines, "usage_events")
-        except UniqueViolation:
-            return False
-        self.loaded += len(lines)
-        return True
+            cursor.execute(MERGE_STAGING, (self.before,))
+            added, added_before = cursor.fetchone()
+            self.loaded += added
+            self.loaded_before += added_before
+            cursor.execute("TRUNCATE usage_staging")
 
     def _copy(self, lines: list[str], table: str) -> None:
         """COPY lines of text into `table` (faster than per-value adaptation)."""
