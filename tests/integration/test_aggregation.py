@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from billing_core.store.engine import unit_of_work
 from billing_core.store.models import UsageEvent
+from billing_core.store.usage_buckets import rebuild
 from billing_core.store.usage_totals import Window, aggregate
 from tests.helpers import import_yaml, ingest_csv, recorded_statements
 
@@ -45,21 +46,23 @@ def usage(rows: str) -> None:
 
 
 # How the sum/count/max pass runs: joined to the windows (a shard, a preview), or grouped
-# by customer and metric with one filtered aggregate per span (a close of every family).
-MODE = {"every_customer": False}
+# by customer and metric with one filtered aggregate per span (a close of every family);
+# and whether whole days are read from the day buckets kept at ingestion or every event is.
+MODE = {"every_customer": False, "buckets": True}
 
 
 def windows(*specs: tuple[str, str, tuple[datetime, datetime]]) -> dict[tuple, Decimal]:
     """Aggregate (customer, metric, window) triples; returns them mapped to their value."""
     made = [Window(i, c, m, span[0], span[1]) for i, (c, m, span) in enumerate(specs)]
     with unit_of_work() as session:
-        values = aggregate(session, made, KINDS, MODE["every_customer"])
+        values = aggregate(session, made, KINDS, MODE["every_customer"], MODE["buckets"])
     return {specs[w.key]: values[w.key] for w in made}
 
 
-@pytest.fixture(params=["joined", "grouped"])
+@pytest.fixture(params=["joined", "grouped", "joined-events", "grouped-events"])
 def catalog(store, request, monkeypatch):
-    monkeypatch.setitem(MODE, "every_customer", request.param == "grouped")
+    monkeypatch.setitem(MODE, "every_customer", request.param.startswith("grouped"))
+    monkeypatch.setitem(MODE, "buckets", not request.param.endswith("events"))
     import_yaml(CATALOG)
 
 
@@ -271,12 +274,15 @@ g5,beta,seats,2026-01-02T00:00:00Z,5,,
         (c, m, span) for c in ("acme", "beta") for m in ("units", "seats") for span in (JAN, FEB)
     ]
     monkeypatch.setitem(MODE, "every_customer", True)
-    with recorded_statements("FROM usage_events", "JOIN usage_events") as scans:
-        got = windows(*specs)
-    # g3 wins the tie on 20 January (greater event id), as in the latest pass.
-    assert [got[s] for s in specs] == [2, 0, 9, 4, 0, 0, 5, 0]
-    # One scan of the events on PostgreSQL; SQLite keeps a latest pass of its own.
-    assert len(scans) == (1 if store.backend == "postgres" else 2)
+    for buckets, table in ((False, "usage_events"), (True, "usage_buckets")):
+        monkeypatch.setitem(MODE, "buckets", buckets)
+        with recorded_statements(f"FROM {table}", f"JOIN {table}") as scans:
+            got = windows(*specs)
+        # g3 wins the tie on 20 January (greater event id), as in the latest pass.
+        assert [got[s] for s in specs] == [2, 0, 9, 4, 0, 0, 5, 0]
+        # One scan of the events (or of the whole days' buckets, the windows cutting no
+        # day) on PostgreSQL; SQLite keeps a latest pass of its own.
+        assert len(scans) == (1 if store.backend == "postgres" else 2), scans
 
 
 def test_latest_before_the_year_1000_is_joined_and_still_the_last_by_instant(store, monkeypatch):
@@ -302,11 +308,14 @@ def test_latest_before_the_year_1000_is_joined_and_still_the_last_by_instant(sto
                 )
             ],
         )
+        rebuild(session.connection())  # the day buckets of the events written
         session.commit()
     early = (datetime(999, 1, 1, tzinfo=UTC), datetime(1001, 1, 1, tzinfo=UTC))
     monkeypatch.setitem(MODE, "every_customer", True)
-    with recorded_statements("FROM usage_events", "JOIN usage_events") as scans:
-        got = windows(("acme", "seats", early))
-    assert got[("acme", "seats", early)] == Decimal(6)
-    # Three-digit years do not order as twenty-digit text: the latest pass of its own.
-    assert len(scans) == 1 and "row_number" in scans[0]
+    for buckets, table in ((False, "usage_events"), (True, "usage_buckets")):
+        monkeypatch.setitem(MODE, "buckets", buckets)
+        with recorded_statements(f"FROM {table}", f"JOIN {table}") as scans:
+            got = windows(("acme", "seats", early))
+        assert got[("acme", "seats", early)] == Decimal(6)
+        # Three-digit years do not order as twenty-digit text: the latest pass of its own.
+        assert len(scans) == 1 and "row_number" in scans[0], scans

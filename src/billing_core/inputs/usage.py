@@ -109,7 +109,7 @@ def refresh_statistics(loaded: int) -> None:
         return  # autovacuum catches up with small loads soon enough
     from billing_core.store.engine import get_engine
 
-    postgres.analyze(get_engine(), "usage_events")
+    postgres.analyze(get_engine(), "usage_events, usage_buckets, usage_bucket_values")
 
 
 def retrying_deadlocks(load, session: Session | None = None):

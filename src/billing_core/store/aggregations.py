@@ -3,7 +3,11 @@ aggregates a window of them, and how its result becomes the window's quantity.
 
 The catalog accepts the names registered here, the usage validator reads each entry's
 flags, and `store.usage_totals.aggregate` builds its passes from the entries: adding an
-aggregation is one `register` call.
+aggregation is one `register` call. An entry with `days` is read from the day buckets
+kept at ingestion (`store.usage_buckets`) for the whole UTC days of a window, and from
+the events only for the days the window cuts; its parts are put together by `days.merge`
+(or, for a `distinct` aggregation, counted once over the union of their values). An entry
+without `days` is read from the events.
 """
 
 from __future__ import annotations
@@ -32,6 +36,23 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Days:
+    """How an aggregation reads the day buckets (`usage_buckets`), as `Aggregation` reads
+    events: a column of the shared pass, (buckets' columns, filter or None, wide) ->
+    aggregate, or a pass of its own, (windows' columns, buckets' columns, the join, its
+    conditions) -> SELECT of (window key, result); a PostgreSQL variant over the buckets'
+    columns; and how a window's parts (its first cut day, its whole days, its last cut day,
+    in time order, each the quantity `combine` made of it, only those with events) make
+    its quantity. A `distinct` aggregation needs none of these: its values are counted
+    once over the events of the cut days and `usage_bucket_values` of the whole ones."""
+
+    column: Callable[[Any, Any, bool], Any] | None = None
+    query: Callable[[Any, Any, Any, list[Any]], Any] | None = None
+    postgres: Variant | None = None
+    merge: Callable[[list[Decimal]], Decimal] | None = None
+
+
+@dataclass(frozen=True)
 class Aggregation:
     name: str
     combine: Callable[[Any], Decimal]  # a result of its SQL -> the window's quantity
@@ -45,6 +66,8 @@ class Aggregation:
     # conditions) -> SELECT of (window key, result).
     query: Callable[[Any, Any, Any, list[Any]], Any] | None = None
     postgres: Variant | None = None
+    # Read from the day buckets for a window's whole days (None: from the events only).
+    days: Days | None = None
 
 
 AGGREGATIONS: dict[str, Aggregation] = {}
@@ -121,8 +144,49 @@ def _latest_query(w: Any, e: Any, joined: Any, conditions: list[Any]) -> Any:
     return sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)
 
 
+def _bucket_sum(b: Any, inside: Any, wide: bool) -> Any:
+    """The buckets' sum as text "high:low" (`millionths` reads it): exact on both stores
+    (SQLite would turn an overflowing product into a float without a word)."""
+    high, low = (
+        _filtered(sa.func.sum(b.total_high), inside),
+        _filtered(sa.func.sum(b.total_low), inside),
+    )
+    return sa.cast(high, sa.Text).op("||")(":").op("||")(sa.cast(low, sa.Text))
+
+
+def _latest_day_query(w: Any, b: Any, joined: Any, conditions: list[Any]) -> Any:
+    # The latest event of the window's last day with events (days do not overlap).
+    ranked = (
+        sa.select(
+            w.key.label("key"),
+            b.latest_value.label("value"),
+            sa.func.row_number().over(partition_by=w.key, order_by=b.day.desc()).label("rank"),
+        )
+        .select_from(joined)
+        .where(*conditions)
+        .subquery()
+    )
+    return sa.select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)
+
+
+def _total(parts: list[Decimal]) -> Decimal:
+    return sum(parts, Decimal(0))
+
+
+def _last(parts: list[Decimal]) -> Decimal:
+    return parts[-1]
+
+
+# The instants the PostgreSQL `latest` variant's text orders right: four-digit years.
+_FOUR_DIGIT_YEARS = datetime(1000, 1, 1, tzinfo=UTC)
+
 register(
-    Aggregation("sum", combine=lambda total: Decimal(millionths(total)) / SCALE, column=wide_sum)
+    Aggregation(
+        "sum",
+        combine=lambda total: Decimal(millionths(total)) / SCALE,
+        column=wide_sum,
+        days=Days(column=_bucket_sum, merge=_total),
+    )
 )
 register(
     Aggregation(
@@ -130,6 +194,10 @@ register(
         combine=lambda count: Decimal(int(count)),
         reads_field=False,
         column=lambda value, inside, wide: _filtered(sa.func.count(), inside),
+        days=Days(
+            column=lambda b, inside, wide: _filtered(sa.func.sum(b.events), inside),
+            merge=_total,
+        ),
     )
 )
 register(
@@ -137,6 +205,10 @@ register(
         "max",
         combine=_units,
         column=lambda value, inside, wide: _filtered(sa.func.max(value), inside),
+        days=Days(
+            column=lambda b, inside, wide: _filtered(sa.func.max(b.max_value), inside),
+            merge=max,
+        ),
     )
 )
 register(
@@ -145,6 +217,7 @@ register(
         combine=lambda count: Decimal(int(count)),
         distinct=True,
         query=_unique_query,
+        days=Days(),
     )
 )
 register(
@@ -152,11 +225,23 @@ register(
         "latest",
         combine=_units,
         query=_latest_query,
-        # The instants the variant's text orders right: four-digit years.
         postgres=Variant(
-            postgres.latest_column,
+            lambda e, condition: postgres.latest_column(
+                e.timestamp, e.event_id, e.value, condition
+            ),
             lambda latest: _units(latest[2]),
-            since=datetime(1000, 1, 1, tzinfo=UTC),
+            since=_FOUR_DIGIT_YEARS,
+        ),
+        days=Days(
+            query=_latest_day_query,
+            postgres=Variant(
+                lambda b, condition: postgres.latest_column(
+                    b.latest_at, b.latest_event_id, b.latest_value, condition
+                ),
+                lambda latest: _units(latest[2]),
+                since=_FOUR_DIGIT_YEARS,
+            ),
+            merge=_last,
         ),
     )
 )

@@ -236,11 +236,12 @@ class EventCopy:
     """Usage events batched into COPY text, skipping event ids already present.
 
     Each event becomes its line of COPY text as it is validated; a thread of its own sends
-    the batches, each COPied into a staging table, then merged into the events by one statement
-    that keeps the events it wrote for their day buckets (MERGE_STAGING), written at the end
-    of the load (`write_buckets`). While the server copies one batch, the reading thread parses the next
-    (psycopg waits for the server without the GIL, and the sending thread has almost no
-    Python to run). At most two batches wait: bounded memory.
+    the batches, each copied into a staging table, then merged into the events by one
+    statement that keeps the events it wrote for their day buckets (MERGE_STAGING),
+    written at the end of the load (`write_buckets`). While the server copies one batch,
+    the reading thread parses the next (psycopg waits for the server without the GIL, and
+    the sending thread has almost no Python to run). At most two batches wait: bounded
+    memory.
     """
 
     def __init__(self, session: Session, source: str, now: Any, batch: int, before: Any = None):
@@ -437,9 +438,10 @@ def grouped_variants(connection: sa.Connection, kinds: list[Any]) -> list[Any]:
     return [k for k in kinds if k.postgres is not None] if is_postgres(connection) else []
 
 
-def latest_column(e: Any, condition: Any) -> Any:
+def latest_column(at: Any, event_id: Any, value: Any, condition: Any) -> Any:
     """The latest event of a group as [instant, event id, value], inside a GROUP BY, as the
-    `latest` pass's ORDER BY timestamp DESC, event_id DESC would pick it.
+    `latest` pass's ORDER BY timestamp DESC, event_id DESC would pick it (of events, or of
+    day buckets' latest events).
 
     `max` of a text array compares element by element: first the instant in UTC as twenty
     digits (YYYYMMDDHHMISS and microseconds; digit strings of one length order as the
@@ -449,5 +451,5 @@ def latest_column(e: Any, condition: Any) -> Any:
     """
     from sqlalchemy.dialects.postgresql import array
 
-    instant = sa.func.to_char(sa.func.timezone("UTC", e.timestamp), "YYYYMMDDHH24MISSUS")
-    return sa.func.max(array([instant, e.event_id, sa.cast(e.value, sa.Text)])).filter(condition)
+    instant = sa.func.to_char(sa.func.timezone("UTC", at), "YYYYMMDDHH24MISSUS")
+    return sa.func.max(array([instant, event_id, sa.cast(value, sa.Text)])).filter(condition)

@@ -5,8 +5,9 @@ tie-break key; `usage_bucket_values`: the distinct values of `unique_count` metr
 Ingestion adds the events it actually wrote, at the end of its transaction (an event id
 already stored adds nothing): on PostgreSQL in SQL, from the rows its merges returned
 (`store.postgres.MERGE_STAGING`, kept in a temporary table until `fill_sql` reads them);
-on SQLite from the rows its inserts returned (`DayBuckets`). `rebuild` computes them again from the events. Rating reads a window's
-whole days here and only the events of the days it cuts (`store.usage_totals`).
+on SQLite from the rows its inserts returned (`DayBuckets`). `rebuild` computes them again
+from the events. Rating reads a window's whole days here and only the events of the days
+it cuts (`store.usage_totals`).
 """
 
 from __future__ import annotations
