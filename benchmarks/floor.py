@@ -1,0 +1,343 @@
+"""Benchmark: every measure of the close against its floor, in one run, repeated.
+
+Each run builds a fresh PostgreSQL store of `--customers` customers in `--families`
+families (the catalog and usage of `usage_rating.py`) and measures, in this order:
+
+- `billing usage ingest` of the first file of 1,000,000 events, whole process (wall time,
+  peak RSS), against its floor: the same CSV file COPied by PostgreSQL into a table keyed
+  on the event id (`COPY … FROM STDIN (FORMAT csv)`, sent from this process);
+- the store copied as it is after that file (`CREATE DATABASE … TEMPLATE`), then the
+  other files ingested: a store of 1 M events and one of `--events` for the same
+  customers;
+- on each, after VACUUM (ANALYZE) and CHECKPOINT: `billing close` as a user runs it, a
+  whole process with no PREFECT_API_URL (the kept Prefect server, started before the
+  first run, answering; `BILLING_PREFECT_SERVER=reuse`, the default), its peak RSS, its
+  flow run's duration less the render step (the close's steps without documents, Prefect
+  between them included), and the render step's drafts per second (HTML);
+- the two floors on each store, before and after its close, the faster counted: a bare
+  `SELECT customer_id, metric_code, count(*), sum(value), max(value) … GROUP BY` over the
+  month's events (the close steps' floor) and `GROUP BY customer, metric` with sum and max
+  only (the whole process's);
+- PDFs: a store of `--pdf-customers` closed with `--issue` on the Dask task runner (2
+  worker processes), each issued invoice written as HTML and PDF: invoices per second of
+  the render step's wall time.
+
+    .venv/bin/python benchmarks/floor.py --runs 3
+
+Prints each run and the medians; writes every number as JSON (--json). Generated files
+are written once and reused by every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from close_benchmark import close_run, flow_and_tasks, load  # noqa: E402
+from usage_rating import (  # noqa: E402
+    BIN,
+    MONTH_START,
+    THROUGH,
+    bare_group_by,
+    catalog,
+    database,
+    run_measured,
+    settle,
+    write_usage,
+)
+
+MONTH_END = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def sum_max_group_by(url: str) -> float:
+    """Seconds for `GROUP BY customer, metric` with sum and max over the month's events."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            started = time.perf_counter()
+            rows = connection.execute(
+                sa.text(
+                    "SELECT customer_id, metric_code, sum(value), max(value) FROM usage_events "
+                    "WHERE timestamp >= :start AND timestamp < :end "
+                    "GROUP BY customer_id, metric_code"
+                ),
+                {"start": MONTH_START, "end": MONTH_END},
+            ).all()
+            seconds = time.perf_counter() - started
+        assert rows, "no events to group"
+        return seconds
+    finally:
+        engine.dispose()
+
+
+def copy_floor(url: str, path: Path) -> float:
+    """Seconds to COPY a usage CSV into a new table keyed on the event id."""
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE copy_floor (event_id text PRIMARY KEY, customer_id text, "
+            "metric_code text, timestamp timestamptz, quantity numeric, user_id text)"
+        )
+        started = time.perf_counter()
+        with (
+            connection.cursor() as cursor,
+            cursor.copy("COPY copy_floor FROM STDIN (FORMAT csv, HEADER true)") as copy,
+            path.open("rb") as handle,
+        ):
+            while chunk := handle.read(1 << 20):
+                copy.write(chunk)
+        seconds = time.perf_counter() - started
+        connection.execute("DROP TABLE copy_floor")
+    return seconds
+
+
+def clone(admin_url: str, url: str) -> str:
+    """A copy of the store at `url` (which no one may be connected to); its URL."""
+    name = url.rsplit("/", 1)[1]
+    copy = f"{name}_1m"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"'))
+    admin.dispose()
+    return url.rsplit("/", 1)[0] + "/" + copy
+
+
+def drop(admin_url: str, url: str) -> None:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        name = url.rsplit("/", 1)[1]
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def close_measured(url: str, env: dict, api: str) -> dict:
+    """`billing close` of the store, whole process, and its floors around it."""
+    floors = [bare_group_by(url)], [sum_max_group_by(url)]
+    env = {**env, "BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-documents-")}
+    wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH], env)
+    floors[0].append(bare_group_by(url))
+    floors[1].append(sum_max_group_by(url))
+    run = close_run(url)
+    flow_seconds, _ = flow_and_tasks(api, run["flow_run_id"])
+    steps = {n: r["details"].get("seconds", 0.0) for n, r in run["steps"].items()}
+    render = steps.get("render invoices", 0.0)
+    drafts = run["steps"]["render invoices"]["written"]
+    steps_seconds = flow_seconds - render
+    return {
+        "process_wall_seconds": round(wall, 2),
+        "peak_rss_mb": rss,
+        "flow_run_seconds": round(flow_seconds, 2),
+        "steps_without_documents_seconds": round(steps_seconds, 2),
+        "step_seconds": steps,
+        "html_per_second": round(drafts / render, 1) if render else None,
+        "bare_group_by_seconds": [round(f, 2) for f in floors[0]],
+        "sum_max_group_by_seconds": [round(f, 2) for f in floors[1]],
+        "steps_to_group_by": round(steps_seconds / min(floors[0]), 2),
+        "process_to_group_by": round(wall / min(floors[1]), 2),
+    }
+
+
+def one_run(args, admin_url: str, env: dict, api: str, files: list[Path], path: Path) -> dict:
+    out: dict = {"load_average_at_start": list(os.getloadavg())}
+    with database(admin_url) as url:
+        store_env = {**env, "BILLING_DATABASE_URL": url}
+        billing = str(BIN / "billing")
+        run_measured([billing, "db", "upgrade"], store_env)
+        run_measured([billing, "import", str(path)], store_env)
+        wall, rss, _ = run_measured([billing, "usage", "ingest", str(files[0])], store_env)
+        floor = copy_floor(url, files[0])
+        out["ingest"] = {
+            "events": args.file_events,
+            "process_wall_seconds": round(wall, 2),
+            "peak_rss_mb": rss,
+            "copy_floor_seconds": round(floor, 2),
+            "ratio": round(wall / floor, 2),
+        }
+        small = clone(admin_url, url)
+        try:
+            for more in files[1:]:
+                run_measured([billing, "usage", "ingest", str(more)], store_env)
+            settle(small)
+            settle(url)
+            out["close_1m"] = close_measured(small, {**env, "BILLING_DATABASE_URL": small}, api)
+            out["close_large"] = close_measured(url, store_env, api)
+        finally:
+            drop(admin_url, small)
+    out["close_large_to_1m"] = round(
+        out["close_large"]["steps_without_documents_seconds"]
+        / out["close_1m"]["steps_without_documents_seconds"],
+        2,
+    )
+    out["pdf"] = pdf_rate(args, admin_url, env, api)
+    out["load_average_at_end"] = list(os.getloadavg())
+    return out
+
+
+def pdf_rate(args, admin_url: str, env: dict, api: str) -> dict:
+    with database(admin_url) as url:
+        pdf_env = {
+            **env,
+            "BILLING_DATABASE_URL": url,
+            "BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-pdf-"),
+            "BILLING_TASK_RUNNER": "dask",
+            "BILLING_DASK_WORKERS": "2",
+            "BILLING_SHARDS": "4",
+        }
+        work = Path(tempfile.mkdtemp(prefix="billing-floor-pdf-store-"))
+        load(
+            url,
+            pdf_env,
+            work,
+            args.pdf_customers,
+            args.pdf_customers // 5,
+            args.pdf_customers * 50,
+            random.Random(args.seed + 1),
+        )
+        run_measured([str(BIN / "billing"), "close", "--through", THROUGH, "--issue"], pdf_env)
+        run = close_run(url)
+        _, walls = flow_and_tasks(api, run["flow_run_id"])
+        issued = run["invoices"].get("issued", 0)
+        render = walls.get("render-invoices", 0.0)
+        return {
+            "issued_invoices": issued,
+            "render_wall_seconds": round(render, 2),
+            "pdf_per_second": round(issued / render, 1) if render else None,
+        }
+
+
+def kept_server(env: dict) -> str:
+    """Start the kept Prefect server of `env`'s PREFECT_HOME; its API URL."""
+    subprocess.run([str(BIN / "billing"), "server", "start"], env=env, check=True)
+    status = subprocess.run(
+        [str(BIN / "billing"), "server", "status"], env=env, check=True, capture_output=True
+    ).stdout.decode()
+    found = re.search(r"\(API (\S+)\)", status)
+    if found is None:
+        raise SystemExit(f"no kept Prefect server: {status}")
+    return found.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--families", type=int, default=2_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--file-events", type=int, default=1_000_000, help="events per file")
+    parser.add_argument("--pdf-customers", type=int, default=1_000)
+    parser.add_argument("--postgres", default="postgresql://postgres@localhost:5432/postgres")
+    parser.add_argument("--json", type=Path, default=Path("benchmark-floor.json"))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+
+    from billing_core.config import normalize_database_url
+
+    admin_url = normalize_database_url(args.postgres)
+    work = Path(tempfile.mkdtemp(prefix="billing-floor-"))
+    rng = random.Random(args.seed)
+    data, ids = catalog(args.customers, args.families)
+    path = work / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    files = []
+    for n, offset in enumerate(range(0, args.events, args.file_events)):
+        files.append(work / f"usage-{n + 1:03d}.csv")
+        write_usage(files[-1], ids, min(args.file_events, args.events - offset), offset, rng)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "PREFECT_"))}
+    if os.environ.get("BILLING_TEMPLATES_DIR"):
+        env["BILLING_TEMPLATES_DIR"] = os.environ["BILLING_TEMPLATES_DIR"]
+    env.update(
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    api = kept_server(env)
+    results: dict = {
+        "parameters": {
+            k: getattr(args, k) for k in ("customers", "families", "events", "pdf_customers")
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "runs": [],
+    }
+    try:
+        for n in range(args.runs):
+            results["runs"].append(one_run(args, admin_url, env, api, files, path))
+            _print_run(n + 1, results["runs"][-1])
+            args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    finally:
+        subprocess.run([str(BIN / "billing"), "server", "stop"], env=env, check=False)
+    _print_medians(results["runs"])
+    print(f"\nwritten to {args.json}")
+
+
+def _rows(run: dict) -> list[tuple[str, str]]:
+    i, small, large = run["ingest"], run["close_1m"], run["close_large"]
+    return [
+        ("ingest of a file", f"{i['process_wall_seconds']} s, {i['peak_rss_mb']} MB"),
+        ("  COPY keyed on event id", f"{i['copy_floor_seconds']} s  ratio {i['ratio']}"),
+        (
+            "close steps, 1 M",
+            f"{small['steps_without_documents_seconds']} s, GROUP BY "
+            f"{min(small['bare_group_by_seconds'])} s  ratio {small['steps_to_group_by']}",
+        ),
+        (
+            "close steps, large",
+            f"{large['steps_without_documents_seconds']} s, GROUP BY "
+            f"{min(large['bare_group_by_seconds'])} s  ratio {large['steps_to_group_by']}",
+        ),
+        ("  large / 1 M", str(run["close_large_to_1m"])),
+        (
+            "billing close, large",
+            f"{large['process_wall_seconds']} s, {large['peak_rss_mb']} MB; sum+max GROUP BY "
+            f"{min(large['sum_max_group_by_seconds'])} s  ratio {large['process_to_group_by']}",
+        ),
+        ("HTML per second (large)", str(large["html_per_second"])),
+        ("PDF per second", str(run["pdf"]["pdf_per_second"])),
+    ]
+
+
+def _print_run(n: int, run: dict) -> None:
+    print(f"\nrun {n} (load average {run['load_average_at_start'][0]:.2f} at start)")
+    for name, value in _rows(run):
+        print(f"  {name:<28}{value}")
+
+
+def _print_medians(runs: list[dict]) -> None:
+    def median(get) -> float:
+        return round(statistics.median(get(r) for r in runs), 2)
+
+    print("\nmedians")
+    for name, get in (
+        ("ingest / COPY", lambda r: r["ingest"]["ratio"]),
+        ("close steps 1 M / GROUP BY", lambda r: r["close_1m"]["steps_to_group_by"]),
+        ("close steps large / GROUP BY", lambda r: r["close_large"]["steps_to_group_by"]),
+        ("close large / close 1 M", lambda r: r["close_large_to_1m"]),
+        ("billing close / GROUP BY", lambda r: r["close_large"]["process_to_group_by"]),
+        ("HTML per second", lambda r: r["close_large"]["html_per_second"]),
+        ("PDF per second", lambda r: r["pdf"]["pdf_per_second"]),
+    ):
+        print(f"  {name:<30}{median(get)}")
+
+
+if __name__ == "__main__":
+    main()
