@@ -63,6 +63,7 @@ class _Source:
 EVENTS_SOURCE = _Source(UsageEvent.__table__, "timestamp", lambda a: a, lambda c: c.value)
 DAYS_SOURCE = _Source(UsageBucket.__table__, "day", lambda a: a.days, lambda c: c)
 DAY = timedelta(days=1)
+ZERO = timedelta(0)
 # Whether `aggregate` reads whole days from the day buckets (the default) or every event.
 READ_DAY_BUCKETS = True
 
@@ -169,6 +170,9 @@ def _cut(windows: list[Window]) -> _Parts:
     """Each window cut at the UTC midnights it crosses."""
     parts = _Parts([], [], [])
     for w in windows:
+        if _midnight(w.start) and _midnight(w.end) and w.start < w.end:
+            parts.days.append(w)  # whole UTC days (a UTC customer's periods): nothing cut
+            continue
         start, end = w.start.astimezone(UTC), w.end.astimezone(UTC)
         first_day = day_of(start)
         whole_from = first_day if first_day == start else first_day + DAY
@@ -183,6 +187,14 @@ def _cut(windows: list[Window]) -> _Parts:
         if whole_to < end:
             parts.last.append(Window(*who, whole_to, end))
     return parts
+
+
+def _midnight(instant: datetime) -> bool:
+    """Whether an instant is a UTC midnight."""
+    return (
+        not (instant.hour or instant.minute or instant.second or instant.microsecond)
+        and instant.utcoffset() == ZERO
+    )
 
 
 def _quantities(
