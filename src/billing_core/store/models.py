@@ -173,7 +173,8 @@ class UsageBucket(SQLModel, table=True):
     whole from here and only its cut days' events (`store.usage_totals`)."""
 
     __tablename__ = "usage_buckets"
-    __table_args__ = (sa.Index("ix_usage_buckets_day", "day"),)
+    # PostgreSQL: BRIN, as for the events (days arrive in about their order); SQLite: b-tree.
+    __table_args__ = (sa.Index("ix_usage_buckets_day", "day", postgresql_using="brin"),)
     customer_id: str = Field(primary_key=True, max_length=128)
     metric_code: str = Field(primary_key=True, max_length=128)
     day: datetime = Field(primary_key=True, sa_type=UTCDateTime)  # 00:00 UTC

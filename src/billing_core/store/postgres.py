@@ -329,6 +329,8 @@ class EventCopy:
         from billing_core.store.usage_buckets import fill_sql
 
         with self.raw.cursor() as cursor:
+            # Room for the load's hash aggregate and sort (this transaction only).
+            cursor.execute("SET LOCAL work_mem = '256MB'")
             for statement in fill_sql("postgresql", "usage_added"):
                 cursor.execute(statement)
             cursor.execute("TRUNCATE usage_added")

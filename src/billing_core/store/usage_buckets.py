@@ -139,25 +139,48 @@ def day_sql(dialect: str, column: str) -> str:
 def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
     """The two INSERT … SELECT statements that fill the buckets and the values from the
     events of `source` (a table or a subquery with the events' columns, each event once,
-    none of them in the buckets yet), adding to the buckets already stored."""
+    none of them in the buckets yet), adding to the buckets already stored.
+
+    On PostgreSQL a day's latest event is found by a hash aggregate, the greatest
+    [instant as digits, event id, value] (`store.postgres.latest_column`), instead of a
+    sort of the events; SQLite ranks them."""
     day = day_sql(dialect, "timestamp")
-    greatest = "GREATEST" if dialect == "postgresql" else "max"
+    if dialect == "postgresql":
+        latest = "latest[2], latest[3]::bigint"
+        ranked = f"""
+    SELECT customer_id, metric_code, day, count(*) AS events,
+        sum(value >> 32) AS high, sum(value & {LOW_BITS}) AS low, max(value) AS top,
+        max(timestamp) AS latest_at,
+        max(ARRAY[to_char(timezone('UTC', timestamp), 'YYYYMMDDHH24MISSUS'), event_id,
+            value::text]) AS latest
+    FROM (SELECT *, {day} AS day FROM {source} AS events) AS events
+    GROUP BY customer_id, metric_code, day"""
+        greatest = "GREATEST"
+    else:
+        latest = "latest_event_id, latest_value"
+        ranked = f"""
+    SELECT customer_id, metric_code, day, count(*) AS events,
+        sum(value >> 32) AS high, sum(value & {LOW_BITS}) AS low, max(value) AS top,
+        max(timestamp) AS latest_at,
+        max(event_id) FILTER (WHERE rank = 1) AS latest_event_id,
+        max(value) FILTER (WHERE rank = 1) AS latest_value
+    FROM (
+        SELECT customer_id, metric_code, timestamp, value, event_id, {day} AS day,
+            row_number() OVER (
+                PARTITION BY customer_id, metric_code, {day}
+                ORDER BY timestamp DESC, event_id DESC
+            ) AS rank
+        FROM {source} AS events
+    ) AS events
+    GROUP BY customer_id, metric_code, day"""
+        greatest = "max"
     buckets = f"""
 INSERT INTO usage_buckets AS b (customer_id, metric_code, day, events, total_high,
     total_low, max_value, latest_at, latest_event_id, latest_value)
-SELECT customer_id, metric_code, day, count(*), sum(value >> 32), sum(value & {LOW_BITS}),
-    max(value), max(timestamp) FILTER (WHERE rank = 1),
-    max(event_id) FILTER (WHERE rank = 1), max(value) FILTER (WHERE rank = 1)
-FROM (
-    SELECT customer_id, metric_code, timestamp, value, event_id, {day} AS day,
-        row_number() OVER (
-            PARTITION BY customer_id, metric_code, {day}
-            ORDER BY timestamp DESC, event_id DESC
-        ) AS rank
-    FROM {source} AS events
+SELECT customer_id, metric_code, day, events, high, low, top, latest_at, {latest}
+FROM ({ranked}
 ) AS days
 WHERE true
-GROUP BY customer_id, metric_code, day
 ORDER BY customer_id, metric_code, day
 ON CONFLICT (customer_id, metric_code, day) DO UPDATE SET
     events = b.events + excluded.events,

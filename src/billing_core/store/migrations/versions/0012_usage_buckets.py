@@ -40,7 +40,7 @@ def upgrade() -> None:
         sa.Column("latest_value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("customer_id", "metric_code", "day"),
     )
-    op.create_index("ix_usage_buckets_day", "usage_buckets", ["day"])
+    op.create_index("ix_usage_buckets_day", "usage_buckets", ["day"], postgresql_using="brin")
     op.create_table(
         "usage_bucket_values",
         sa.Column("customer_id", sa.String(length=128), nullable=False),
