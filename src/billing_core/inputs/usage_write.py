@@ -12,7 +12,7 @@ from sqlmodel import Session
 from billing_core.store import postgres
 from billing_core.store.models import UsageEvent, UsageTouch
 from billing_core.store.rows import insert_rows
-from billing_core.store.usage_buckets import DayBuckets
+from billing_core.store.usage_buckets import DayBuckets, fill_sql
 
 BATCH = 20_000
 
@@ -68,7 +68,7 @@ class Writer:
         self.sink.flush()
         self.sink.close()
         loaded = self.sink.loaded
-        self.sink.write_buckets()
+        self.sink.write_buckets(fill_sql("postgresql", "usage_added"))
         if loaded:
             insert_rows(
                 self.session,
@@ -118,7 +118,9 @@ class _Inserts:
     def close(self) -> None:
         pass  # every batch is written when it is flushed
 
-    def write_buckets(self) -> None:
+    def write_buckets(self, statements: object) -> None:
+        """The load's day buckets, summed as its batches were written (`statements`, the
+        PostgreSQL writer's, are not SQLite's way)."""
         self.buckets.write(self.session)
 
     def abandon(self) -> None:

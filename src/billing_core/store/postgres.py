@@ -16,7 +16,7 @@ import operator
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -324,14 +324,13 @@ class EventCopy:
         if self.error is not None:
             raise self.error
 
-    def write_buckets(self) -> None:
-        """The load's events, kept in `usage_added`, into their day buckets (after `close`)."""
-        from billing_core.store.usage_buckets import fill_sql
-
+    def write_buckets(self, statements: Iterable[str]) -> None:
+        """The load's events, kept in `usage_added`, into their day buckets by `statements`
+        (`store.usage_buckets.fill_sql` reading `usage_added`), after `close`."""
         with self.raw.cursor() as cursor:
             # Room for the load's hash aggregate and sort (this transaction only).
             cursor.execute("SET LOCAL work_mem = '256MB'")
-            for statement in fill_sql("postgresql", "usage_added"):
+            for statement in statements:
                 cursor.execute(statement)
             cursor.execute("TRUNCATE usage_added")
 
