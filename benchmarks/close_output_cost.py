@@ -14,6 +14,9 @@ alternation:
   what it prints now (`commands_close._print_invoices`: a summary beyond `LISTED`), on
   the console the command uses when piped (160 columns), writing to /dev/null.
 
+Each is reported in wall seconds and in this thread's CPU seconds (steadier on a shared
+machine: both pieces are pure Python in one thread).
+
     .venv/bin/python benchmarks/close_output_cost.py --events 1000000 --repeat 5
 """
 
@@ -59,10 +62,12 @@ def results(through: date) -> tuple[dict, dict]:
     return before, now
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """Wall and CPU seconds of `fn()` (this thread's CPU: what it costs whatever else the
+    machine runs)."""
+    started, cpu = time.perf_counter(), time.thread_time()
     fn()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.thread_time() - cpu
 
 
 def measure(through: date, repeat: int) -> dict:
@@ -90,9 +95,12 @@ def measure(through: date, repeat: int) -> dict:
         "invoices_table_now": lambda: commands_close._print_invoices(through),
     }
     seconds: dict[str, list[float]] = {name: [] for name in pieces}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in pieces}
     for _ in range(repeat):
         for name, piece in pieces.items():
-            seconds[name].append(round(timed(piece), 4))
+            wall, cpu = timed(piece)
+            seconds[name].append(round(wall, 4))
+            cpu_seconds[name].append(round(cpu, 4))
     sink.close()
     invoices = len(before["diff"]["invoices"])
     lines = sum(len(i["lines"]) for i in before["diff"]["invoices"])
@@ -105,7 +113,9 @@ def measure(through: date, repeat: int) -> dict:
             "now": len(json.dumps(now, default=str)),
         },
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "median": {name: round(statistics.median(s), 3) for name, s in seconds.items()},
+        "median_cpu": {name: round(statistics.median(s), 3) for name, s in cpu_seconds.items()},
     }
 
 
@@ -139,7 +149,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     found["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    print(json.dumps(found["median"], indent=2))
+    print("median seconds, wall:", json.dumps(found["median"], indent=2))
+    print("median seconds, CPU:", json.dumps(found["median_cpu"], indent=2))
     print(
         f"{found['invoices']:,} invoices, {found['lines']:,} lines; result as JSON "
         f"{found['result_json_bytes']['before']:,} bytes before, "

@@ -187,9 +187,10 @@ def _grouped(amount: str) -> str:
 
 # A close lists the invoices through its date one per row up to this many. Beyond, it
 # prints how many there are by status and currency with their totals, the first FIRST
-# rows, and the command that lists them all: Rich took 3.2 s to draw the 6,000 rows of
-# the benchmark store's close (docs/performance.md). The public scenarios and the demo
-# bill a few invoices each: their closes print every row, as before.
+# rows, and the command that lists them all: Rich took seconds to draw the 6,000 rows of
+# the benchmark store's close (docs/performance.md, "The CLI's fixed cost, on a big
+# store"). The public scenarios and the demo bill a few invoices each: their closes
+# print every row, as before.
 LISTED = 100
 FIRST = 20
 
