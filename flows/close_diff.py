@@ -16,7 +16,7 @@ from flows.runtime import close_turn, md
 
 KEY = "close-diff"
 # An artifact is read in a browser: the invoices beyond these are counted, not listed
-# (`billing close --dry-run --format json` and the flow's result hold them all).
+# (`billing close --dry-run --format json` and the dry run's flow result hold them all).
 MAX_INVOICES = 500
 MAX_LINE_TABLES = 50
 
@@ -43,6 +43,13 @@ def dry_close(through: date, issue: bool, run: str) -> dict:
         )
     publish_close_diff(result)
     return result
+
+
+def counted(result: dict) -> dict:
+    """A close's diff without its invoices: its date, the counts and the totals per
+    currency, as a real close's flow result carries it (the invoices and their lines are
+    in the `close-diff` artifact)."""
+    return {k: v for k, v in result.items() if k != "invoices"}
 
 
 def _money(value: str | None) -> str:

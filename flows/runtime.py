@@ -269,6 +269,15 @@ def publish_failures(failures: dict[str, dict[str, str]], through: date) -> None
     )
 
 
+def brief(report: dict) -> dict:
+    """A step's report as a flow's result carries it: every list among its details (the
+    numbers and ids issued, the documents missing) replaced by its length; the counts,
+    money, warnings and failures as they are. The whole report is on the close's record
+    (`close_runs.steps`) and in the step's artifact."""
+    details = {k: len(v) if isinstance(v, list) else v for k, v in report["details"].items()}
+    return {**report, "details": details}
+
+
 def merged(reports: list[dict]) -> dict:
     """One report for a step that ran in shards."""
     total = StepReport.from_dict(reports[0])

@@ -13,6 +13,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.backfill import backfill
+from flows.close_diff import markdown
 from flows.period_close import period_close
 from tests.integration.test_dry_run import THROUGH, files, prepared
 from tests.integration.test_preview import everything
@@ -87,7 +88,8 @@ def test_the_dry_runs_diff_is_exactly_what_the_close_then_does(
     prepared(store, monkeypatch)
     dry = period_close(through=THROUGH, issue=issue, dry_run=True)
     before = invoices_and_lines(store)
-    real = period_close(through=THROUGH, issue=issue)
+    closed = period_close(through=THROUGH, issue=issue, return_state=True)
+    real = closed.result()
     after = invoices_and_lines(store)
 
     # What changed, found from the two dumps alone.
@@ -127,10 +129,14 @@ def test_the_dry_runs_diff_is_exactly_what_the_close_then_does(
         (currency, old.normalize(), new.normalize())
         for currency, (old, new) in sorted(sums.items())
     ]
-    # The close publishes the same change, against the drafts it replaced.
-    assert {k: real["diff"][k] for k in ("counts", "invoices", "totals")} == {
-        k: dry[k] for k in ("counts", "invoices", "totals")
+    # The close publishes the same change, against the drafts it replaced: its result
+    # counts it, its artifact lists it.
+    assert {k: real["diff"][k] for k in ("counts", "totals")} == {
+        k: dry[k] for k in ("counts", "totals")
     }
+    assert "invoices" not in real["diff"]
+    published = artifacts(closed.state_details.flow_run_id)["close-diff"]
+    assert published == markdown({**dry, "dry_run": False})
 
 
 def test_the_flows_dry_run_writes_nothing_and_publishes_close_diff(

@@ -1,9 +1,11 @@
 """`billing close --dry-run` on the terminal: the billed customers, the lines that differ
-and the totals per currency; `--format json`; nothing written."""
+and the totals per currency; `--format json`; nothing written. And a close's own output:
+the money of each step, its invoices listed or, for many, summed up."""
 
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 
 from typer.testing import CliRunner
@@ -74,3 +76,72 @@ def test_money_said_groups_digits_and_keeps_the_sign():
     step = {"details": {"money": {"rated": {"USD": "-1234567.50", "EUR": "0.00"}}}}
     assert _money_said(step) == "; rated 0.00 EUR, -1,234,567.50 USD"
     assert _money_said({"details": {}}) == ""
+
+
+def _invoice_rows(text: str) -> list[str]:
+    """The rows of the tables of invoices a close printed (each starts with an id)."""
+    return [line for line in text.splitlines() if re.match(r"^│ +\d+ │", line)]
+
+
+def test_a_large_close_prints_its_invoices_by_status_and_currency_and_the_first_few(
+    store, monkeypatch, prefect_server
+):
+    """Up to `LISTED` invoices a close lists every one; beyond, their count and total by
+    status and currency, the first `FIRST`, and the command that lists them all."""
+    from billing_core.cli import commands_close
+
+    prepared(store, monkeypatch)
+    runner = CliRunner()
+    done = runner.invoke(app, ["close", "--through", THROUGH.isoformat()])
+    assert done.exit_code == 0, (done.stdout, done.stderr)
+    invoices = store.rows(
+        "SELECT id, number, status, currency, total FROM invoices WHERE billing_date <= :d "
+        "ORDER BY billing_date, billed_customer_id",
+        d=THROUGH,
+    )
+    n = len(invoices)
+    assert n > 4 and {i.currency for i in invoices} == {"EUR", "USD"}
+    listed = _invoice_rows(done.stdout)
+    assert [row.split("│")[1].strip() for row in listed] == [str(i.id) for i in invoices]
+    assert "by status and currency" not in done.stdout
+
+    monkeypatch.setattr(commands_close, "LISTED", n)  # as many as the close has: listed
+    again = runner.invoke(app, ["close", "--through", THROUGH.isoformat()])
+    assert again.exit_code == 0, again.stderr
+    assert _invoice_rows(again.stdout) == listed
+
+    monkeypatch.setattr(commands_close, "LISTED", n - 1)  # one more than that: summed up
+    monkeypatch.setattr(commands_close, "FIRST", 2)
+    big = runner.invoke(app, ["close", "--through", THROUGH.isoformat()])
+    assert big.exit_code == 0, big.stderr
+    text = big.stdout
+    assert (
+        f"Invoices through {THROUGH}: {n} (more than {n - 1}: summed up, the first 2 listed)"
+        in (text)
+    )
+    sums: dict[tuple[str, str], list] = {}
+    for i in invoices:
+        for key in ((i.status, i.currency), ("all", i.currency)):
+            entry = sums.setdefault(key, [0, Decimal(0)])
+            entry[0] += 1
+            entry[1] += Decimal(str(i.total))
+    for (status, currency), (count, total) in sums.items():
+        row = rf"│ {status} +│ {currency} +│ +{count} │ +{total:,.2f} {currency} │"
+        assert re.search(row, text), (row, text)
+    first = _invoice_rows(text)
+    assert [row.split("│")[1].strip() for row in first] == [str(i.id) for i in invoices[:2]]
+    assert f"… and {n - 2} more: `billing invoices list --through {THROUGH}` lists them all" in (
+        text
+    )
+    assert any(line.startswith("  rate: read ") for line in text.splitlines())  # the steps
+
+    # The command it names lists them all, through that date.
+    shown = runner.invoke(app, ["invoices", "list", "--through", THROUGH.isoformat()])
+    assert shown.exit_code == 0, shown.stderr
+    assert [row.split("│")[1].strip() for row in _invoice_rows(shown.stdout)] == [
+        str(i.id) for i in invoices
+    ]
+    earlier = runner.invoke(app, ["invoices", "list", "--through", "2026-02-28"])
+    assert len(_invoice_rows(earlier.stdout)) == sum(
+        1 for r in store.rows("SELECT billing_date FROM invoices") if str(r[0])[:10] < "2026-03-01"
+    )

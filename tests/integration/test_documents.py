@@ -221,6 +221,62 @@ def test_issued_documents_are_written_once(store, monkeypatch, tmp_path):
     assert any("is missing; not written: rendered again" in w for w in report.warnings)
 
 
+def test_a_drafts_preview_is_rendered_again_when_the_templates_change_and_only_then(
+    store, monkeypatch, tmp_path
+):
+    custom = tmp_path / "templates"
+    shutil.copytree(templates_dir(), custom)
+    monkeypatch.setenv("BILLING_TEMPLATES_DIR", str(custom))
+    import_yaml(FAMILY)
+    ingest_csv(USAGE)
+    close("2026-02-01")
+    rendered: list[int] = []
+
+    def counted(data, *args, **kwargs):
+        rendered.append(data["invoice"]["id"])
+        return render_html(data, *args, **kwargs)
+
+    monkeypatch.setattr("billing_core.steps.render.render_html", counted)
+    drafts = sorted(r[0] for r in store.rows("SELECT id FROM invoices WHERE status = 'draft'"))
+    assert drafts
+
+    def previews() -> dict:
+        return {
+            r.invoice_id: (r.sha256, r.source_hash)
+            for r in store.rows("SELECT invoice_id, sha256, source_hash FROM invoice_documents")
+        }
+
+    # Nothing changed: nothing is rendered, however often the step runs.
+    before = previews()
+    for _ in range(2):
+        report = steps.render(date(2026, 2, 1))
+        assert rendered == [] and report.written == 0
+    assert previews() == before
+    # A file the templates folder holds but no document reads as a template (an editor's
+    # swap file) changes nothing either.
+    (custom / ".invoice.html.swp").write_text("swap")
+    steps.render(date(2026, 2, 1))
+    assert rendered == []
+
+    # A template changed: every draft's preview is rendered again, with it.
+    page = custom / "invoice.html"
+    page.write_text(page.read_text().replace("Billed to", "Invoiced to"))
+    report = steps.render(date(2026, 2, 1))
+    assert sorted(rendered) == drafts and report.written == len(drafts)
+    after = previews()
+    assert all(after[i][0] != before[i][0] and after[i][1] != before[i][1] for i in drafts)
+    for draft in drafts:
+        (preview,) = Path("documents").rglob(f"*-draft-{draft}.html")
+        assert "Invoiced to" in preview.read_text()
+    # And then nothing again, until the next change (the stylesheet counts too).
+    rendered.clear()
+    steps.render(date(2026, 2, 1))
+    assert rendered == []
+    (custom / "invoice.css").write_text((custom / "invoice.css").read_text() + "\n/* v2 */\n")
+    steps.render(date(2026, 2, 1))
+    assert sorted(rendered) == drafts
+
+
 def test_a_final_document_reads_the_same_whatever_happens_to_the_invoice_later(store):
     import_yaml(FAMILY)
     ingest_csv(USAGE)

@@ -62,7 +62,7 @@ def _close(day: date, issue: bool, dry_run: bool = False, format_: str = "table"
             "and close again"
         )
     except CloseFailed as failed:
-        _print_invoices(None, through=day)
+        _print_invoices(day)
         _fail_families(f"close through {day}", "close again", failed)
     except DocumentsNotWritten as missing:
         if missing.result is not None:
@@ -112,13 +112,13 @@ def _backfill(
     try:
         result = backfill_flow(start=start, end=end, issue=issue)
     except DocumentsNotWritten as missing:
-        _print_invoices(None, through=end)
+        _print_invoices(end)
         fail(str(missing))
     except CloseFailed as failed:
-        _print_invoices(None, through=end)
+        _print_invoices(end)
         _fail_families(f"backfill to {end}", "run it again", failed)
     out.print(f"backfilled {len(result['closes'])} billing date(s) from {start} to {end}")
-    _print_invoices(None, through=end)
+    _print_invoices(end)
 
 
 def _check_format(format_: str, dry_run: bool) -> None:
@@ -164,7 +164,7 @@ def _print_close(result: dict) -> None:
         )
         for warning in step["warnings"]:
             err.print(f"  warning: {warning}")
-    _print_invoices(None, through=date.fromisoformat(result["through"]))
+    _print_invoices(date.fromisoformat(result["through"]))
 
 
 def _money_said(step: dict) -> str:
@@ -185,12 +185,30 @@ def _grouped(amount: str) -> str:
     return f"{sign}{int(whole.lstrip('-') or 0):,}" + (f".{fraction}" if fraction else "")
 
 
-def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) -> None:
-    from billing_core.domain.money import money_str
+# A close lists the invoices through its date one per row up to this many. Beyond, it
+# prints how many there are by status and currency with their totals, the first FIRST
+# rows, and the command that lists them all: Rich took seconds to draw the 6,000 rows of
+# the benchmark store's close (docs/performance.md, "The CLI's fixed cost, on a big
+# store"). The public scenarios and the demo bill a few invoices each: their closes
+# print every row, as before.
+LISTED = 100
+FIRST = 20
+
+
+def _print_invoices(through: date) -> None:
     from billing_core.steps.documents import summary_rows
 
-    rows = summary_rows(invoice_ids, through)
-    table = Table(title=f"Invoices through {through}" if through else "Invoices")
+    rows = summary_rows(None, through)
+    if len(rows) > LISTED:
+        _print_summary(rows, through)
+    else:
+        out.print(_invoices_table(rows, f"Invoices through {through}"))
+
+
+def _invoices_table(rows: list, title: str) -> Table:
+    from billing_core.domain.money import money_str
+
+    table = Table(title=title)
     for col in ("id", "number", "status", "billed customer", "billing date", "total"):
         table.add_column(col, justify="right" if col in ("id", "total") else "left")
     for r in rows:
@@ -202,7 +220,52 @@ def _print_invoices(invoice_ids: list[int] | None, through: date | None = None) 
             r.billing_date.isoformat(),
             f"{money_str(r.total, r.currency)} {r.currency}",
         )
+    return table
+
+
+def _amount(total, currency: str) -> str:
+    from billing_core.domain.money import money_str
+
+    return f"{_grouped(money_str(total, currency))} {currency}"
+
+
+def _print_summary(rows: list, through: date) -> None:
+    """Too many invoices to list: their count and total by status and currency (then by
+    currency alone), the first FIRST of them, and how to list them all."""
+    from decimal import Decimal
+
+    from billing_core.invoices.lifecycle import STATUSES
+
+    by_status: dict[tuple[str, str], list] = {}
+    by_currency: dict[str, list] = {}
+    for r in rows:
+        for entry in (
+            by_status.setdefault((r.status, r.currency), [0, Decimal(0)]),
+            by_currency.setdefault(r.currency, [0, Decimal(0)]),
+        ):
+            entry[0] += 1
+            entry[1] += r.total
+    out.print(
+        f"Invoices through {through}: {len(rows):,} (more than {LISTED}: summed up, the "
+        f"first {FIRST} listed)"
+    )
+    table = Table(title="By status and currency")
+    for col in ("status", "currency", "invoices", "total"):
+        table.add_column(col, justify="right" if col in ("invoices", "total") else "left")
+    order = {status: n for n, status in enumerate(STATUSES)}
+    for (status, currency), (count, total) in sorted(
+        by_status.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0])
+    ):
+        table.add_row(status, currency, f"{count:,}", _amount(total, currency))
+    table.add_section()
+    for currency, (count, total) in sorted(by_currency.items()):
+        table.add_row("all", currency, f"{count:,}", _amount(total, currency))
     out.print(table)
+    out.print(_invoices_table(rows[:FIRST], f"The first {FIRST}"))
+    out.print(
+        f"… and {len(rows) - FIRST:,} more: `billing invoices list --through {through}` "
+        "lists them all"
+    )
 
 
 def _quiet_tracebacks() -> None:

@@ -38,6 +38,9 @@ def invoices_list(
     customer: Annotated[
         str | None, typer.Option(metavar="CUSTOMER", help="billed customer id")
     ] = None,
+    through: Annotated[
+        str | None, typer.Option(metavar="DATE", help="billing dates up to this day")
+    ] = None,
 ) -> None:
     """Invoices with their status and totals: subtotal + discounts + tax + credits = total."""
     from billing_core.domain.money import money_str
@@ -46,9 +49,10 @@ def invoices_list(
 
     require_store()
     check_status(status)
+    day = parse_date(through, "--through")
     with unit_of_work() as session:
         require_customer(session, customer)
-        rows = list_invoices(session, status, customer)
+        rows = list_invoices(session, status, customer, day)
     amounts = ("subtotal", "discounts", "tax", "credits", "total")
     table = Table()
     for col in ("id", "number", "status", "billed customer", "billing date", *amounts):
@@ -68,12 +72,13 @@ def invoices_list(
         )
     out.print(table)
     if not rows:
-        out.print("no invoices" + _filtered(status, customer))
+        out.print("no invoices" + _filtered(status, customer, day))
 
 
-def _filtered(status: str | None, customer: str | None) -> str:
+def _filtered(status: str | None, customer: str | None, through: date | None = None) -> str:
     said = [f"status {status}"] if status else []
     said += [f"billed customer {customer}"] if customer else []
+    said += [f"a billing date up to {through}"] if through else []
     return f" with {' and '.join(said)}" if said else ""
 
 

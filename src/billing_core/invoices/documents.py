@@ -36,6 +36,30 @@ def templates_dir() -> Path:
     return Path(str(resources.files("billing_templates")))
 
 
+def templates_digest(folder: Path | None = None) -> str:
+    """A SHA-256 of what the documents are made with besides their context: every file
+    under the templates folder (its path there and its bytes; Python's caches and hidden
+    files left out) and the versions of Jinja2 and markupsafe, which write the HTML. The
+    render step reads it once per call, and a draft's preview is rendered again when it
+    changes (`steps.render.source_hash`)."""
+    folder = folder or templates_dir()
+    digest = hashlib.sha256(_writers().encode())
+    for path in sorted(folder.rglob("*")):
+        parts = path.relative_to(folder).parts
+        if not path.is_file() or "__pycache__" in parts or any(p[0] == "." for p in parts):
+            continue
+        digest.update(f"\0{'/'.join(parts)}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@cache
+def _writers() -> str:
+    from importlib.metadata import version
+
+    return " ".join(f"{name} {version(name)}" for name in ("jinja2", "markupsafe"))
+
+
 try:  # markupsafe's own escaping, without its Markup wrapper (C, else Python)
     from markupsafe._speedups import _escape_inner
 except ImportError:  # pragma: no cover - markupsafe built without its C speedups

@@ -272,7 +272,10 @@ def transition(session: Session, invoice_id: int, to: str, now: datetime | None 
 
 
 def list_invoices(
-    session: Session, status: str | None = None, customer: str | None = None
+    session: Session,
+    status: str | None = None,
+    customer: str | None = None,
+    through: date | None = None,
 ) -> list[Any]:
     v = Invoice.__table__.c
     stmt = sa.select(Invoice.__table__).order_by(v.billing_date, v.billed_customer_id, v.id)
@@ -280,6 +283,8 @@ def list_invoices(
         stmt = stmt.where(v.status == status)
     if customer:
         stmt = stmt.where(v.billed_customer_id == customer)
+    if through is not None:
+        stmt = stmt.where(v.billing_date <= through)
     return list(session.execute(stmt))
 
 

@@ -1,11 +1,11 @@
 """The render step: writes the invoice documents that are missing or out of date, and
 records them.
 
-Drafts get an HTML preview marked DRAFT, rendered again only when the invoice changes.
-Issued invoices get their final documents once. A final document found missing is written
-again where its record says, only when rendering it again gives the recorded bytes
-(`invoices.verification.identical`); otherwise it is reported, to be restored from a
-backup. Final records never change.
+Drafts get an HTML preview marked DRAFT, rendered again only when the invoice or the
+templates change (`source_hash`). Issued invoices get their final documents once. A final
+document found missing is written again where its record says, only when rendering it
+again gives the recorded bytes (`invoices.verification.identical`); otherwise it is
+reported, to be restored from a backup. Final records never change.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from billing_core.invoices.documents import (
     environment,
     render_html,
     render_pdfs,
+    templates_digest,
     templates_dir,
 )
 from billing_core.invoices.lifecycle import unlink_after_commit
@@ -51,8 +52,14 @@ Written = tuple[Any, str, Any, Any, str]
 Failure = tuple[Any, str, Any, OSError]
 
 
-def source_hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+def source_hash(data: dict, templates: str) -> str:
+    """What a document is made from: its context and the templates' digest
+    (`documents.templates_digest`). The locale is in the context (its `lang`, and every
+    amount and date written for it). A draft's preview is rendered again when this
+    changes: when the invoice changes, and when the templates do."""
+    digest = hashlib.sha256(templates.encode())
+    digest.update(json.dumps(data, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def render(
@@ -99,7 +106,8 @@ def _render(
         return report
     needed = {invoice.id: invoice for invoice, _, _ in [*wanted, *lost]}
     data = contexts(session, list(needed.values()), store_name)
-    digests = {i: source_hash(d) for i, d in data.items()}
+    templates = templates_digest()
+    digests = {i: source_hash(d, templates) for i, d in data.items()}
     written, failures = _write(wanted, data, digests, store) if wanted else ([], [])
     failures += _write_again(lost, data, report)
     _report_missing(session, report, failures, store)
