@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from billing_core.inputs.usage_blocks import Batch, read_csv_parts
 from billing_core.inputs.usage_csv import read_csv
 from billing_core.inputs.usage_json import read_jsonl
 from billing_core.inputs.usage_validate import load_reference
@@ -98,6 +99,20 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from read_csv(path)
 
 
+# CSV files are read in blocks (`usage_blocks`), and a block every row of which is valid is
+# validated and written at once (`usage_vector`): the same events, counts and messages as
+# row by row, at a fraction of the cost. False: every file row by row (`read_rows`).
+BATCHES = True
+
+
+def read_parts(path: Path) -> Iterator[tuple[int, dict[str, Any]] | Batch]:
+    """`read_rows`, but with runs of plain CSV rows as one `Batch` each."""
+    if not BATCHES or path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        yield from read_rows(path)
+    else:
+        yield from read_csv_parts(path)
+
+
 def refresh_statistics(loaded: int) -> None:
     """After a bulk load has committed, let PostgreSQL's planner see the new events.
 
@@ -160,21 +175,37 @@ def ingest_records(
     validator = load_reference(session)
     writer = Writer(session, source, before=count_before)
     result = IngestResult()
+    checks = None  # the validator's checks over a whole batch, once a batch comes
     try:
         for name, records in sources:
             if result.per_file:
                 writer.mark()  # the files before are counted apart from this one
             result.files += 1
             counts = FileCounts(name, read=result.read, rejected=result.rejected)
-            for number, record in records:
-                result.read += 1
-                row, problem = validator.event(record)
-                if problem is not None:
-                    _refuse(result, name, number, record, problem, rejects)
-                    continue
-                if result.problems and (not skip_invalid or result.unreadable):
-                    continue  # refused anyway: keep validating, stop writing
-                writer.add(row)
+            for item in records:
+                if item.__class__ is Batch:  # rows read together (usage_blocks)
+                    if checks is None:
+                        from billing_core.inputs.usage_vector import VectorChecks
+
+                        checks = VectorChecks(validator)
+                    events = checks.events(item)
+                    if events is not None:  # every row valid, as the row path would find
+                        result.read += events.rows
+                        if not result.problems or (skip_invalid and not result.unreadable):
+                            writer.add_events(events)
+                        continue
+                    rows = item.records()  # some row is not: the row path, for them all
+                else:
+                    rows = (item,)
+                for number, record in rows:
+                    result.read += 1
+                    row, problem = validator.event(record)
+                    if problem is not None:
+                        _refuse(result, name, number, record, problem, rejects)
+                        continue
+                    if result.problems and (not skip_invalid or result.unreadable):
+                        continue  # refused anyway: keep validating, stop writing
+                    writer.add(row)
             counts.read = result.read - counts.read
             counts.rejected = result.rejected - counts.rejected
             result.per_file.append(counts)
@@ -256,7 +287,7 @@ def ingest_files(
             rejects.writerow(["file", "row", "field", "reason", "record"])
         result = ingest_records(
             session,
-            ((str(p), read_rows(p)) for p in paths),
+            ((str(p), read_parts(p)) for p in paths),
             skip_invalid=rejects_path is not None,
             source=source,
             rejects=rejects,
