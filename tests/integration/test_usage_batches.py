@@ -239,3 +239,25 @@ def test_large_batches_are_written_in_the_row_paths_batch_size(catalog, tmp_path
     found = same_both_ways(catalog, monkeypatch, [[path]])
     assert found["in_batches"] == 110
     assert found["loads"][0][2:] == (110, 100, 10, 0)
+
+
+def test_every_field_quoted_is_read_in_batches_the_same(catalog, tmp_path, monkeypatch):
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, quoting=csv.QUOTE_ALL)
+    writer.writerow(HEADER.split(","))
+    for i in range(40):
+        region = ["eu, west", 'say "hi"', "", '"', "plain"][i % 5]
+        metric = ["units", "users", "gb", "calls"][i % 4]
+        user = ['o"brien', "a,b", "x"][i % 3]
+        writer.writerow(
+            [f"w{i:02d}", "solo", metric, "2026-01-05T10:00:00Z", i, user, "1.5", region]
+        )
+    path = tmp_path / "quoted.csv"
+    path.write_text(text.getvalue(), encoding="utf-8")
+    found = same_both_ways(catalog, monkeypatch, [[path]])
+    assert found["said"][0][0] == 0, found["said"]
+    assert len(found["events"]) == 40
+    assert found["in_batches"] == 40

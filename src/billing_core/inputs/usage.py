@@ -3,7 +3,10 @@
 Files are read row by row (`usage_csv`, `usage_json`), each record validated
 (`usage_validate`) and written in batches (`usage_write`: COPY on PostgreSQL, multi-row
 inserts on SQLite) inside one transaction, so a refused file leaves nothing behind and
-memory does not grow with the file. Aggregation is `store.usage_totals.aggregate`.
+memory does not grow with the file. CSV files are read in blocks instead (`usage_blocks`):
+a block every row of which passes the vectorised checks (`usage_vector`) is validated and
+written at once, any other block row by row as above. Aggregation is
+`store.usage_totals.aggregate`.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ def retrying_deadlocks(load, session: Session | None = None):
 
 def ingest_records(
     session: Session,
-    sources: Iterable[tuple[str, Iterable[tuple[int, dict[str, Any]]]]],
+    sources: Iterable[tuple[str, Iterable[tuple[int, dict[str, Any]] | Batch]]],
     *,
     skip_invalid: bool = False,
     source: str = "cli",
@@ -169,7 +172,8 @@ def ingest_records(
     With `skip_invalid`, bad rows are left out (and written to `rejects`, a CSV writer);
     otherwise any bad row refuses everything. Each source's own counts are in `per_file`;
     with `count_before`, `loaded_before` counts the new events earlier than it. The caller
-    commits.
+    commits. A source may yield a `Batch` (rows read together) in place of its rows: it
+    counts, and is refused or written, as its rows one by one would be.
     """
     postgres.lock_usage_load(session)
     validator = load_reference(session)

@@ -48,9 +48,9 @@ _PLAIN_INSTANT = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:\.[0-9]{1,6})?(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])$"
 )
-# A property value JSON writes as it is between quotes (no quote, backslash or control
-# character; CSV blocks have no quote, see usage_blocks).
-_JSON_PLAIN = r"^[^\x{00}-\x{1f}\\\x{22}]*$"
+# A property value JSON writes as it is between quotes, its quotes aside (no backslash or
+# control character).
+_JSON_PLAIN = r"^[^\x{00}-\x{1f}\\]*$"
 _INSTANT = pa.timestamp("us", tz="UTC")
 _SCALE_DECIMAL = pa.scalar(SCALE, pa.decimal128(7, 0))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -185,6 +185,8 @@ def _properties_json(properties: list[tuple[str, Any]]) -> Any:
         # skips nulls drops rows whose every part is null).
         prefix = ", " + copy_text(_json_string(key)) + ': "'
         given = pc.not_equal(cells, "")
+        if pc.any(pc.match_substring(cells, '"')).as_py():
+            cells = pc.replace_substring(cells, '"', '\\\\"')  # JSON's \", COPY's \\"
         parts.append(pc.if_else(given, pc.binary_join_element_wise(prefix, cells, '"', ""), ""))
     joined = pc.binary_join_element_wise(*parts, "")
     wrapped = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
