@@ -222,7 +222,7 @@ def _parser(width: int) -> Any:
                 parse_options=parse_options,
                 convert_options=convert_options,
             )
-        except pa.ArrowInvalid:  # a row of another width, bytes that are not UTF-8
+        except pa.ArrowException:  # a row of another width, bytes that are not UTF-8...
             return None
         if table.num_rows != lines:  # a blank line
             return None
