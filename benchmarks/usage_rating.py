@@ -6,11 +6,19 @@ model, every aggregation, the three pool kinds and individually rated families) 
 measures:
 
 - ingestion of the first file of (up to) 1,000,000 events through `billing usage ingest`:
-  wall time and the process's peak memory (RSS, from wait4);
+  wall time, the process's CPU time (user + system) and peak memory (RSS, from wait4);
+- with `--copy-floor`, the floor for that ingestion: `psql`'s `\\copy` of the same file
+  into a table keyed on event id (event id, customer, metric, timestamptz, numeric, the
+  property), a whole process too, in the same run;
+- with `--repeat N`, the first file ingested N times into emptied events (and N floors),
+  alternating; with `--before DIR` each round also ingests with the code of another
+  checkout (`git archive COMMIT | tar -x -C DIR`), in a rotating order;
 - the recalculation step, then the rating step (aggregation in SQL plus pricing) for the
   billing date 2026-02-01, in a child process, each timed inside the step;
 - a bare `SELECT … GROUP BY customer, metric` over the same events, run before and after
   the rating step in the same run; the ratio uses the faster of the two.
+
+`--ingest-only` stops after the ingestion of the first file.
 
 Between the loads and the measurements the store is vacuumed, analysed and checkpointed
 (as autovacuum and PostgreSQL's own checkpoints would have done by a month-end close), so
@@ -36,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -226,6 +234,13 @@ def write_usage(path: Path, ids: list[str], count: int, offset: int, rng: random
 
 def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
     """Run a command; its wall seconds, peak RSS in MB and standard output."""
+    wall, rss, _, stdout = run_timed(command, env)
+    return wall, rss, stdout
+
+
+def run_timed(command: list[str], env: dict) -> tuple[float, int, float, str]:
+    """Run a command; its wall seconds, peak RSS in MB, CPU seconds (user + system) and
+    standard output."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
@@ -237,7 +252,88 @@ def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
         stdout, stderr = out.read().decode(), err.read().decode()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}{stdout}")
-    return wall, usage.ru_maxrss // 1024, stdout
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, stdout
+
+
+FLOOR_TABLE = (
+    "CREATE TABLE copy_floor (event_id text PRIMARY KEY, customer text, metric text, "
+    '"timestamp" timestamptz, quantity numeric, user_id text)'
+)
+
+
+def copy_floor(url: str, path: Path, env: dict) -> dict:
+    """The floor of an ingestion: psql's \\copy of the file into a table keyed on event id
+    (created empty for it, dropped after), as a whole process."""
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("DROP TABLE IF EXISTS copy_floor"))
+            connection.execute(sa.text(FLOOR_TABLE))
+        command = [
+            "psql",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            plain,
+            "-c",
+            f"\\copy copy_floor FROM '{path}' WITH (FORMAT csv, HEADER true)",
+        ]
+        wall, _, cpu, _ = run_timed(command, env)
+        with engine.connect() as connection:
+            connection.execute(sa.text("DROP TABLE copy_floor"))
+    finally:
+        engine.dispose()
+    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+
+
+def empty_events(url: str) -> None:
+    """Forget what an ingestion wrote, so that the next one loads every event again."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("TRUNCATE usage_events, usage_touches, usage_loads"))
+            connection.execute(sa.text("VACUUM ANALYZE usage_events"))
+            with suppress(sa.exc.DBAPIError):
+                connection.execute(sa.text("CHECKPOINT"))
+    finally:
+        engine.dispose()
+
+
+def ingest_rounds(args, url: str, usage: Path, env: dict, billing: str) -> list[dict]:
+    """The first file ingested `--repeat` times (with `--before`, by both checkouts in a
+    rotating order), each into emptied events, and as many floors."""
+    variants = [("after", env)]
+    if args.before is not None:
+        before_env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(args.before / "src"), str(args.before)]),
+        }
+        variants.append(("before", before_env))
+    rounds = []
+    for i in range(args.repeat):
+        order = variants[i % len(variants) :] + variants[: i % len(variants)]
+        for name, variant_env in order:
+            empty_events(url)
+            wall, rss, cpu, _ = run_timed([billing, "usage", "ingest", str(usage)], variant_env)
+            rounds.append(
+                {
+                    "code": name,
+                    "seconds": round(wall, 2),
+                    "cpu_seconds": round(cpu, 2),
+                    "peak_rss_mb": rss,
+                    "load_average": round(os.getloadavg()[0], 2),
+                }
+            )
+        if args.copy_floor:
+            rounds.append(
+                {
+                    "code": "copy floor",
+                    **copy_floor(url, usage, env),
+                    "load_average": round(os.getloadavg()[0], 2),
+                }
+            )
+    return rounds
 
 
 def bare_group_by(url: str) -> float:
@@ -326,6 +422,12 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@localhost:5432/postgres")
     parser.add_argument("--json", type=Path, default=Path("benchmark-usage.json"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--ingest-only", action="store_true", help="stop after the first file")
+    parser.add_argument(
+        "--copy-floor", action="store_true", help="also time psql's \\copy of the first file"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="ingestions of the first file")
+    parser.add_argument("--before", type=Path, help="another checkout, ingested alternately")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -359,19 +461,30 @@ def main() -> None:
             started = time.perf_counter()
             write_usage(usage, ids, n, written, rng)
             generated = time.perf_counter() - started
-            wall, rss, _ = run_measured([billing, "usage", "ingest", str(usage)], env)
+            wall, rss, cpu, _ = run_timed([billing, "usage", "ingest", str(usage)], env)
             files.append(
                 {
                     "events": n,
                     "generate_seconds": round(generated, 1),
                     "ingest_seconds": round(wall, 2),
+                    "ingest_cpu_seconds": round(cpu, 2),
                     "peak_rss_mb": rss,
                     "events_per_second": round(n / wall),
                 }
             )
+            if not files[1:] and (args.copy_floor or args.repeat > 1 or args.before):
+                results["ingest_rounds"] = ingest_rounds(args, url, usage, env, billing)
             usage.unlink()
             written += n
+            if args.ingest_only:
+                break
         results["ingest"] = files
+        if args.ingest_only:
+            results["machine"]["load_average_at_end"] = list(os.getloadavg())
+            args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            _print(results)
+            print(f"\nwritten to {args.json}")
+            return
         results["vacuum_analyze_seconds"] = round(settle(url), 1)
         bare = [bare_group_by(url)]
         wall, rss, out = run_measured([sys.executable, "-c", STEPS_SCRIPT, THROUGH], env)
@@ -397,8 +510,16 @@ def _print(results: dict) -> None:
     first = results["ingest"][0]
     print(
         f"ingest of the first {first['events']} events: {first['ingest_seconds']} s, "
-        f"peak {first['peak_rss_mb']} MB ({first['events_per_second']} events/s)"
+        f"CPU {first['ingest_cpu_seconds']} s, peak {first['peak_rss_mb']} MB "
+        f"({first['events_per_second']} events/s)"
     )
+    for r in results.get("ingest_rounds", []):
+        print(
+            f"  {r['code']:<11}{r['seconds']:>7.2f} s  CPU {r['cpu_seconds']:>6.2f} s  "
+            f"load {r['load_average']}"
+        )
+    if "steps" not in results:
+        return
     for name, step in results["steps"].items():
         print(
             f"{name:<14}{step['seconds']:>8.2f} s  read {step['read']}, written {step['written']}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -15,6 +16,9 @@ from billing_core.store.rows import insert_rows
 from billing_core.store.usage_buckets import DayBuckets, fill_sql
 
 BATCH = 20_000
+# Rows of batches' touches kept before they are folded into one table (while the
+# writing thread copies, so that little is left to fold at the end).
+SPANS_FOLDED = 150_000
 
 
 class Writer:
@@ -27,6 +31,9 @@ class Writer:
         self.now = datetime.now(UTC)
         # (customer, metric) -> earliest and latest timestamps seen: late-usage touches.
         self.touched: dict[tuple[str, str], list[datetime]] = {}
+        # The same of the batches added at once (`add_events`): pyarrow tables of
+        # (customer, metric, earliest, latest), folded into `touched` by `finish`.
+        self.spans: list[Any] = []
         self.sink = postgres.event_copy(session, source, self.now, BATCH, before) or _Inserts(
             session, source, self.now, before
         )
@@ -43,6 +50,24 @@ class Writer:
         elif timestamp > span[1]:
             span[1] = timestamp
         self.put(row, key)
+
+    def add_events(self, events: Any) -> None:
+        """A batch of valid events at once (`usage_vector.Events`): noted in the touches
+        and written as `add` would write each, in order, after the rows added before."""
+        from billing_core.inputs.usage_vector import fold_spans
+
+        self.spans.append(events.spans())
+        if sum(t.num_rows for t in self.spans) > SPANS_FOLDED:
+            self.spans = [fold_spans(self.spans)]  # bounded memory
+        if isinstance(self.sink, _Inserts):
+            self.sink.add_rows(events.row_dicts())
+            return
+        for piece in events.slices(self.sink.size):  # batches no larger than row by row
+            self.sink.add_lines(
+                piece.event_id.to_pylist(),
+                piece.copy_lines(self.sink.tail),
+                piece.earlier_than(self.sink.before),
+            )
 
     def mark(self) -> None:
         """The end of a file: after `finish`, `marks` holds the events loaded up to each."""
@@ -64,8 +89,25 @@ class Writer:
         """Stop writing without waiting for the batches under way (the load failed)."""
         self.sink.abandon()
 
+    def _fold_spans(self) -> None:
+        """The touches of the batches added at once, into `touched`."""
+        if not self.spans:
+            return
+        from billing_core.inputs.usage_vector import fold_spans, span_items
+
+        touched = self.touched
+        for key, lo, hi in span_items(fold_spans(self.spans)):
+            span = touched.get(key)
+            if span is None:
+                touched[key] = [lo, hi]
+            else:
+                span[0] = min(span[0], lo)
+                span[1] = max(span[1], hi)
+        self.spans = []
+
     def finish(self) -> int:
         self.sink.flush()
+        self._fold_spans()  # while the last batches are being written
         self.sink.close()
         loaded = self.sink.loaded
         self.sink.write_buckets(fill_sql("postgresql", "usage_added"))
@@ -103,6 +145,12 @@ class _Inserts:
 
     def add(self, row: dict, key: tuple[str, str]) -> None:
         self.batch.append(row)
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def add_rows(self, rows: list[dict]) -> None:
+        """Rows as `add` takes them, several at once, in order."""
+        self.batch.extend(rows)
         if len(self.batch) >= BATCH:
             self.flush()
 

@@ -310,6 +310,17 @@ class EventCopy:
         self.queue.put((self.ids, self.lines, self.early))
         self.ids, self.lines, self.early = [], [], 0
 
+    def add_lines(self, ids: list[str], lines: list[str], early: int = 0) -> None:
+        """A whole batch already in COPY text (the columns of USAGE_COLUMNS, each line
+        ending with `tail`): queued as `flush` queues a batch, after the events added
+        before it, with `early` of its events earlier than `before`."""
+        self.flush()
+        if not lines:
+            return
+        if self.error is not None:
+            self.close()
+        self.queue.put((ids, lines, early))
+
     def mark(self) -> None:
         """The end of a file: `marks` gets the events loaded so far once the writing thread
         has written every batch before it (the reader does not wait for it)."""
