@@ -7,12 +7,14 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 
 from billing_core.inputs import usage_write
 from billing_core.inputs.usage import ingest_files
 from billing_core.store.engine import unit_of_work
 from billing_core.store.models import Customer, UsageEvent
+from billing_core.store.postgres import EventCopy
 from billing_core.store.rows import COPY_FROM, insert_rows
 from billing_core.store.usage_buckets import rebuild
 from tests.helpers import import_yaml, recorded_statements
@@ -113,6 +115,74 @@ def test_a_load_of_known_ids_merges_only_the_new_ones_into_events_and_day_bucket
         kept = session.execute(everything).all()
         rebuild(session.connection())
         assert session.execute(everything).all() == kept
+
+
+def test_a_concurrent_load_of_the_same_ids_falls_back_to_the_merge(store, tmp_path, monkeypatch):
+    """The straight COPY meets an id written meanwhile: its savepoint is undone and the
+    batch goes through staging, skipping that id; nothing is lost or counted twice."""
+    if store.backend != "postgres":
+        pytest.skip("the straight COPY is PostgreSQL's path")
+    import_yaml(CATALOG)
+    _write(tmp_path / "first.jsonl", _events(5))
+    with unit_of_work() as session:
+        ingest_files(session, [tmp_path / "first.jsonl"])
+        session.commit()
+    # Blind the pre-check, as if e0..e4 had been committed by another load after it.
+    seen = []
+    original = EventCopy._copy_direct
+
+    def blind(self, ids, lines):
+        seen.append(len(ids))
+        real = self.raw.cursor
+        self.raw.cursor = lambda *a, **k: _NoClash(real(*a, **k))
+        try:
+            return original(self, ids, lines)
+        finally:
+            self.raw.cursor = real
+
+    monkeypatch.setattr(EventCopy, "_copy_direct", blind)
+    tables = []
+    copy = EventCopy._copy
+
+    def spy(self, lines, table):
+        tables.append(table)
+        return copy(self, lines, table)
+
+    monkeypatch.setattr(EventCopy, "_copy", spy)
+    _write(tmp_path / "second.jsonl", _events(10))
+    with unit_of_work() as session:
+        result = ingest_files(session, [tmp_path / "second.jsonl"])
+        session.commit()
+    assert seen == [10]
+    assert tables == ["usage_events", "usage_staging"]  # tried straight in, then merged
+    assert (result.loaded, result.duplicates) == (5, 5)
+    assert store.scalar("SELECT count(*) FROM usage_events") == 10
+    assert store.scalar("SELECT sum(events) FROM usage_buckets") == 10  # each event once
+
+
+class _NoClash:
+    """A cursor whose existence check finds nothing (the race the savepoint handles)."""
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+        self._blind = False
+
+    def __enter__(self):
+        self._cursor.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._cursor.__exit__(*exc)
+
+    def execute(self, query, params=None):
+        self._blind = query.startswith("SELECT 1 FROM usage_events")
+        return self._cursor.execute(query, params)
+
+    def fetchone(self):
+        return None if self._blind else self._cursor.fetchone()
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
 
 
 def test_bulk_inserts_store_what_row_inserts_store(store):

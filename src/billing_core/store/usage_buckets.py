@@ -141,7 +141,9 @@ def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
     events of `source` (a table or a subquery with the events' columns, each event once,
     none of them in the buckets yet), adding to the buckets already stored.
 
-    On PostgreSQL a day's latest event is found by a hash aggregate, the greatest
+    On PostgreSQL the high bits are summed as integers (below 2^31: values are below
+    2^63), an integer sum cheaper than a bigint's; a day's latest event is found by a hash
+    aggregate, the greatest
     [instant as digits, event id, value] (`store.postgres.latest_column`), instead of a
     sort of the events; SQLite ranks them."""
     day = day_sql(dialect, "timestamp")
@@ -149,8 +151,8 @@ def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
         latest = "latest[2], latest[3]::bigint"
         ranked = f"""
     SELECT customer_id, metric_code, day, count(*) AS events,
-        sum(value >> 32) AS high, sum(value & {LOW_BITS}) AS low, max(value) AS top,
-        max(timestamp) AS latest_at,
+        sum((value >> 32)::integer) AS high, sum(value & {LOW_BITS}) AS low,
+        max(value) AS top, max(timestamp) AS latest_at,
         max(ARRAY[to_char(timezone('UTC', timestamp), 'YYYYMMDDHH24MISSUS'), event_id,
             value::text]) AS latest
     FROM (SELECT *, {day} AS day FROM {source} AS events) AS events
