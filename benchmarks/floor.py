@@ -51,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from close_benchmark import close_run, flow_and_tasks, load  # noqa: E402
 from usage_rating import (  # noqa: E402
     BIN,
-    MONTH_START,
     THROUGH,
     bare_group_by,
     catalog,
@@ -66,23 +65,7 @@ MONTH_END = datetime(2026, 2, 1, tzinfo=UTC)
 
 def sum_max_group_by(url: str) -> float:
     """Seconds for `GROUP BY customer, metric` with sum and max over the month's events."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            started = time.perf_counter()
-            rows = connection.execute(
-                sa.text(
-                    "SELECT customer_id, metric_code, sum(value), max(value) FROM usage_events "
-                    "WHERE timestamp >= :start AND timestamp < :end "
-                    "GROUP BY customer_id, metric_code"
-                ),
-                {"start": MONTH_START, "end": MONTH_END},
-            ).all()
-            seconds = time.perf_counter() - started
-        assert rows, "no events to group"
-        return seconds
-    finally:
-        engine.dispose()
+    return bare_group_by(url, "sum(value), max(value)")
 
 
 def copy_floor(url: str, path: Path) -> float:

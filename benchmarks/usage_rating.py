@@ -336,15 +336,16 @@ def ingest_rounds(args, url: str, usage: Path, env: dict, billing: str) -> list[
     return rounds
 
 
-def bare_group_by(url: str) -> float:
-    """Seconds for a bare GROUP BY over January's events, every row fetched."""
+def bare_group_by(url: str, aggregates: str = "count(*), sum(value), max(value)") -> float:
+    """Seconds for a bare GROUP BY (customer, metric: `aggregates`) over January's events,
+    every row fetched."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
             started = time.perf_counter()
             rows = connection.execute(
                 sa.text(
-                    "SELECT customer_id, metric_code, count(*), sum(value), max(value) "
+                    f"SELECT customer_id, metric_code, {aggregates} "
                     "FROM usage_events WHERE timestamp >= :start AND timestamp < :end "
                     "GROUP BY customer_id, metric_code"
                 ),
