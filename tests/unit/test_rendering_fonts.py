@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import io
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from fontTools.ttLib import TTFont
 
 from billing_core.domain.money import MINOR_UNITS
+from billing_core.invoices import weasy
 from billing_core.invoices.documents import pdf_document, templates_dir
 from billing_core.invoices.formatting import day, money, period
 
@@ -118,3 +120,64 @@ def has_font_for(char: str) -> bool:
 def test_other_scripts_fall_back_to_the_systems_fonts():
     used = families("שלום Acme")
     assert "Invoice Sans" in used and len(used) > 1
+
+
+def embedded_fonts(pdf: bytes) -> dict[str, bytes]:
+    """The font files a PDF embeds, by the font's name without its subset tag."""
+    from pypdf import PdfReader
+
+    found = {}
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            for descendant in font.get("/DescendantFonts", [font]):
+                descriptor = descendant.get_object()["/FontDescriptor"].get_object()
+                name = str(descriptor["/FontName"]).split("+", 1)[-1]
+                found[name] = descriptor["/FontFile2"].get_object().get_data()
+    return found
+
+
+def pdf_of(text: str) -> bytes:
+    return pdf_document(f"<html><body><p>{text}</p><p><b>{text}</b></p></body></html>").write_pdf()
+
+
+def glyphs(font_file: bytes) -> dict[str, bytes]:
+    """Each glyph of a font file that has an outline, compiled."""
+    font = TTFont(io.BytesIO(font_file))
+    glyf = font["glyf"]
+    return {
+        name: glyf[name].compile(glyf)
+        for name in font.getGlyphOrder()
+        if glyf[name].numberOfContours != 0
+    }
+
+
+def test_documents_share_font_subsets_that_draw_their_glyphs_as_their_own_would(monkeypatch):
+    # Two documents written in the common characters embed the same subset of each face,
+    # made once per process ...
+    first, second = "Acme GmbH – 1 Feb 2026 · €1,234.56", "Zenith Ltd: 42 × 3 ≈ 126 (−5%)"
+    shared = embedded_fonts(pdf_of(first))
+    assert shared == embedded_fonts(pdf_of(second))
+    assert len(shared) == 2  # regular and bold
+    # ... which holds every glyph, as drawn, of the subset each would get alone (the
+    # glyph ids are kept either way: the pages draw the same glyphs).
+    with monkeypatch.context() as alone:
+        alone.setattr(weasy, "_glyphs_of", lambda content, index: ())
+        own = {text: embedded_fonts(pdf_of(text)) for text in (first, second)}
+    for text in (first, second):
+        assert own[text] != shared
+        for face, font_file in own[text].items():
+            theirs, common = glyphs(font_file), glyphs(shared[face])
+            assert theirs and all(common[name] == outline for name, outline in theirs.items())
+    # Names in Latin beyond ASCII share a wider subset; other scripts get their own.
+    assert embedded_fonts(pdf_of("Łódź Müller")) == embedded_fonts(pdf_of("Ærøskøbing"))
+    assert embedded_fonts(pdf_of("Łódź Müller")) != shared
+    assert embedded_fonts(pdf_of("Αθήνα ΑΕ")) != embedded_fonts(pdf_of("Москва"))
+
+
+def test_a_document_gives_the_same_bytes_whatever_was_rendered_before_it(monkeypatch):
+    text = "Acme GmbH – 1 Feb 2026 · €1,234.56"
+    warm = pdf_of(text)
+    monkeypatch.setattr(weasy, "_shared_subsets", {})
+    monkeypatch.setattr(weasy, "_level_glyphs", {})
+    assert pdf_of(text) == warm

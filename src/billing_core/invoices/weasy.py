@@ -1,5 +1,5 @@
-"""WeasyPrint's HTML document of an invoice, spared two costs that are the same for every
-invoice and change nothing in its PDF.
+"""WeasyPrint's HTML document of an invoice, spared costs that are the same for every
+invoice and change nothing in how its PDF looks.
 
 - Parsing: a document whose markup keeps to `invoices.markup`'s subset is given to
   WeasyPrint as the tree the C XML parser reads (the tree WeasyPrint's HTML5 parser
@@ -16,10 +16,20 @@ invoice and change nothing in its PDF.
 
 Anything else goes to WeasyPrint as `HTML(string=...)`. The PDF is the same bytes either
 way (tests/integration/test_documents.py renders the invoices both ways).
+
+- Font subsets (`share_font_subsets`): WeasyPrint embeds in each PDF a subset of every
+  font it uses, made afresh for each document; without HarfBuzz's subsetter that is
+  fontTools parsing and writing the font, some 20 ms per font, a third of a PDF. It keeps
+  each glyph's id (a subset only empties the glyphs left out), so any subset holding the
+  glyphs a document uses draws it the same. A document whose glyphs of a font are all
+  among those of `COMMON` (else of `WIDER`) gets that font's subset for the whole set,
+  made once per process; any other document gets its own subset, as before. The same
+  document still gives the same bytes, whatever the process rendered before.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from functools import cache
 from typing import Any
@@ -123,3 +133,71 @@ def _split(prelude: list[Any]) -> list[list[Any]]:
         else:
             parts[-1].append(token)
     return [part for part in parts if part]
+
+
+# What invoices are written in (printable ASCII, the spaces, signs and punctuation the
+# templates and amounts use); and next, the rest of Latin-1 and Latin Extended-A (names),
+# general punctuation and currency signs. A font's subset for either is made once per
+# process; only the glyphs the font has count.
+COMMON = frozenset([*range(0x20, 0x7F), *map(ord, "\u00a0\u202f\u2009·×÷–—‘’“”…€£¥₹−≈")])
+WIDER = COMMON | frozenset([*range(0xA0, 0x180), *range(0x2010, 0x2030), *range(0x20A0, 0x20C0)])
+LEVELS = (COMMON, WIDER)
+# Fonts larger than this (a system's CJK font) are subset per document, as WeasyPrint does.
+SHARED_FONT_BYTES = 2_000_000
+
+# A font file's glyph ids for each of LEVELS, by (font bytes, face index).
+_level_glyphs: dict[tuple[bytes, int], tuple[frozenset[int], ...]] = {}
+# Subsets made: (font bytes, face index, level, hinting, HarfBuzz's subsetter) -> bytes.
+_shared_subsets: dict[tuple[bytes, int, int, bool, bool], bytes] = {}
+
+
+@cache
+def share_font_subsets() -> None:
+    """Make WeasyPrint give a document the font subsets of `LEVELS` (made once per
+    process) where they hold every glyph it uses of a font, else its own subset.
+
+    WeasyPrint keeps glyph ids when it subsets (fontTools' `retain_gids`, HarfBuzz's
+    `RETAIN_GIDS`), so the page draws the same glyphs with either subset; the PDF only
+    carries more glyphs than it shows. A font with glyphs WeasyPrint found missing keeps
+    its own subset (its .notdef outline depends on them)."""
+    from weasyprint.pdf import fonts
+
+    own = fonts.Font.subset
+
+    def subset(self: Any, to_unicode: dict, hinting: bool) -> None:
+        content = self.file_content
+        if not to_unicode or self.missing or len(content) > SHARED_FONT_BYTES:
+            return own(self, to_unicode, hinting)
+        used = to_unicode.keys()
+        for level, glyphs in enumerate(_glyphs_of(content, self.index)):
+            if used <= glyphs:
+                key = (content, self.index, level, bool(hinting), fonts.harfbuzz_subset is not None)
+                shared = _shared_subsets.get(key)
+                if shared is None:
+                    own(self, dict.fromkeys(sorted(glyphs)), hinting)
+                    shared = _shared_subsets[key] = self.file_content
+                self.file_content = shared
+                return None
+        return own(self, to_unicode, hinting)
+
+    fonts.Font.subset = subset
+
+
+def _glyphs_of(content: bytes, index: int) -> tuple[frozenset[int], ...]:
+    """The glyph ids of the characters of each of `LEVELS` a font has (with .notdef);
+    none when fontTools cannot read the font."""
+    found = _level_glyphs.get((content, index))
+    if found is None:
+        from fontTools.ttLib import TTFont, TTLibError
+
+        try:
+            font = TTFont(io.BytesIO(content), fontNumber=index, lazy=True)
+            cmap = font.getBestCmap() or {}
+            found = tuple(
+                frozenset({0} | {font.getGlyphID(cmap[u]) for u in level if u in cmap})
+                for level in LEVELS
+            )
+        except (TTLibError, KeyError, ValueError, AssertionError):
+            found = ()
+        _level_glyphs[(content, index)] = found
+    return found
