@@ -95,6 +95,27 @@ def test_quantity_is_what_babel_writes(value, locale):
     assert quantity(value, locale) == _babel_quantity(normal, locale)
 
 
+@given(AMOUNTS, CURRENCIES, LOCALES, st.booleans(), st.integers(min_value=-4, max_value=4))
+@settings(max_examples=400, deadline=None)
+def test_what_money_and_quantity_wrote_is_reused_only_for_the_same_value(
+    amount, currency, locale, exact, shift
+):
+    """Written values are remembered by their arguments, equal Decimals sharing an entry:
+    an amount spelt with more or fewer zeros (1.5, 1.50) is written as it would be first."""
+    sign, digits, exponent = amount.as_tuple()
+    spelt = D((sign, digits + (0,) * abs(shift), exponent - abs(shift)))  # trailing zeros
+    assert spelt == amount
+    for value in (amount, spelt, -amount, amount.copy_negate().copy_abs()):
+        formatting._WRITTEN.clear()
+        fresh = (money(value, currency, locale, exact), quantity(value, locale))
+        for other in (amount, spelt):
+            if other == value:
+                assert (money(other, currency, locale, exact), quantity(other, locale)) == fresh
+    formatting._WRITTEN.clear()
+    assert money(D("-0.00"), "USD", "en_US") == money(D("0"), "USD", "en_US") == "$0.00"
+    assert money(D("0"), "USD", "en_US") == "$0.00"
+
+
 def test_the_fast_paths_serve_the_locales_invoices_use():
     for locale in ("en_US", "de_DE", "ja_JP", "fr_FR"):
         assert formatting._plain_quantities(locale) is not None, locale
