@@ -177,6 +177,28 @@ def test_the_pdf_is_the_same_whichever_parser_reads_its_html(store, monkeypatch)
             assert written.read_bytes() == fast
 
 
+def test_contexts_read_the_same_in_one_statement_or_in_chunks(store, monkeypatch):
+    """Lines, charges and pool totals of many invoices are read in one statement on
+    PostgreSQL (an array of ids) and in IN lists elsewhere or for a few: the same
+    contexts either way."""
+    import billing_core.store.rows
+
+    import_yaml(FAMILY)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    close("2026-03-01")
+
+    def read() -> dict:
+        with unit_of_work() as session:
+            invoices = list(session.execute(sa.select(Invoice.__table__)))
+            return contexts(session, invoices)
+
+    whole = read()
+    assert len(whole) == 2 and any(d["breakdown"] for d in whole.values())
+    monkeypatch.setattr(billing_core.store.rows, "CHUNK", 1)  # more ids than a chunk
+    assert read() == whole
+
+
 def test_a_draft_is_marked_and_gets_no_pdf(store):
     import_yaml(FAMILY)
     ingest_csv(USAGE)

@@ -26,7 +26,7 @@ from billing_core.domain.money import ZERO
 from billing_core.invoices.explanations import Formatter, counted, steps, summary
 from billing_core.invoices.formatting import money, period, quantity
 from billing_core.store.models import Charge, InvoiceCharge
-from billing_core.store.rows import chunks
+from billing_core.store.rows import among
 
 # What the documents read of a charge: the breakdown's columns and what explains it.
 BREAKDOWN_COLUMNS = pick(
@@ -69,11 +69,11 @@ def charges_of(session: Session, ids: list[int]) -> dict[int, list[Any]]:
     ]
     parsed: dict[str | None, Any] = {None: None}  # terms text -> its dict
     charges: dict[int, list[Any]] = defaultdict(list)
-    for part in chunks(ids):
+    for among_ids in among(session, link.invoice_id, ids):
         for row in session.execute(
             sa.select(link.invoice_id, ch.id, *columns)
             .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
-            .where(link.invoice_id.in_(part))
+            .where(among_ids)
         ).fetchall():
             text = row[_TERMS]
             if text in parsed:
@@ -92,12 +92,12 @@ def pool_totals(session: Session, ids: list[int]) -> dict[tuple, tuple[Decimal, 
     link = InvoiceCharge.__table__.c
     member = Charge.__table__.alias("member")
     totals: dict[tuple, tuple[Decimal, Decimal]] = {}
-    for part in chunks(ids):
+    for among_ids in among(session, link.invoice_id, ids):
         pooled = (
             sa.select(*(ch[k] for k in POOL_KEY))
             .distinct()
             .join_from(Charge.__table__, InvoiceCharge.__table__, link.charge_id == ch.id)
-            .where(link.invoice_id.in_(part), ch.pool.is_not(None), ch.kind == "usage")
+            .where(among_ids, ch.pool.is_not(None), ch.kind == "usage")
             .subquery()
         )
         rows = session.execute(

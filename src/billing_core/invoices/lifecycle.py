@@ -24,7 +24,7 @@ from billing_core.store.models import (
 )
 from billing_core.store.recorded_documents import remove
 from billing_core.store.reference import issuer as load_issuer
-from billing_core.store.rows import chunks, records
+from billing_core.store.rows import among, chunks, records
 
 ONE_DAY = timedelta(days=1)
 STATUSES = ("draft", "issued", "paid", "void", "canceled")
@@ -289,12 +289,10 @@ def lines_of(session: Session, invoice_ids: list[int]) -> dict[int, list[Any]]:
     SQLAlchemy Row's)."""
     ln = InvoiceLine.__table__.c
     out: dict[int, list[Any]] = defaultdict(list)
-    for part in chunks(invoice_ids):
+    for among_ids in among(session, ln.invoice_id, invoice_ids):
         for line in records(
             session,
-            sa.select(InvoiceLine.__table__)
-            .where(ln.invoice_id.in_(part))
-            .order_by(ln.invoice_id, ln.position),
+            sa.select(InvoiceLine.__table__).where(among_ids).order_by(ln.invoice_id, ln.position),
         ):
             out[line.invoice_id].append(line)
     return out

@@ -96,15 +96,23 @@ def delete_in(session: Session, column: sa.ColumnElement, values: Iterable[Any])
     return deleted
 
 
-def select_in(session: Session, stmt: sa.Select, column: sa.ColumnElement, values: Iterable[Any]):
-    """Rows of `stmt` filtered by column IN (values), in chunks."""
+def among(session: Session, column: sa.ColumnElement, values: Iterable[Any]) -> Iterator[Any]:
+    """Conditions `column IN (values)` to run a statement with, one after the other: on
+    PostgreSQL, more values than a chunk are one `= ANY(:array)` (one statement, one
+    parameter: the server plans it once, the driver binds one array instead of thousands
+    of parameters); otherwise IN lists of a chunk each (SQLite's parameter bound)."""
     values = list(values)
     if len(values) > CHUNK and (in_array := postgres.in_array(session, column, values)) is not None:
-        # One statement with an array parameter instead of many IN lists.
-        yield from session.execute(stmt.where(in_array))
+        yield in_array
         return
-    for part in chunks(values):
-        yield from session.execute(stmt.where(column.in_(part)))
+    for part in chunks(values, max(CHUNK, 1)):
+        yield column.in_(part)
+
+
+def select_in(session: Session, stmt: sa.Select, column: sa.ColumnElement, values: Iterable[Any]):
+    """Rows of `stmt` filtered by column IN (values) (`among`)."""
+    for condition in among(session, column, values):
+        yield from session.execute(stmt.where(condition))
 
 
 def select_keys(
