@@ -112,12 +112,16 @@ class _Environment(jinja2.Environment):
 
 @lru_cache(maxsize=8)
 def _environment(folder: str, mtime: float) -> jinja2.Environment:
+    """The folder's template environment, one per (folder, newest file's time): a changed
+    template makes a new environment, so templates are not checked for changes on every
+    use (`auto_reload`: two file stats per document, the template and its stylesheet)."""
     return _Environment(
         loader=jinja2.FileSystemLoader(folder),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,
     )
 
 
