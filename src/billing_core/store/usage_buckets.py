@@ -98,13 +98,6 @@ class DayBuckets:
         self.buckets, self.values = {}, set()
 
 
-def add_events(session: Session, events: Iterable[Event]) -> None:
-    """Add events just written (each once) to their days' buckets and values."""
-    buckets = DayBuckets()
-    buckets.add(events)
-    buckets.write(session)
-
-
 def _upsert(session: Session) -> Any:
     """INSERT of day buckets that adds each one to the bucket already stored."""
     t = UsageBucket.__table__
