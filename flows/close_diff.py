@@ -10,7 +10,13 @@ from datetime import date
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from billing_core.domain.close_diff import period_text, signed, status_text, value_text
+from billing_core.domain.close_diff import (
+    LISTED_LINE_TABLES,
+    period_text,
+    signed,
+    status_text,
+    value_text,
+)
 from billing_core.steps import dry_run as dry_runs
 from flows.runtime import close_turn, md
 
@@ -18,7 +24,7 @@ KEY = "close-diff"
 # An artifact is read in a browser: the invoices beyond these are counted, not listed
 # (`billing close --dry-run --format json` and the dry run's flow result hold them all).
 MAX_INVOICES = 500
-MAX_LINE_TABLES = 50
+MAX_LINE_TABLES = LISTED_LINE_TABLES
 
 
 def dry_close(through: date, issue: bool, run: str) -> dict:
@@ -98,8 +104,9 @@ def markdown(result: dict) -> str:
             f"| {md(t['currency'])} | {t['old']} | {t['new']} | {signed(t['difference'])} |"
             for t in result["totals"]
         ]
-    with_lines = [i for i in invoices if i["lines"]]
-    for invoice in with_lines[:MAX_LINE_TABLES]:
+    # A real close's diff lists the lines of its first invoices only (`unlisted_lines`).
+    with_lines = [i for i in invoices if i["lines"] or i.get("unlisted_lines")]
+    for invoice in [i for i in with_lines if i["lines"]][:MAX_LINE_TABLES]:
         lines += [
             "",
             f"**{md(invoice['billed_customer'])} {invoice['billing_date']}** ({invoice['change']})",

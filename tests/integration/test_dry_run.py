@@ -237,3 +237,72 @@ def test_while_a_dry_run_computes_the_store_stays_open(store, monkeypatch):
     }
     # The copy is gone.
     assert not [p for p in store.workdir.iterdir() if ".scratch-" in p.name]
+
+
+def test_a_real_close_lists_the_lines_of_its_first_invoices_and_counts_the_others(
+    store, monkeypatch
+):
+    """A real close's diff (`changes`) reads the lines it lists, not every draft's: the
+    same counts, totals and invoices as the diff of every line, the lines of the first
+    invoices listed, the others' lines counted; a draft whose lines kept their rows (the
+    same digest on PostgreSQL) is unchanged without its lines read again."""
+    from billing_core.domain.close_diff import diff_invoices
+    from billing_core.steps import dry_run as dry_runs
+    from billing_core.steps.close import ISSUE
+    from billing_core.store.engine import unit_of_work
+    from flows.close_diff import markdown
+
+    prepared(store, monkeypatch)
+    monkeypatch.setattr(dry_runs, "LISTED_LINE_TABLES", 2)
+    before = dry_runs.drafts()
+    reports = [r.as_dict() for r in close(THROUGH, issue=True)]
+    result = dry_runs.changes(before, reports, THROUGH, issue=True)
+    issued = [i for r in reports if r["step"] == ISSUE.name for i in r["details"]["invoice_ids"]]
+    with unit_of_work() as session:
+        whole = diff_invoices(before, dry_runs.picture(session, issued))
+
+    assert (
+        result["counts"]
+        == whole["counts"]
+        == {
+            "added": 5,
+            "changed": 2,
+            "removed": 1,
+            "unchanged": 0,
+        }
+    )
+    assert result["totals"] == whole["totals"]
+    listed = 0
+    for got, full in zip(result["invoices"], whole["invoices"], strict=True):
+        assert {k: v for k, v in got.items() if k not in ("lines", "unlisted_lines")} == {
+            k: v for k, v in full.items() if k != "lines"
+        }
+        if got["lines"]:
+            assert got["lines"] == full["lines"] and "unlisted_lines" not in got
+            listed += got["change"] == "added"
+        else:  # added beyond the listed: every line counted as added
+            assert got["change"] == "added"
+            assert got["unlisted_lines"] == len(full["lines"]) > 0
+            assert all(line["change"] == "added" for line in full["lines"])
+    assert listed == 2
+    unlisted = sum(1 for i in result["invoices"] if i.get("unlisted_lines"))
+    assert unlisted == 3
+    text = markdown({**result, "through": THROUGH.isoformat(), "issue": True, "dry_run": False})
+    assert f"the lines of {unlisted} more invoice(s)" not in text  # 50 tables may be shown
+    assert text.count("| line | serviced customer |") == 5  # 2 changed, 1 removed, 2 added
+
+    # Closed again, nothing changes: every draft unchanged, its lines not read again
+    # where its digest says its rows are the same.
+    before = dry_runs.drafts()
+    read: list[list[int]] = []
+    original = dry_runs.lines_of
+    monkeypatch.setattr(
+        dry_runs, "lines_of", lambda session, ids: read.append(list(ids)) or original(session, ids)
+    )
+    again = dry_runs.changes(before, [r.as_dict() for r in close(THROUGH)], THROUGH)
+    assert again["invoices"] == [] and again["counts"]["unchanged"] == len(before)
+    assert (
+        read == [[]]
+        if store.url.startswith("postgresql")
+        else [sorted(i["id"] for i in before.values())]
+    )

@@ -39,6 +39,10 @@ LINE_VALUES = ("quantity", "unit_price", "amount")
 
 Key = tuple[str, str]  # (billed customer, billing date as ISO text)
 
+# An invoice's lines are listed for this many invoices of a real close's diff (the
+# artifact's line tables); an added invoice's beyond them are counted, not listed.
+LISTED_LINE_TABLES = 50
+
 
 def _line_key(line: dict) -> tuple:
     key = tuple(line[name] for name in LINE_KEY)
@@ -100,9 +104,12 @@ def _invoice_change(key: Key, change: str, old: dict | None, new: dict | None) -
     currency = either["currency"]
     old_total = old["total"] if old is not None else None
     new_total = new["total"] if new is not None else None
+    # An added invoice whose lines were not read (`lines` None): its lines are all added,
+    # counted, not listed.
+    unlisted = new["line_count"] if new is not None and new["lines"] is None else 0
     lines = diff_lines(
         old["lines"] if old is not None else [],
-        new["lines"] if new is not None else [],
+        new["lines"] if new is not None and new["lines"] is not None else [],
         currency,
     )
     return {
@@ -124,6 +131,7 @@ def _invoice_change(key: Key, change: str, old: dict | None, new: dict | None) -
             else None
         ),
         "lines": lines,
+        **({"unlisted_lines": unlisted} if unlisted else {}),
     }
 
 
