@@ -39,13 +39,17 @@ import os
 import platform
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 import yaml
@@ -107,10 +111,10 @@ def quiet(below: float | None, longest: float = 300.0) -> float:
     return os.getloadavg()[0]
 
 
-def clone(admin_url: str, url: str) -> str:
+def clone(admin_url: str, url: str, suffix: str = "_1m") -> str:
     """A copy of the store at `url` (which no one may be connected to); its URL."""
     name = url.rsplit("/", 1)[1]
-    copy = f"{name}_1m"
+    copy = f"{name}{suffix}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"'))
@@ -126,17 +130,72 @@ def drop(admin_url: str, url: str) -> None:
     admin.dispose()
 
 
-def close_measured(url: str, env: dict, api: str) -> dict:
-    """`billing close` of the store, whole process, and its floors around it."""
+@contextmanager
+def dask_cluster(env: dict, workers: int) -> Iterator[str]:
+    """A running Dask cluster (a scheduler and `workers` worker processes of one thread
+    each) whose workers see `env` (the store, the Prefect API): its address. Started and
+    waited for before a close, as an operator's cluster is already running."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        yield from _cluster(env, workers, port, address, log)
+
+
+def _cluster(env: dict, workers: int, port: int, address: str, log: Any) -> Iterator[str]:
+    from distributed import Client
+
+    processes = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--dashboard-address", ":0"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    ]
+    try:
+        processes.append(
+            subprocess.Popen(
+                [str(BIN / "dask"), "worker", address, "--nworkers", str(workers)]
+                + ["--nthreads", "1", "--dashboard-address", ":0"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def close_measured(url: str, env: dict, api: str, dask_workers: int = 0) -> dict:
+    """`billing close` of the store, whole process, and its floors around it; with
+    `dask_workers`, on a running Dask cluster of that many workers, one shard each."""
+    if dask_workers:
+        env = {**env, "PREFECT_API_URL": api, "BILLING_SHARDS": str(dask_workers)}
+        env["BILLING_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="billing-floor-documents-")
+        with dask_cluster(env, dask_workers) as address:
+            out = close_measured(
+                url, {**env, "BILLING_TASK_RUNNER": "dask", "BILLING_DASK_ADDRESS": address}, api
+            )
+        return {**out, "dask_workers": dask_workers}
     floors = [bare_group_by(url)], [sum_max_group_by(url)]
-    env = {**env, "BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-documents-")}
+    env = {"BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-documents-"), **env}
     wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH], env)
     floors[0].append(bare_group_by(url))
     floors[1].append(sum_max_group_by(url))
     run = close_run(url)
-    flow_seconds, _ = flow_and_tasks(api, run["flow_run_id"])
+    flow_seconds, walls = flow_and_tasks(api, run["flow_run_id"])
     steps = {n: r["details"].get("seconds", 0.0) for n, r in run["steps"].items()}
     render = steps.get("render invoices", 0.0)
+    if "shards" in run["steps"].get("render invoices", {}).get("details", {}):
+        render = walls.get("render-invoices", render)
     drafts = run["steps"]["render invoices"]["written"]
     steps_seconds = flow_seconds - render
     return {
@@ -171,6 +230,7 @@ def one_run(args, admin_url: str, env: dict, api: str, files: list[Path], path: 
             "ratio": round(wall / floor, 2),
         }
         small = clone(admin_url, url)
+        on_dask = clone(admin_url, url, "_dask") if args.dask_workers else None
         try:
             for more in files[1:]:
                 run_measured([billing, "usage", "ingest", str(more)], store_env)
@@ -179,8 +239,16 @@ def one_run(args, admin_url: str, env: dict, api: str, files: list[Path], path: 
             out["load_average_before_closes"] = quiet(args.quiet_below)
             out["close_1m"] = close_measured(small, {**env, "BILLING_DATABASE_URL": small}, api)
             out["close_large"] = close_measured(url, store_env, api)
+            if on_dask is not None:
+                settle(on_dask)
+                quiet(args.quiet_below)
+                out["close_large_dask"] = close_measured(
+                    on_dask, {**env, "BILLING_DATABASE_URL": on_dask}, api, args.dask_workers
+                )
         finally:
             drop(admin_url, small)
+            if on_dask is not None:
+                drop(admin_url, on_dask)
     out["close_large_to_1m"] = round(
         out["close_large"]["steps_without_documents_seconds"]
         / out["close_1m"]["steps_without_documents_seconds"],
@@ -247,6 +315,13 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@localhost:5432/postgres")
     parser.add_argument("--json", type=Path, default=Path("benchmark-floor.json"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="also close a copy of the large store on a running Dask cluster of this many "
+        "worker processes (one shard each)",
+    )
     parser.add_argument(
         "--quiet-below",
         type=float,
@@ -321,7 +396,25 @@ def _rows(run: dict) -> list[tuple[str, str]]:
             f"{min(large['sum_max_group_by_seconds'])} s  ratio {large['process_to_group_by']}",
         ),
         ("HTML per second (large)", str(large["html_per_second"])),
+        *_dask_rows(run),
         ("PDF per second", str(run["pdf"]["pdf_per_second"])),
+    ]
+
+
+def _dask_rows(run: dict) -> list[tuple[str, str]]:
+    dask = run.get("close_large_dask")
+    if dask is None:
+        return []
+    return [
+        (
+            f"on Dask, {dask['dask_workers']} workers: steps",
+            f"{dask['steps_without_documents_seconds']} s  ratio {dask['steps_to_group_by']}",
+        ),
+        (
+            "  billing close",
+            f"{dask['process_wall_seconds']} s  ratio {dask['process_to_group_by']}",
+        ),
+        ("  HTML per second", str(dask["html_per_second"])),
     ]
 
 
