@@ -249,3 +249,51 @@ def test_invoices_from_day_buckets_are_those_of_every_event(
     )
     # Every draft computed again, each the same (issued invoices do not change).
     assert diff["counts"]["unchanged"] == sum(1 for i in billed if i["status"] == "draft") >= 3
+
+
+def test_only_the_metrics_that_read_them_keep_a_latest_event_or_values(store):
+    """A day's latest event is kept for `latest` metrics only, its values for
+    `unique_count` ones only: by the loads, by `rebuild` (even of events that carry a
+    value for another metric), and the quantities stay those of every event."""
+    rng = random.Random(11)
+    import_yaml(CATALOG)
+    ingest_csv(_csv(_events(rng, 300, 0)), name="first.csv")
+    ingest_csv(_csv(_events(rng, 100, 300)), name="second.csv")  # into days already kept
+
+    def kept() -> tuple[dict, set]:
+        # Per metric: which of its buckets' three latest columns are NULL (all or none).
+        latest: dict[str, set] = {}
+        for metric, *columns in store.rows(
+            "SELECT metric_code, latest_at IS NULL, latest_event_id IS NULL, "
+            "latest_value IS NULL FROM usage_buckets"
+        ):
+            latest.setdefault(metric, set()).add(tuple(columns))
+        values = {m for (m,) in store.rows("SELECT DISTINCT metric_code FROM usage_bucket_values")}
+        return latest, values
+
+    none, every = {(True, True, True)}, {(False, False, False)}
+    expected = (
+        {"units": none, "calls": none, "peak": none, "users": none, "seats": every},
+        {"users"},
+    )
+    assert kept() == expected
+
+    # Events that carry a value for a `sum` metric (written straight to the store):
+    # `rebuild` keeps no values for it either.
+    with unit_of_work() as session:
+        session.execute(
+            sa.text(
+                "UPDATE usage_events SET dimension = 'u1' WHERE event_id IN (SELECT event_id "
+                "FROM usage_events WHERE metric_code = 'units' ORDER BY event_id LIMIT 5)"
+            )
+        )
+        rebuild(session.connection())
+        session.commit()
+    assert kept() == expected
+
+    made = _windows(rng, 120)
+    quantities = _oracle(made)
+    for every_customer in (False, True):
+        with unit_of_work() as session:
+            got = aggregate(session, made, KINDS, every_customer, True)
+        assert {w.key: got[w.key] for w in made} == quantities, every_customer

@@ -1,6 +1,9 @@
 """Usage aggregated at ingestion: per customer, metric and UTC day, what every aggregation
-needs (`usage_buckets`: the count, the sum, the maximum, the latest event with its
-tie-break key; `usage_bucket_values`: the distinct values of `unique_count` metrics).
+needs (`usage_buckets`: the count, the sum, the maximum, and for metrics whose aggregation
+reads it (`latest`) the latest event with its tie-break key, NULL for the others;
+`usage_bucket_values`: the distinct values of `unique_count` metrics). What a metric's
+buckets keep follows from its aggregation, which cannot change once it has usage
+(`inputs.catalog_check`); rating reads the latest event of `latest` metrics only.
 
 Ingestion adds the events it actually wrote, at the end of its transaction (an event id
 already stored adds nothing): on PostgreSQL in SQL, from the rows its merges returned
@@ -20,7 +23,8 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_core.store import postgres
-from billing_core.store.models import UsageBucket, UsageBucketValue
+from billing_core.store.aggregations import AGGREGATIONS
+from billing_core.store.models import Metric, UsageBucket, UsageBucketValue
 
 # The low 32 bits of a value; the high ones are `value >> 32` (arithmetic, so that
 # (high << 32) + low is the value, negative ones included).
@@ -29,6 +33,24 @@ LOW_BITS = 0xFFFFFFFF
 # An event as the store returned it: customer, metric, instant (UTC), value (millionths),
 # dimension (or None), event id.
 Event = tuple[str, str, datetime, int, Any, str]
+
+
+def latest_kinds() -> list[str]:
+    """The aggregations that read a day's latest event (`Days.latest`): only their
+    metrics' buckets keep it."""
+    return sorted(a.name for a in AGGREGATIONS.values() if a.days is not None and a.days.latest)
+
+
+def distinct_kinds() -> list[str]:
+    """The aggregations that read a day's distinct values: only their metrics' days keep
+    them in `usage_bucket_values`."""
+    return sorted(a.name for a in AGGREGATIONS.values() if a.days is not None and a.distinct)
+
+
+def metrics_of(kinds: list[str]) -> str:
+    """SQL: the codes of the metrics whose aggregation is one of `kinds`."""
+    names = ", ".join("'" + k.replace("'", "''") + "'" for k in kinds) or "NULL"
+    return f"SELECT code FROM metrics WHERE aggregation IN ({names})"
 
 
 def day_of(instant: datetime) -> datetime:
@@ -68,8 +90,10 @@ class DayBuckets:
                 values.add((customer, metric, day, dimension))
 
     def write(self, session: Session) -> None:
-        """Add them to the store's buckets and values."""
+        """Add them to the store's buckets and values: the latest event only for metrics
+        whose aggregation reads it, values only for those that count them."""
         if self.buckets:
+            latest = _codes(session, latest_kinds())
             rows = [
                 {
                     "customer_id": c,
@@ -79,23 +103,35 @@ class DayBuckets:
                     "total_high": b[1],
                     "total_low": b[2],
                     "max_value": b[3],
-                    "latest_at": b[4],
-                    "latest_event_id": b[5],
-                    "latest_value": b[6],
+                    **(
+                        {"latest_at": b[4], "latest_event_id": b[5], "latest_value": b[6]}
+                        if m in latest
+                        else _NO_LATEST
+                    ),
                 }
                 for (c, m, d), b in sorted(self.buckets.items())
             ]
             session.execute(_upsert(session), rows)
-        if self.values:
+        distinct = _codes(session, distinct_kinds()) if self.values else set()
+        values = [
+            {"customer_id": c, "metric_code": m, "day": d, "dimension": v}
+            for c, m, d, v in sorted(self.values)
+            if m in distinct
+        ]
+        if values:
             stmt = postgres.insert(session, UsageBucketValue.__table__).on_conflict_do_nothing()
-            session.execute(
-                stmt,
-                [
-                    {"customer_id": c, "metric_code": m, "day": d, "dimension": v}
-                    for c, m, d, v in sorted(self.values)
-                ],
-            )
+            session.execute(stmt, values)
         self.buckets, self.values = {}, set()
+
+
+_NO_LATEST = {"latest_at": None, "latest_event_id": None, "latest_value": None}
+
+
+def _codes(session: Session, kinds: list[str]) -> set[str]:
+    """The codes of the metrics whose aggregation is one of `kinds`."""
+    return set(
+        session.execute(sa.select(Metric.code).where(Metric.aggregation.in_(kinds))).scalars()
+    )
 
 
 def _upsert(session: Session) -> Any:
@@ -104,6 +140,7 @@ def _upsert(session: Session) -> Any:
     stmt = postgres.insert(session, t)
     x = stmt.excluded
     newer = sa.or_(
+        t.c.latest_at.is_(None),
         x.latest_at > t.c.latest_at,
         sa.and_(x.latest_at == t.c.latest_at, x.latest_event_id > t.c.latest_event_id),
     )
@@ -134,33 +171,42 @@ def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
     events of `source` (a table or a subquery with the events' columns, each event once,
     none of them in the buckets yet), adding to the buckets already stored.
 
-    On PostgreSQL the high bits are summed as integers (below 2^31: values are below
-    2^63), an integer sum cheaper than a bigint's; a day's latest event is found by a hash
-    aggregate, the greatest
+    The latest event is kept only for metrics whose aggregation reads it (`latest_kinds`,
+    NULL for the others), the values only for those that count them (`distinct_kinds`):
+    the other events skip that work. On PostgreSQL the high bits are summed as integers
+    (below 2^31: values are below 2^63), an integer sum cheaper than a bigint's; a day's
+    latest event is found by a hash aggregate, the greatest
     [instant as digits, event id, value] (`store.postgres.latest_column`), instead of a
     sort of the events; SQLite ranks them."""
     day = day_sql(dialect, "timestamp")
+    latest_metrics, distinct_metrics = metrics_of(latest_kinds()), metrics_of(distinct_kinds())
     if dialect == "postgresql":
+        # The metric codes once (an init plan), each event's code compared to them.
+        keeps_latest = f"metric_code = ANY(ARRAY({latest_metrics}))"
+        keeps_values = f"metric_code = ANY(ARRAY({distinct_metrics}))"
         latest = "latest[2], latest[3]::bigint"
         ranked = f"""
     SELECT customer_id, metric_code, day, count(*) AS events,
         sum((value >> 32)::integer) AS high, sum(value & {LOW_BITS}) AS low,
-        max(value) AS top, max(timestamp) AS latest_at,
+        max(value) AS top, max(timestamp) FILTER (WHERE keeps_latest) AS latest_at,
         max(ARRAY[to_char(timezone('UTC', timestamp), 'YYYYMMDDHH24MISSUS'), event_id,
-            value::text]) AS latest
-    FROM (SELECT *, {day} AS day FROM {source} AS events) AS events
+            value::text]) FILTER (WHERE keeps_latest) AS latest
+    FROM (SELECT *, {day} AS day, {keeps_latest} AS keeps_latest FROM {source} AS events)
+        AS events
     GROUP BY customer_id, metric_code, day"""
         greatest = "GREATEST"
     else:
+        keeps_values = f"metric_code IN ({distinct_metrics})"
         latest = "latest_event_id, latest_value"
         ranked = f"""
     SELECT customer_id, metric_code, day, count(*) AS events,
         sum(value >> 32) AS high, sum(value & {LOW_BITS}) AS low, max(value) AS top,
-        max(timestamp) AS latest_at,
-        max(event_id) FILTER (WHERE rank = 1) AS latest_event_id,
-        max(value) FILTER (WHERE rank = 1) AS latest_value
+        max(timestamp) FILTER (WHERE keeps_latest) AS latest_at,
+        max(event_id) FILTER (WHERE rank = 1 AND keeps_latest) AS latest_event_id,
+        max(value) FILTER (WHERE rank = 1 AND keeps_latest) AS latest_value
     FROM (
         SELECT customer_id, metric_code, timestamp, value, event_id, {day} AS day,
+            metric_code IN ({latest_metrics}) AS keeps_latest,
             row_number() OVER (
                 PARTITION BY customer_id, metric_code, {day}
                 ORDER BY timestamp DESC, event_id DESC
@@ -190,16 +236,18 @@ ON CONFLICT (customer_id, metric_code, day) DO UPDATE SET
     values = f"""
 INSERT INTO usage_bucket_values (customer_id, metric_code, day, dimension)
 SELECT DISTINCT customer_id, metric_code, {day}, dimension FROM {source} AS events
-WHERE dimension IS NOT NULL
+WHERE dimension IS NOT NULL AND {keeps_values}
 ORDER BY 1, 2, 3, 4
 ON CONFLICT DO NOTHING
 """
     return buckets, values
 
 
+# A bucket stored without a latest event takes the new one (under the rule above a
+# metric's buckets all keep it or none does: only a store edited by hand has both).
 _NEWER = (
-    "(excluded.latest_at > b.latest_at OR (excluded.latest_at = b.latest_at "
-    "AND excluded.latest_event_id > b.latest_event_id))"
+    "(b.latest_at IS NULL OR excluded.latest_at > b.latest_at OR "
+    "(excluded.latest_at = b.latest_at AND excluded.latest_event_id > b.latest_event_id))"
 )
 
 
