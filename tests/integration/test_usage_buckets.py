@@ -297,3 +297,55 @@ def test_only_the_metrics_that_read_them_keep_a_latest_event_or_values(store):
         with unit_of_work() as session:
             got = aggregate(session, made, KINDS, every_customer, True)
         assert {w.key: got[w.key] for w in made} == quantities, every_customer
+
+
+def test_day_buckets_summed_while_loading_are_those_the_events_make(store, monkeypatch):
+    """On PostgreSQL the batches copied straight into the events have their day buckets
+    summed by the loading process (the `latest` metric's events left to the server); the
+    batches merged past known ids are summed by the server, and a load with both adds
+    them up once. Into new days the INSERT skips its conflict handling; one that meets a
+    bucket written meanwhile runs again with it. Each time the buckets are what `rebuild`
+    makes of the events."""
+    from billing_core.inputs import usage_write
+    from billing_core.store import usage_buckets
+
+    rng = random.Random(5)
+    import_yaml(CATALOG)
+    monkeypatch.setattr(usage_write, "BATCH", 40)
+    statements = []  # PostgreSQL's: how each load's statements were made
+    fill_sql = usage_buckets.fill_sql
+
+    def recorded(*args, **kwargs):
+        if kwargs:  # a load's, not rebuild's
+            statements.append(kwargs)
+        return fill_sql(*args, **kwargs)
+
+    monkeypatch.setattr(usage_buckets, "fill_sql", recorded)
+
+    def same_as_rebuilt() -> None:
+        kept = _buckets()
+        with unit_of_work() as session:
+            rebuild(session.connection())
+            session.commit()
+        assert _buckets() == kept
+
+    first = _events(rng, 200, 0)
+    ingest_csv(_csv(first), name="first.csv")  # every batch straight in, new days
+    same_as_rebuilt()
+    late = _events(rng, 200, 200)
+    # Batches of new ids only (straight in) and batches with known ids (merged).
+    ingest_csv(_csv(late[:80] + first[:10] + late[80:110] + late[110:]), name="second.csv")
+    same_as_rebuilt()
+    # A bucket of the load's days stored meanwhile: the plain INSERT fails, and is run
+    # again with its conflict handling.
+    monkeypatch.setattr(usage_buckets, "_days_stored", lambda cursor, days: False)
+    ingest_csv(_csv(_events(rng, 120, 400)), name="third.csv")
+    same_as_rebuilt()
+    assert sum(n for _, _, _, n, *_ in _buckets()[:-1]) == 520
+    if store.backend == "postgres":
+        assert statements == [
+            {"parts": True, "regroup": False, "conflict": False},  # new days
+            {"parts": True, "regroup": True, "conflict": True},  # merged and summed here
+            {"parts": True, "regroup": False, "conflict": False},  # met a stored bucket
+            {"parts": True, "regroup": False},  # run again with its conflict handling
+        ]

@@ -16,7 +16,7 @@ it cuts (`store.usage_totals`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,7 +93,7 @@ class DayBuckets:
         """Add them to the store's buckets and values: the latest event only for metrics
         whose aggregation reads it, values only for those that count them."""
         if self.buckets:
-            latest = _codes(session, latest_kinds())
+            latest = metric_codes(session, latest_kinds())
             rows = [
                 {
                     "customer_id": c,
@@ -112,7 +112,7 @@ class DayBuckets:
                 for (c, m, d), b in sorted(self.buckets.items())
             ]
             session.execute(_upsert(session), rows)
-        distinct = _codes(session, distinct_kinds()) if self.values else set()
+        distinct = metric_codes(session, distinct_kinds()) if self.values else set()
         values = [
             {"customer_id": c, "metric_code": m, "day": d, "dimension": v}
             for c, m, d, v in sorted(self.values)
@@ -127,7 +127,153 @@ class DayBuckets:
 _NO_LATEST = {"latest_at": None, "latest_event_id": None, "latest_value": None}
 
 
-def _codes(session: Session, kinds: list[str]) -> set[str]:
+# PostgreSQL's loads: the day buckets and values the loading process summed (`DayParts`),
+# copied into temporary tables for the load's one statement of each (`fill_sql`).
+PARTS_TABLE = "usage_day_parts"
+PART_VALUES_TABLE = "usage_day_values"
+_TEMPORARY = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {PARTS_TABLE} (customer_id text, metric_code text, "
+    "day bigint, events bigint, high bigint, low bigint, top bigint) ON COMMIT DELETE ROWS",
+    f"CREATE TEMP TABLE IF NOT EXISTS {PART_VALUES_TABLE} (customer_id text, "
+    "metric_code text, day bigint, dimension text) ON COMMIT DELETE ROWS",
+)
+
+
+class DayParts:
+    """Day buckets and values of the batches a PostgreSQL load copied straight into the
+    events (every event of them new, as the COPY into the keyed table proved), summed in
+    the loading process with pyarrow instead of copied again for the server to group:
+    the events' customer, metric, instant (timestamp[us, UTC]), value and dimension.
+    Events of metrics that keep a latest event are left to the server (`latest`: their
+    batch's lines go into `usage_added`), whose collation orders the tie-break."""
+
+    def __init__(self, latest: set[str], distinct: set[str]):
+        self.latest = sorted(latest)
+        self.distinct = sorted(distinct)
+        self.tables: list[Any] = []
+
+    def split(self, customer: Any, metric: Any, at: Any, value: Any, dimension: Any) -> Any:
+        """A batch's events as a part (summed here if the batch is copied straight in),
+        and the indices of those left to the server (None: none)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = pa.table({"c": customer, "m": metric, "t": at, "v": value, "d": dimension})
+        if not self.latest:
+            return table, None
+        left = pc.is_in(metric, pa.array(self.latest, pa.string()))
+        if not pc.any(left).as_py():
+            return table, None
+        return table.filter(pc.invert(left)), pc.indices_nonzero(left).to_pylist()
+
+    def add(self, part: Any) -> None:
+        self.tables.append(part)
+
+    def copy(self, raw: Any) -> tuple[int, int] | None:
+        """The parts summed per customer, metric and UTC day, and their distinct values,
+        into PARTS_TABLE and PART_VALUES_TABLE; the first and last day (epoch seconds), or
+        None without parts."""
+        if not self.tables:
+            return None
+        import io
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as csv
+
+        events = pa.concat_tables(self.tables)
+        self.tables = []
+        if not events.num_rows:  # every event was left to the server
+            return None
+        # The UTC day's midnight (floored, before 1970 too), in epoch seconds.
+        day = pc.cast(pc.floor_temporal(events["t"], unit="day"), pa.int64())
+        day = pc.divide(day, 1_000_000)
+        value = events["v"]
+        summed = (
+            pa.table(
+                {
+                    "c": events["c"],
+                    "m": events["m"],
+                    "day": day,
+                    "v": value,
+                    "h": pc.shift_right(value, 32),
+                    "l": pc.bit_wise_and(value, LOW_BITS),
+                }
+            )
+            .group_by(["c", "m", "day"], use_threads=False)
+            .aggregate([("v", "count"), ("h", "sum"), ("l", "sum"), ("v", "max")])
+            .select(["c", "m", "day", "v_count", "h_sum", "l_sum", "v_max"])
+        )
+        kept = pc.and_(
+            pc.is_valid(events["d"]), pc.is_in(events["m"], pa.array(self.distinct, pa.string()))
+        )
+        values = (
+            pa.table({"c": events["c"], "m": events["m"], "day": day, "d": events["d"]})
+            .filter(kept)
+            .group_by(["c", "m", "day", "d"], use_threads=False)
+            .aggregate([])
+        )
+        options = csv.WriteOptions(include_header=False)
+        with raw.cursor() as cursor:
+            for statement in _TEMPORARY:
+                cursor.execute(statement)
+            for table, name in ((summed, PARTS_TABLE), (values, PART_VALUES_TABLE)):
+                if not table.num_rows:
+                    continue
+                text = io.BytesIO()
+                csv.write_csv(table, text, options)
+                with cursor.copy(f"COPY {name} FROM STDIN (FORMAT csv)") as stream:
+                    stream.write(text.getbuffer())
+        return pc.min(day).as_py(), pc.max(day).as_py()
+
+
+def write_load(raw: Any, parts: DayParts, regroup: bool) -> None:
+    """A PostgreSQL load's day buckets and values, once, at its end: from the events in
+    `usage_added` (merged batches, and the events `parts` left to the server) and the
+    parts. When no bucket of the load's days is stored yet, the INSERTs skip their
+    conflict handling (a concurrent load's bucket of such a day, written meanwhile, makes
+    them fail: they are undone to their savepoint and run with it)."""
+    from psycopg.errors import UniqueViolation
+
+    span = parts.copy(raw)
+    with raw.cursor() as cursor:
+        cursor.execute("SELECT min(timestamp), max(timestamp) FROM usage_added")
+        lo, hi = cursor.fetchone()
+        days = [d for d in (lo, hi) if d is not None]
+        if span is not None:
+            days += [datetime.fromtimestamp(d, UTC) for d in span]
+        if not days:
+            return
+        known = _days_stored(cursor, days)
+    statements = fill_sql(
+        "postgresql", "usage_added", parts=span is not None, regroup=regroup, conflict=known
+    )
+    if not known:
+        try:
+            with raw.transaction(), raw.cursor() as cursor:  # a savepoint
+                for statement in statements:
+                    cursor.execute(statement)
+            return
+        except UniqueViolation:
+            statements = fill_sql(
+                "postgresql", "usage_added", parts=span is not None, regroup=regroup
+            )
+    with raw.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def _days_stored(cursor: Any, instants: list[datetime]) -> bool:
+    """Whether a bucket of a day from the first to the last of `instants` is stored (a
+    range of the BRIN index on the day)."""
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM usage_buckets WHERE day >= %s AND day <= %s)",
+        (day_of(min(instants).astimezone(UTC)), day_of(max(instants).astimezone(UTC))),
+    )
+    return cursor.fetchone()[0]
+
+
+def metric_codes(session: Session, kinds: list[str]) -> set[str]:
     """The codes of the metrics whose aggregation is one of `kinds`."""
     return set(
         session.execute(sa.select(Metric.code).where(Metric.aggregation.in_(kinds))).scalars()
@@ -166,10 +312,23 @@ def day_sql(dialect: str, column: str) -> str:
     return f"strftime('%Y-%m-%d 00:00:00.000000', {column})"
 
 
-def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
+def fill_sql(
+    dialect: str,
+    source: str = "usage_events",
+    parts: bool = False,
+    regroup: bool = True,
+    conflict: bool = True,
+) -> tuple[str, str]:
     """The two INSERT … SELECT statements that fill the buckets and the values from the
     events of `source` (a table or a subquery with the events' columns, each event once,
     none of them in the buckets yet), adding to the buckets already stored.
+
+    PostgreSQL's loads only: with `parts`, also from the day buckets and values summed in
+    the loading process (`DayParts`, in `PARTS_TABLE` and `PART_VALUES_TABLE`), of events
+    that are not in `source`; `regroup=False` says no day is in both (`source` then holds
+    only metrics the parts leave out). `conflict=False`: no bucket of these days is
+    stored yet, a plain INSERT (a concurrent load's bucket of the same day makes it fail:
+    run it again with `conflict`).
 
     The latest event is kept only for metrics whose aggregation reads it (`latest_kinds`,
     NULL for the others), the values only for those that count them (`distinct_kinds`):
@@ -215,6 +374,21 @@ def fill_sql(dialect: str, source: str = "usage_events") -> tuple[str, str]:
     ) AS events
     GROUP BY customer_id, metric_code, day"""
         greatest = "max"
+    if parts:
+        # The process's sums of the events copied straight in, whose metrics keep no
+        # latest event; a day in both (`regroup`) has its latest event from `source` alone.
+        ranked += f"""
+    UNION ALL
+    SELECT customer_id, metric_code, to_timestamp(day) AS day, events, high, low, top,
+        NULL::timestamptz AS latest_at, NULL::text[] AS latest
+    FROM {PARTS_TABLE}"""
+        if regroup:
+            ranked = f"""
+    SELECT customer_id, metric_code, day, sum(events) AS events, sum(high) AS high,
+        sum(low) AS low, max(top) AS top, max(latest_at) AS latest_at, max(latest) AS latest
+    FROM ({ranked}
+    ) AS days
+    GROUP BY customer_id, metric_code, day"""
     buckets = f"""
 INSERT INTO usage_buckets AS b (customer_id, metric_code, day, events, total_high,
     total_low, max_value, latest_at, latest_event_id, latest_value)
@@ -233,13 +407,19 @@ ON CONFLICT (customer_id, metric_code, day) DO UPDATE SET
         ELSE b.latest_event_id END,
     latest_value = CASE WHEN {_NEWER} THEN excluded.latest_value ELSE b.latest_value END
 """
+    if not conflict:
+        buckets = buckets.split("ON CONFLICT")[0]
     values = f"""
 INSERT INTO usage_bucket_values (customer_id, metric_code, day, dimension)
 SELECT DISTINCT customer_id, metric_code, {day}, dimension FROM {source} AS events
-WHERE dimension IS NOT NULL AND {keeps_values}
-ORDER BY 1, 2, 3, 4
-ON CONFLICT DO NOTHING
-"""
+WHERE dimension IS NOT NULL AND {keeps_values}"""
+    if parts:  # the parts' values are distinct, and none is in `source` without regroup
+        values += f"""
+UNION{" ALL" if not regroup else ""}
+SELECT customer_id, metric_code, to_timestamp(day), dimension FROM {PART_VALUES_TABLE}"""
+    values += "\nORDER BY 1, 2, 3, 4\n"
+    if conflict:
+        values += "ON CONFLICT DO NOTHING\n"
     return buckets, values
 
 
