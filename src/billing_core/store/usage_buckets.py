@@ -181,38 +181,69 @@ class DayParts:
         import pyarrow.compute as pc
         import pyarrow.csv as csv
 
-        events = pa.concat_tables(self.tables)
+        events = pa.concat_tables(self.tables).combine_chunks()
         self.tables = []
         if not events.num_rows:  # every event was left to the server
             return None
-        # The UTC day's midnight (floored, before 1970 too), in epoch seconds.
-        day = pc.cast(pc.floor_temporal(events["t"], unit="day"), pa.int64())
-        day = pc.divide(day, 1_000_000)
+        # Each event's customer, metric and UTC day (floored, before 1970 too) as one
+        # integer, in key order: grouped and sorted as integers, then read back.
+        day = pc.divide(
+            pc.cast(pc.floor_temporal(events["t"], unit="day"), pa.int64()), 86_400_000_000
+        )
+        first, last = pc.min(day).as_py(), pc.max(day).as_py()
+        customers, customer = _ranked(events["c"])
+        metrics, metric = _ranked(events["m"])
+        days = last - first + 1
+        key = pc.add(
+            pc.add(pc.multiply(customer, len(metrics) * days), pc.multiply(metric, days)),
+            pc.subtract(day, first),
+        )
+
+        def columns(grouped: Any) -> dict[str, Any]:
+            k = grouped["k"]
+            c = pc.divide(k, len(metrics) * days)
+            rest = pc.subtract(k, pc.multiply(c, len(metrics) * days))
+            m = pc.divide(rest, days)
+            d = pc.add(pc.subtract(rest, pc.multiply(m, days)), first)
+            return {
+                "c": pc.take(customers, c),
+                "m": pc.take(metrics, m),
+                "day": pc.multiply(d, 86_400),
+            }
+
         value = events["v"]
-        summed = (
+        grouped = (
             pa.table(
                 {
-                    "c": events["c"],
-                    "m": events["m"],
-                    "day": day,
+                    "k": key,
                     "v": value,
                     "h": pc.shift_right(value, 32),
                     "l": pc.bit_wise_and(value, LOW_BITS),
                 }
             )
-            .group_by(["c", "m", "day"], use_threads=False)
+            .group_by(["k"], use_threads=False)
             .aggregate([("v", "count"), ("h", "sum"), ("l", "sum"), ("v", "max")])
-            .select(["c", "m", "day", "v_count", "h_sum", "l_sum", "v_max"])
+            .sort_by("k")
+        )
+        summed = pa.table(
+            {
+                **columns(grouped),
+                **{n: grouped[n] for n in ("v_count", "h_sum", "l_sum", "v_max")},
+            }
         )
         kept = pc.and_(
             pc.is_valid(events["d"]), pc.is_in(events["m"], pa.array(self.distinct, pa.string()))
         )
-        values = (
-            pa.table({"c": events["c"], "m": events["m"], "day": day, "d": events["d"]})
-            .filter(kept)
-            .group_by(["c", "m", "day", "d"], use_threads=False)
-            .aggregate([])
-        )
+        values = pa.table({"k": key, "d": events["d"]}).filter(kept)
+        if values.num_rows:
+            dimensions, dimension = _ranked(values["d"])
+            grouped = (
+                pa.table({"k": values["k"], "r": dimension})
+                .group_by(["k", "r"], use_threads=False)
+                .aggregate([])
+                .sort_by([("k", "ascending"), ("r", "ascending")])
+            )
+            values = pa.table({**columns(grouped), "d": pc.take(dimensions, grouped["r"])})
         options = csv.WriteOptions(include_header=False)
         with raw.cursor() as cursor:
             for statement in _TEMPORARY:
@@ -224,7 +255,18 @@ class DayParts:
                 csv.write_csv(table, text, options)
                 with cursor.copy(f"COPY {name} FROM STDIN (FORMAT csv)") as stream:
                     stream.write(text.getbuffer())
-        return pc.min(day).as_py(), pc.max(day).as_py()
+        return first * 86_400, last * 86_400
+
+
+def _ranked(strings: Any) -> tuple[Any, Any]:
+    """Distinct strings in bytewise order, and each string's place among them (int64)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(strings.combine_chunks())
+    order = pc.sort_indices(encoded.dictionary)
+    place = pc.subtract(pc.cast(pc.rank(encoded.dictionary, tiebreaker="first"), pa.int64()), 1)
+    return pc.take(encoded.dictionary, order), pc.take(place, encoded.indices)
 
 
 def write_load(raw: Any, parts: DayParts, regroup: bool) -> None:
