@@ -181,7 +181,7 @@ class DayParts:
         import pyarrow.compute as pc
         import pyarrow.csv as csv
 
-        events = pa.concat_tables(self.tables).combine_chunks()
+        events = pa.concat_tables(self.tables)  # chunked: no copy
         self.tables = []
         if not events.num_rows:  # every event was left to the server
             return None
@@ -235,6 +235,7 @@ class DayParts:
             pc.is_valid(events["d"]), pc.is_in(events["m"], pa.array(self.distinct, pa.string()))
         )
         values = pa.table({"k": key, "d": events["d"]}).filter(kept)
+        del events, key, value, day
         if values.num_rows:
             dimensions, dimension = _ranked(values["d"])
             grouped = (
@@ -251,10 +252,13 @@ class DayParts:
             for table, name in ((summed, PARTS_TABLE), (values, PART_VALUES_TABLE)):
                 if not table.num_rows:
                     continue
-                text = io.BytesIO()
-                csv.write_csv(table, text, options)
                 with cursor.copy(f"COPY {name} FROM STDIN (FORMAT csv)") as stream:
-                    stream.write(text.getbuffer())
+                    # Written as CSV a slice at a time, straight into the COPY.
+                    for start in range(0, table.num_rows, 65_536):
+                        text = io.BytesIO()
+                        csv.write_csv(table.slice(start, 65_536), text, options)
+                        stream.write(text.getbuffer())
+            del summed, values
         return first * 86_400, last * 86_400
 
 
