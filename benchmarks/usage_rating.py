@@ -282,12 +282,17 @@ def copy_floor(url: str, path: Path, env: dict) -> dict:
             "-c",
             f"\\copy copy_floor FROM '{path}' WITH (FORMAT csv, HEADER true)",
         ]
-        wall, _, cpu, _ = run_timed(command, env)
+        with ServerCpu(url).measuring() as server:
+            wall, _, cpu, _ = run_timed(command, env)
         with engine.connect() as connection:
             connection.execute(sa.text("DROP TABLE copy_floor"))
     finally:
         engine.dispose()
-    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+    return {
+        "seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "server_cpu_seconds": server.seconds,
+    }
 
 
 def empty_events(url: str) -> None:
