@@ -10,9 +10,11 @@ measures:
 - with `--copy-floor`, the floor for that ingestion: `psql`'s `\\copy` of the same file
   into a table keyed on event id (event id, customer, metric, timestamptz, numeric, the
   property), a whole process too, in the same run;
-- with `--repeat N`, the first file ingested N times into emptied events (and N floors),
-  alternating; with `--before DIR` each round also ingests with the code of another
-  checkout (`git archive COMMIT | tar -x -C DIR`), in a rotating order;
+- with `--repeat N`, the first file ingested N times into emptied events and day buckets
+  (and N floors), alternating, each with the CPU time of the server processes serving
+  it (read from /proc while it runs, when the server is on this machine); with
+  `--before DIR` each round also ingests with the code of another checkout
+  (`git archive COMMIT | tar -x -C DIR`), in a rotating order;
 - the recalculation step, then the rating step (aggregation in SQL plus pricing) for the
   billing date 2026-02-01, in a child process, each timed inside the step;
 - a bare `SELECT … GROUP BY customer, metric` over the same events, run before and after
@@ -42,6 +44,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager, suppress
@@ -279,25 +282,91 @@ def copy_floor(url: str, path: Path, env: dict) -> dict:
             "-c",
             f"\\copy copy_floor FROM '{path}' WITH (FORMAT csv, HEADER true)",
         ]
-        wall, _, cpu, _ = run_timed(command, env)
+        with ServerCpu(url).measuring() as server:
+            wall, _, cpu, _ = run_timed(command, env)
         with engine.connect() as connection:
             connection.execute(sa.text("DROP TABLE copy_floor"))
     finally:
         engine.dispose()
-    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+    return {
+        "seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "server_cpu_seconds": server.seconds,
+    }
 
 
 def empty_events(url: str) -> None:
-    """Forget what an ingestion wrote, so that the next one loads every event again."""
+    """Forget what an ingestion wrote, so that the next one loads every event again, into
+    new day buckets as the first did."""
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            connection.execute(sa.text("TRUNCATE usage_events, usage_touches, usage_loads"))
+            connection.execute(
+                sa.text(
+                    "TRUNCATE usage_events, usage_touches, usage_loads, usage_buckets, "
+                    "usage_bucket_values"
+                )
+            )
             connection.execute(sa.text("VACUUM ANALYZE usage_events"))
             with suppress(sa.exc.DBAPIError):
                 connection.execute(sa.text("CHECKPOINT"))
     finally:
         engine.dispose()
+
+
+class ServerCpu:
+    """The CPU time (user + system) of the server processes serving one database while a
+    command runs: its backends, found in pg_stat_activity and read from /proc every 50 ms
+    (a backend's last 50 ms before it exits can be missed). None where /proc does not
+    show them (a server on another machine)."""
+
+    def __init__(self, url: str):
+        self.engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        self.seen: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def _poll(self, connection) -> None:
+        query = sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        while not self.stop.is_set():
+            for (pid,) in connection.execute(query):
+                cpu = self._cpu(pid)
+                if cpu is not None:
+                    self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+            self.stop.wait(0.05)
+
+    @contextmanager
+    def measuring(self):
+        with self.engine.connect() as connection:
+            before = {
+                pid: self._cpu(pid)
+                for (pid,) in connection.execute(
+                    sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+                )
+            }
+            thread = threading.Thread(target=self._poll, args=(connection,), daemon=True)
+            thread.start()
+            try:
+                yield self
+            finally:
+                self.stop.set()
+                thread.join()
+        self.engine.dispose()
+        self.seconds = (
+            round(sum(c - (before.get(pid) or 0.0) for pid, c in self.seen.items()), 2)
+            if self.seen
+            else None
+        )
 
 
 def ingest_rounds(args, url: str, usage: Path, env: dict, billing: str) -> list[dict]:
@@ -315,12 +384,14 @@ def ingest_rounds(args, url: str, usage: Path, env: dict, billing: str) -> list[
         order = variants[i % len(variants) :] + variants[: i % len(variants)]
         for name, variant_env in order:
             empty_events(url)
-            wall, rss, cpu, _ = run_timed([billing, "usage", "ingest", str(usage)], variant_env)
+            with ServerCpu(url).measuring() as server:
+                wall, rss, cpu, _ = run_timed([billing, "usage", "ingest", str(usage)], variant_env)
             rounds.append(
                 {
                     "code": name,
                     "seconds": round(wall, 2),
                     "cpu_seconds": round(cpu, 2),
+                    "server_cpu_seconds": server.seconds,
                     "peak_rss_mb": rss,
                     "load_average": round(os.getloadavg()[0], 2),
                 }
@@ -398,9 +469,9 @@ print(json.dumps(out))
 
 
 @contextmanager
-def database(admin_url: str):
+def database(admin_url: str, prefix: str = "billing_bench_"):
     """A throwaway PostgreSQL database; yields its URL."""
-    name = "billing_bench_" + uuid.uuid4().hex[:8]
+    name = prefix + uuid.uuid4().hex[:8]
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -429,6 +500,9 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="ingestions of the first file")
     parser.add_argument("--before", type=Path, help="another checkout, ingested alternately")
+    parser.add_argument(
+        "--database-prefix", default="billing_bench_", help="of the throwaway database's name"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -447,7 +521,7 @@ def main() -> None:
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "PREFECT_"))}
     billing = str(BIN / "billing")
-    with database(admin_url) as url:
+    with database(admin_url, args.database_prefix) as url:
         env["BILLING_DATABASE_URL"] = url
         data, ids = catalog(args.customers, args.families)
         path = workdir / "catalog.yaml"
@@ -517,7 +591,7 @@ def _print(results: dict) -> None:
     for r in results.get("ingest_rounds", []):
         print(
             f"  {r['code']:<11}{r['seconds']:>7.2f} s  CPU {r['cpu_seconds']:>6.2f} s  "
-            f"load {r['load_average']}"
+            f"server CPU {r.get('server_cpu_seconds')} s  load {r['load_average']}"
         )
     if "steps" not in results:
         return

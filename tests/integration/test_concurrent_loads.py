@@ -44,8 +44,8 @@ def test_loads_that_deadlock_are_run_again_alone_and_count_each_event_once(
     writers_seen: set[int] = set()
     write_batch = EventCopy._write_batch
 
-    def in_step(self, ids, lines, early):
-        write_batch(self, ids, lines, early)
+    def in_step(self, *batch):
+        write_batch(self, *batch)
         if id(self) not in writers_seen and not self.session.info.get("load_alone"):
             writers_seen.add(id(self))
             both_wrote_once.wait()

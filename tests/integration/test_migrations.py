@@ -441,3 +441,68 @@ def test_usage_loads_take_an_archived_name_across_0011_and_back(empty_url):
                 ]
         with get_engine(empty_url).connect() as connection:
             assert connection.execute(sa.text(loads)).all() == [("inbox", "jan.csv:ab", 2, 2)]
+
+
+def test_day_buckets_keep_a_latest_event_only_where_read_across_0013_and_back(empty_url):
+    """0012 fills the buckets of the usage already stored (the latest event only for a
+    `latest` metric); 0013 lets the others' be NULL; a downgrade gives every bucket its
+    day's latest event again, from the events, and makes the columns NOT NULL as before."""
+    from alembic import command
+
+    from billing_core.store.engine import alembic_config
+
+    upgrade(empty_url, "0011")
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO customers (id, name, currency, family_id, bill_to, tax_basis, "
+                "rollup_lines, timezone) VALUES ('solo', 'Solo', 'USD', 'solo', 'parent', "
+                "'billed', 'breakdown', 'UTC')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO metrics (code, name, aggregation, field) VALUES "
+                "('units', 'Units', 'sum', 'quantity'), ('seats', 'Seats', 'latest', NULL)"
+            )
+        )
+        for event_id, metric, at, value in (
+            ("u1", "units", "2026-01-05 10:00:00+00:00", 1),
+            ("u2", "units", "2026-01-05 12:00:00+00:00", 2),
+            ("s1", "seats", "2026-01-05 11:00:00+00:00", 3),
+            ("s2", "seats", "2026-01-05 09:00:00+00:00", 4),
+        ):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO usage_events (event_id, customer_id, metric_code, timestamp, "
+                    "quantity, value, ingested_at) VALUES (:id, 'solo', :metric, :at, :q, "
+                    ":value, :at)"
+                ),
+                {"id": event_id, "metric": metric, "at": at, "q": value, "value": value * 10**6},
+            )
+    buckets = (
+        "SELECT metric_code, events, latest_event_id, latest_value FROM usage_buckets "
+        "ORDER BY metric_code"
+    )
+
+    def nullable() -> set[str]:
+        with get_engine(empty_url).connect() as connection:
+            columns = sa.inspect(connection).get_columns("usage_buckets")
+        return {c["name"] for c in columns if c["nullable"]}
+
+    upgrade(empty_url, "0013")
+    with get_engine(empty_url).connect() as connection:
+        assert connection.execute(sa.text(buckets)).all() == [
+            ("seats", 2, "s1", 3_000_000),
+            ("units", 2, None, None),
+        ]
+    assert {"latest_at", "latest_event_id", "latest_value"} <= nullable()
+    command.downgrade(alembic_config(empty_url), "0012")
+    with get_engine(empty_url).connect() as connection:
+        assert connection.execute(sa.text(buckets)).all() == [
+            ("seats", 2, "s1", 3_000_000),
+            ("units", 2, "u2", 2_000_000),
+        ]
+    assert not {"latest_at", "latest_event_id", "latest_value"} & nullable()
+    upgrade(empty_url, "0013")
+    assert {"latest_at", "latest_event_id", "latest_value"} <= nullable()

@@ -249,3 +249,103 @@ def test_invoices_from_day_buckets_are_those_of_every_event(
     )
     # Every draft computed again, each the same (issued invoices do not change).
     assert diff["counts"]["unchanged"] == sum(1 for i in billed if i["status"] == "draft") >= 3
+
+
+def test_only_the_metrics_that_read_them_keep_a_latest_event_or_values(store):
+    """A day's latest event is kept for `latest` metrics only, its values for
+    `unique_count` ones only: by the loads, by `rebuild` (even of events that carry a
+    value for another metric), and the quantities stay those of every event."""
+    rng = random.Random(11)
+    import_yaml(CATALOG)
+    ingest_csv(_csv(_events(rng, 300, 0)), name="first.csv")
+    ingest_csv(_csv(_events(rng, 100, 300)), name="second.csv")  # into days already kept
+
+    def kept() -> tuple[dict, set]:
+        # Per metric: which of its buckets' three latest columns are NULL (all or none).
+        latest: dict[str, set] = {}
+        for metric, *columns in store.rows(
+            "SELECT metric_code, latest_at IS NULL, latest_event_id IS NULL, "
+            "latest_value IS NULL FROM usage_buckets"
+        ):
+            latest.setdefault(metric, set()).add(tuple(columns))
+        values = {m for (m,) in store.rows("SELECT DISTINCT metric_code FROM usage_bucket_values")}
+        return latest, values
+
+    none, every = {(True, True, True)}, {(False, False, False)}
+    expected = (
+        {"units": none, "calls": none, "peak": none, "users": none, "seats": every},
+        {"users"},
+    )
+    assert kept() == expected
+
+    # Events that carry a value for a `sum` metric (written straight to the store):
+    # `rebuild` keeps no values for it either.
+    with unit_of_work() as session:
+        session.execute(
+            sa.text(
+                "UPDATE usage_events SET dimension = 'u1' WHERE event_id IN (SELECT event_id "
+                "FROM usage_events WHERE metric_code = 'units' ORDER BY event_id LIMIT 5)"
+            )
+        )
+        rebuild(session.connection())
+        session.commit()
+    assert kept() == expected
+
+    made = _windows(rng, 120)
+    quantities = _oracle(made)
+    for every_customer in (False, True):
+        with unit_of_work() as session:
+            got = aggregate(session, made, KINDS, every_customer, True)
+        assert {w.key: got[w.key] for w in made} == quantities, every_customer
+
+
+def test_day_buckets_summed_while_loading_are_those_the_events_make(store, monkeypatch):
+    """On PostgreSQL the batches copied straight into the events have their day buckets
+    summed by the loading process (the `latest` metric's events left to the server); the
+    batches merged past known ids are summed by the server, and a load with both adds
+    them up once. Into new days the INSERT skips its conflict handling; one that meets a
+    bucket written meanwhile runs again with it. Each time the buckets are what `rebuild`
+    makes of the events."""
+    from billing_core.inputs import usage_write
+    from billing_core.store import usage_buckets
+
+    rng = random.Random(5)
+    import_yaml(CATALOG)
+    monkeypatch.setattr(usage_write, "BATCH", 40)
+    statements = []  # PostgreSQL's: how each load's statements were made
+    fill_sql = usage_buckets.fill_sql
+
+    def recorded(*args, **kwargs):
+        if kwargs:  # a load's, not rebuild's
+            statements.append(kwargs)
+        return fill_sql(*args, **kwargs)
+
+    monkeypatch.setattr(usage_buckets, "fill_sql", recorded)
+
+    def same_as_rebuilt() -> None:
+        kept = _buckets()
+        with unit_of_work() as session:
+            rebuild(session.connection())
+            session.commit()
+        assert _buckets() == kept
+
+    first = _events(rng, 200, 0)
+    ingest_csv(_csv(first), name="first.csv")  # every batch straight in, new days
+    same_as_rebuilt()
+    late = _events(rng, 200, 200)
+    # Batches of new ids only (straight in) and batches with known ids (merged).
+    ingest_csv(_csv(late[:80] + first[:10] + late[80:110] + late[110:]), name="second.csv")
+    same_as_rebuilt()
+    # A bucket of the load's days stored meanwhile: the plain INSERT fails, and is run
+    # again with its conflict handling.
+    monkeypatch.setattr(usage_buckets, "_days_stored", lambda cursor, days: False)
+    ingest_csv(_csv(_events(rng, 120, 400)), name="third.csv")
+    same_as_rebuilt()
+    assert sum(n for _, _, _, n, *_ in _buckets()[:-1]) == 520
+    if store.backend == "postgres":
+        assert statements == [
+            {"parts": True, "regroup": False, "conflict": False},  # new days
+            {"parts": True, "regroup": True, "conflict": True},  # merged and summed here
+            {"parts": True, "regroup": False, "conflict": False},  # met a stored bucket
+            {"parts": True, "regroup": False},  # run again with its conflict handling
+        ]

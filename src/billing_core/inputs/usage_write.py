@@ -13,7 +13,13 @@ from sqlmodel import Session
 from billing_core.store import postgres
 from billing_core.store.models import UsageEvent, UsageTouch
 from billing_core.store.rows import insert_rows
-from billing_core.store.usage_buckets import DayBuckets, fill_sql
+from billing_core.store.usage_buckets import (
+    DayBuckets,
+    DayParts,
+    distinct_kinds,
+    latest_kinds,
+    metric_codes,
+)
 
 BATCH = 20_000
 # Rows of batches' touches kept before they are folded into one table (while the
@@ -38,6 +44,11 @@ class Writer:
             session, source, self.now, before
         )
         self.put = self.sink.add
+        if isinstance(self.sink, postgres.EventCopy):
+            # Batches copied straight in have their day buckets summed here.
+            self.sink.parts = DayParts(
+                metric_codes(session, latest_kinds()), metric_codes(session, distinct_kinds())
+            )
 
     def add(self, row: dict) -> None:
         timestamp = row["timestamp"]
@@ -62,11 +73,15 @@ class Writer:
         if isinstance(self.sink, _Inserts):
             self.sink.add_rows(events.row_dicts())
             return
+        parts = self.sink.parts
         for piece in events.slices(self.sink.size):  # batches no larger than row by row
             self.sink.add_lines(
                 piece.event_id.to_pylist(),
                 piece.copy_lines(self.sink.tail),
                 piece.earlier_than(self.sink.before),
+                parts.split(
+                    piece.customer, piece.metric, piece.timestamp, piece.value, piece.dimension
+                ),
             )
 
     def mark(self) -> None:
@@ -110,7 +125,7 @@ class Writer:
         self._fold_spans()  # while the last batches are being written
         self.sink.close()
         loaded = self.sink.loaded
-        self.sink.write_buckets(fill_sql("postgresql", "usage_added"))
+        self.sink.write_buckets()
         if loaded:
             insert_rows(
                 self.session,
@@ -166,9 +181,8 @@ class _Inserts:
     def close(self) -> None:
         pass  # every batch is written when it is flushed
 
-    def write_buckets(self, statements: object) -> None:
-        """The load's day buckets, summed as its batches were written (`statements`, the
-        PostgreSQL writer's, are not SQLite's way)."""
+    def write_buckets(self) -> None:
+        """The load's day buckets, summed as its batches were written."""
         self.buckets.write(self.session)
 
     def abandon(self) -> None:

@@ -44,12 +44,19 @@ class Days:
     columns; and how a window's parts (its first cut day, its whole days, its last cut day,
     in time order, each the quantity `combine` made of it, only those with events) make
     its quantity. A `distinct` aggregation needs none of these: its values are counted
-    once over the events of the cut days and `usage_bucket_values` of the whole ones."""
+    once over the events of the cut days and `usage_bucket_values` of the whole ones.
+
+    `latest`: it reads the day's latest event (`latest_at`, `latest_event_id`,
+    `latest_value`). Only the buckets of metrics whose aggregation says so keep it (the
+    others' are NULL), as only `distinct` metrics' days keep their values
+    (`store.usage_buckets`): a metric's aggregation cannot change once it has usage
+    (`inputs.catalog_check`). The count, sum and maximum every bucket keeps."""
 
     column: Callable[[Any, Any, bool], Any] | None = None
     query: Callable[[Any, Any, Any, list[Any]], Any] | None = None
     postgres: Variant | None = None
     merge: Callable[[list[Decimal]], Decimal] | None = None
+    latest: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,7 @@ register(
                 since=_FOUR_DIGIT_YEARS,
             ),
             merge=_last,
+            latest=True,
         ),
     )
 )

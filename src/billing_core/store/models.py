@@ -184,10 +184,11 @@ class UsageBucket(SQLModel, table=True):
     total_high: int = Field(sa_type=sa.BigInteger)
     total_low: int = Field(sa_type=sa.BigInteger)
     max_value: int = Field(sa_type=sa.BigInteger)
-    # The day's last event by timestamp, equal timestamps going to the greater event id.
-    latest_at: datetime = Field(sa_type=UTCDateTime)
-    latest_event_id: str = Field(max_length=256)
-    latest_value: int = Field(sa_type=sa.BigInteger)
+    # The day's last event by timestamp, equal timestamps going to the greater event id:
+    # only for metrics whose aggregation reads it (`latest`), NULL for the others.
+    latest_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    latest_event_id: str | None = Field(default=None, max_length=256)
+    latest_value: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class UsageBucketValue(SQLModel, table=True):

@@ -16,7 +16,7 @@ import operator
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -238,7 +238,10 @@ class EventCopy:
     Each event becomes its line of COPY text as it is validated; a thread of its own sends
     the batches, each copied into a staging table, then merged into the events by one
     statement that keeps the events it wrote for their day buckets (MERGE_STAGING),
-    written at the end of the load (`write_buckets`). While the server copies one batch,
+    written at the end of the load (`write_buckets`). A batch copied straight into the
+    events (all its events new) and given as a part (`add_lines`) has its day buckets
+    summed in this process (`parts`, a `store.usage_buckets.DayParts`); only the events
+    the part leaves to the server go into `usage_added`. While the server copies one batch,
     the reading thread parses the next (psycopg waits for the server without the GIL, and
     the sending thread has almost no Python to run). At most two batches wait: bounded
     memory.
@@ -255,6 +258,10 @@ class EventCopy:
         self.early = 0
         self.loaded_before = 0
         self.marks: list[int] = []  # `loaded` at each mark(), once its batches were written
+        # The day buckets summed here (`usage_buckets.DayParts`, set by the writer), and
+        # whether `usage_added` holds whole batches too (then a day may be in both).
+        self.parts: Any = None
+        self.regroup = False
         session.execute(
             sa.text(
                 "CREATE TEMP TABLE IF NOT EXISTS usage_staging "
@@ -306,19 +313,21 @@ class EventCopy:
             return
         if self.error is not None:
             self.close()
-        self.queue.put((self.ids, self.lines, self.early))
+        self.queue.put((self.ids, self.lines, self.early, None))
         self.ids, self.lines, self.early = [], [], 0
 
-    def add_lines(self, ids: list[str], lines: list[str], early: int = 0) -> None:
+    def add_lines(self, ids: list[str], lines: list[str], early: int = 0, part: Any = None) -> None:
         """A whole batch already in COPY text (the columns of USAGE_COLUMNS, each line
         ending with `tail`): queued as `flush` queues a batch, after the events added
-        before it, with `early` of its events earlier than `before`."""
+        before it, with `early` of its events earlier than `before`; with `part`
+        (`parts.split` of its events), its day buckets are summed here if it is copied
+        straight in."""
         self.flush()
         if not lines:
             return
         if self.error is not None:
             self.close()
-        self.queue.put((ids, lines, early))
+        self.queue.put((ids, lines, early, part))
 
     def mark(self) -> None:
         """The end of a file: `marks` gets the events loaded so far once the writing thread
@@ -334,14 +343,16 @@ class EventCopy:
         if self.error is not None:
             raise self.error
 
-    def write_buckets(self, statements: Iterable[str]) -> None:
-        """The load's events, kept in `usage_added`, into their day buckets by `statements`
-        (`store.usage_buckets.fill_sql` reading `usage_added`), after `close`."""
+    def write_buckets(self) -> None:
+        """The load's events, kept in `usage_added` and summed in `parts`, into their day
+        buckets (`store.usage_buckets.write_load`), after `close`."""
+        from billing_core.store.usage_buckets import DayParts, write_load
+
         with self.raw.cursor() as cursor:
             # Room for the load's hash aggregate and sort (this transaction only).
             cursor.execute("SET LOCAL work_mem = '256MB'")
-            for statement in statements:
-                cursor.execute(statement)
+        write_load(self.raw, self.parts or DayParts(set(), set()), self.regroup)
+        with self.raw.cursor() as cursor:
             cursor.execute("TRUNCATE usage_added")
 
     def abandon(self) -> None:
@@ -363,14 +374,23 @@ class EventCopy:
             except BaseException as error:  # noqa: BLE001 - re-raised by close()
                 self.error = error
 
-    def _write_batch(self, ids: list[str], lines: list[str], early: int) -> None:
-        """One batch: straight into the events when none of its ids is known yet, and into
-        `usage_added` for the load's day buckets; else into the staging table, then merged
-        (MERGE_STAGING), which keeps in `usage_added` only the events it wrote."""
+    def _write_batch(self, ids: list[str], lines: list[str], early: int, part: Any = None) -> None:
+        """One batch: straight into the events when none of its ids is known yet, its day
+        buckets then summed here (`part`) or its lines copied into `usage_added`; else into
+        the staging table, then merged (MERGE_STAGING), which keeps in `usage_added` only
+        the events it wrote."""
         if self._copy_direct(ids, lines):
-            self._copy(lines, "usage_added")
             self.loaded_before += early  # every event of the batch was new
+            if part is None:
+                self._copy(lines, "usage_added")
+                self.regroup = True
+                return
+            summed, left = part
+            self.parts.add(summed)
+            if left:  # the events left to the server
+                self._copy([lines[i] for i in left], "usage_added")
             return
+        self.regroup = True
         self._copy(lines, "usage_staging")
         with self.raw.cursor() as cursor:
             cursor.execute(MERGE_STAGING, (self.before,))

@@ -11,6 +11,9 @@ metrics per day. Ingestion keeps both in its own transaction from the events it 
 rating reads whole days from them and only the cut days' events
 (`store.usage_buckets`, `store.usage_totals`). The upgrade fills them from the events
 already stored.
+
+The latest event's columns are nullable (0013): the fill keeps it only for metrics whose
+aggregation reads it.
 """
 
 import sqlalchemy as sa
@@ -35,9 +38,9 @@ def upgrade() -> None:
         sa.Column("total_high", sa.BigInteger(), nullable=False),
         sa.Column("total_low", sa.BigInteger(), nullable=False),
         sa.Column("max_value", sa.BigInteger(), nullable=False),
-        sa.Column("latest_at", UTCDateTime(timezone=True), nullable=False),
-        sa.Column("latest_event_id", sa.String(length=256), nullable=False),
-        sa.Column("latest_value", sa.BigInteger(), nullable=False),
+        sa.Column("latest_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("latest_event_id", sa.String(length=256), nullable=True),
+        sa.Column("latest_value", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("customer_id", "metric_code", "day"),
     )
     op.create_index("ix_usage_buckets_day", "usage_buckets", ["day"], postgresql_using="brin")
