@@ -70,17 +70,19 @@ def _line(line: Any) -> dict:
     }
 
 
-def picture(session: Session, ids: Iterable[int] = (), lines: bool = True) -> dict[Key, dict]:
+def picture(
+    session: Session, ids: Iterable[int] = (), lines: bool = True, digests: bool = False
+) -> dict[Key, dict]:
     """Every draft (whatever its billing date: a close may refresh later drafts too) and
     the invoices `ids` (those a close issued), with their lines, keyed by billed customer
     and billing date, as `domain.close_diff` compares them. Issued invoices never change,
     so the drafts before a close and the drafts and newly issued invoices after it hold
     everything a close changes.
 
-    Each invoice also carries its `id`, its `line_count` and, on PostgreSQL, its lines'
-    `digest` (an md5 of the rows themselves, ids included: the same digest is the same
-    rows). Without `lines`, its `lines` are None, to be read where needed
-    (`changes`)."""
+    Each invoice also carries its `id`, its `line_count` and, with `digests` on
+    PostgreSQL, its lines' `digest` (an md5 of the rows themselves, ids included: the
+    same digest is the same rows; else None). Without `lines`, its `lines` are None, to be
+    read where needed (`changes`)."""
     v = Invoice.__table__.c
     drafts = session.execute(sa.select(Invoice.__table__).where(v.status == "draft"))
     rows = {r.id: r for r in drafts}
@@ -88,7 +90,7 @@ def picture(session: Session, ids: Iterable[int] = (), lines: bool = True) -> di
         rows.update(
             (r.id, r) for r in session.execute(sa.select(Invoice.__table__).where(v.id.in_(part)))
         )
-    counts = _line_digests(session, sorted(rows))
+    counts = _line_digests(session, sorted(rows), digests)
     read = lines_of(session, sorted(rows)) if lines else {}
     return {
         (r.billed_customer_id, r.billing_date.isoformat()): {
@@ -115,10 +117,13 @@ _DIGEST = sa.literal_column(
 )
 
 
-def _line_digests(session: Session, invoice_ids: list[int]) -> dict[int, tuple[int, str | None]]:
-    """Per invoice with lines: how many, and their digest (None on SQLite)."""
+def _line_digests(
+    session: Session, invoice_ids: list[int], digests: bool = True
+) -> dict[int, tuple[int, str | None]]:
+    """Per invoice with lines: how many, and with `digests` their digest (None on SQLite
+    or without)."""
     ln = InvoiceLine.__table__.c
-    digest = _DIGEST if is_postgres(session) else sa.null()
+    digest = _DIGEST if digests and is_postgres(session) else sa.null()
     out: dict[int, tuple[int, str | None]] = {}
     for condition in among(session, ln.invoice_id, invoice_ids):
         stmt = sa.select(ln.invoice_id, sa.func.count(), digest).where(condition)
@@ -139,10 +144,13 @@ def _read_lines(session: Session, before: dict[Key, dict], after: dict[Key, dict
     """
     wanted: list[int] = []
     added = 0
+    both = [after[key]["id"] for key in after.keys() & before.keys()]
+    digests = {i: d for i, (_, d) in _line_digests(session, sorted(both)).items()}
     for key in sorted(after):
         new, old = after[key], before.get(key)
         if old is not None:
-            if new["digest"] is not None and new["digest"] == old.get("digest"):
+            digest = digests.get(new["id"])
+            if digest is not None and digest == old.get("digest"):
                 new["lines"] = old["lines"]
             else:
                 wanted.append(new["id"])
@@ -174,7 +182,7 @@ def _diff(
 def drafts() -> dict[Key, dict]:
     """The drafts before a close (taken under its lock, before its first step)."""
     with unit_of_work() as session:
-        return picture(session)
+        return picture(session, digests=True)
 
 
 def changes(
