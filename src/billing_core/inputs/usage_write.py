@@ -19,6 +19,7 @@ from billing_core.store.usage_buckets import (
     distinct_kinds,
     latest_kinds,
     metric_codes,
+    write_load,
 )
 
 BATCH = 20_000
@@ -125,7 +126,7 @@ class Writer:
         self._fold_spans()  # while the last batches are being written
         self.sink.close()
         loaded = self.sink.loaded
-        self.sink.write_buckets()
+        self.sink.write_buckets(write_load)
         if loaded:
             insert_rows(
                 self.session,
@@ -181,8 +182,9 @@ class _Inserts:
     def close(self) -> None:
         pass  # every batch is written when it is flushed
 
-    def write_buckets(self) -> None:
-        """The load's day buckets, summed as its batches were written."""
+    def write_buckets(self, write_load: Any = None) -> None:
+        """The load's day buckets, summed as its batches were written (`write_load` is
+        PostgreSQL's: unused here)."""
         self.buckets.write(self.session)
 
     def abandon(self) -> None:

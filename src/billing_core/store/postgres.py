@@ -343,15 +343,14 @@ class EventCopy:
         if self.error is not None:
             raise self.error
 
-    def write_buckets(self) -> None:
+    def write_buckets(self, write_load: Callable[[Any, Any, bool], None]) -> None:
         """The load's events, kept in `usage_added` and summed in `parts`, into their day
-        buckets (`store.usage_buckets.write_load`), after `close`."""
-        from billing_core.store.usage_buckets import DayParts, write_load
-
+        buckets by `write_load` (`store.usage_buckets.write_load`, given by the writer:
+        that module reads this one), after `close`."""
         with self.raw.cursor() as cursor:
             # Room for the load's hash aggregate and sort (this transaction only).
             cursor.execute("SET LOCAL work_mem = '256MB'")
-        write_load(self.raw, self.parts or DayParts(set(), set()), self.regroup)
+        write_load(self.raw, self.parts, self.regroup)
         with self.raw.cursor() as cursor:
             cursor.execute("TRUNCATE usage_added")
 
