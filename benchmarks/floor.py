@@ -47,7 +47,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +65,6 @@ from usage_rating import (  # noqa: E402
     settle,
     write_usage,
 )
-
-MONTH_END = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def sum_max_group_by(url: str) -> float:

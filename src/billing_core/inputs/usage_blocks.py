@@ -26,7 +26,7 @@ from typing import Any
 
 from billing_core.domain.limits import TEXT_BYTES
 from billing_core.inputs import usage_csv
-from billing_core.inputs.usage_csv import _cells_problem, _first_row, _odd_row
+from billing_core.inputs.usage_csv import _first_row, careful_record
 from billing_core.inputs.usage_text import CSV_COLUMNS
 
 BLOCK_BYTES = 1 << 20  # about 18,000 rows of the benchmark's events
@@ -105,26 +105,15 @@ def _careful(
             if names is None:
                 yield from _header(reader, place)
             else:
-                width = len(names)
-                known = [(h, i) for i, h in enumerate(names) if h not in extra]
-                others = [(h, i) for i, h in enumerate(names) if h in extra]
+                record_of = careful_record(names, extra)
                 while lines.bytes < until:
                     values = next(reader, None)
                     if values is None:
                         place.done = True
                         break
-                    number = place.line + reader.line_num
-                    if not values or (len(values) == 1 and not values[0].strip()):
-                        continue
-                    refused = _cells_problem(values, names)
-                    if refused is not None:
-                        yield number, refused
-                    elif len(values) == width:
-                        record = {h: values[i] for h, i in known}
-                        record["properties"] = {h: values[i] for h, i in others if values[i] != ""}
-                        yield number, record
-                    else:
-                        yield number, _odd_row(values, names, extra)
+                    record = record_of(values)
+                    if record is not None:
+                        yield place.line + reader.line_num, record
         except csv.Error as error:
             place.done = True
             yield (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,29 +118,43 @@ def _first_row(reader: Any, careful: bool) -> tuple[list[str] | None, list[tuple
     return _csv_header(cells)
 
 
+def careful_record(names: list[str], extra: list[str]) -> Callable[[list[str]], dict | None]:
+    """How the careful reading turns a row's cells into its record, each cell checked
+    before it is taken: None for a blank row (skipped), a refused record for a cell that
+    cannot be stored, a row as wide as the header split into its columns and properties,
+    any other as `_odd_row` (the validator refuses it)."""
+    width = len(names)
+    known = [(h, i) for i, h in enumerate(names) if h not in extra]
+    others = [(h, i) for i, h in enumerate(names) if h in extra]
+
+    def record(values: list[str]) -> dict[str, Any] | None:
+        if not values or (len(values) == 1 and not values[0].strip()):
+            return None
+        refused = _cells_problem(values, names)
+        if refused is not None:
+            return refused
+        if len(values) != width:
+            return _odd_row(values, names, extra)
+        out: dict[str, Any] = {h: values[i] for h, i in known}
+        out["properties"] = {h: values[i] for h, i in others if values[i] != ""}
+        return out
+
+    return record
+
+
 def _careful_rows(
     reader: Any, names: list[str], extra: list[str], done: int
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """The rows after physical line `done`, each cell checked before it is taken."""
-    width = len(names)
-    known = [(h, i) for i, h in enumerate(names) if h not in extra]
-    others = [(h, i) for i, h in enumerate(names) if h in extra]
+    record_of = careful_record(names, extra)
     try:
         for values in reader:
             if reader.line_num <= done:
                 continue  # read before, on the fast path
             done = reader.line_num
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue
-            refused = _cells_problem(values, names)
-            if refused is not None:
-                yield done, refused
-            elif len(values) == width:
-                record = {h: values[i] for h, i in known}
-                record["properties"] = {h: values[i] for h, i in others if values[i] != ""}
+            record = record_of(values)
+            if record is not None:
                 yield done, record
-            else:
-                yield done, _odd_row(values, names, extra)
     except csv.Error as error:
         # Where the record ends cannot be told: nothing after it is read, and
         # the file is refused even with --skip-invalid.

@@ -227,27 +227,27 @@ register(
         days=Days(),
     )
 )
+
+
+def _latest_variant(columns: Callable[[Any], tuple]) -> Variant:
+    """PostgreSQL's latest value in one aggregate over (instant, event id, value): the
+    events' `columns`, or a day bucket's."""
+    return Variant(
+        lambda t, condition: postgres.latest_column(*columns(t), condition),
+        lambda latest: _units(latest[2]),
+        since=_FOUR_DIGIT_YEARS,
+    )
+
+
 register(
     Aggregation(
         "latest",
         combine=_units,
         query=_latest_query,
-        postgres=Variant(
-            lambda e, condition: postgres.latest_column(
-                e.timestamp, e.event_id, e.value, condition
-            ),
-            lambda latest: _units(latest[2]),
-            since=_FOUR_DIGIT_YEARS,
-        ),
+        postgres=_latest_variant(lambda e: (e.timestamp, e.event_id, e.value)),
         days=Days(
             query=_latest_day_query,
-            postgres=Variant(
-                lambda b, condition: postgres.latest_column(
-                    b.latest_at, b.latest_event_id, b.latest_value, condition
-                ),
-                lambda latest: _units(latest[2]),
-                since=_FOUR_DIGIT_YEARS,
-            ),
+            postgres=_latest_variant(lambda b: (b.latest_at, b.latest_event_id, b.latest_value)),
             merge=_last,
             latest=True,
         ),
