@@ -679,3 +679,43 @@ def test_an_unclosed_quote_refuses_its_file_even_with_skip_invalid(catalog, tmp_
     [line] = err[1:]
     assert line.startswith(f"{path}: row ") and ": row: not readable as CSV (field larger" in line
     unchanged(catalog)
+
+
+@pytest.mark.parametrize("batches", [True, False], ids=["blocks", "rows"])
+@pytest.mark.parametrize(
+    "tail, field",
+    [
+        # The quote opened in row 3's note runs on over rows 4 and 5 to the file's end:
+        # read as written, those two events would vanish into a note.
+        (
+            [
+                'ok-2,solo,units,2026-01-05T10:00:00Z,1,"opened',
+                *[OK_ROW.format(n=n) + ",x" for n in (3, 4)],
+            ],
+            "note",
+        ),
+        # A file cut off inside its last quoted field.
+        (['ok-2,solo,units,2026-01-05T10:00:00Z,"1'], "quantity"),
+    ],
+    ids=["swallows-rows", "cut-off"],
+)
+def test_a_quote_left_open_at_the_end_of_the_file_refuses_it(
+    catalog, tmp_path, monkeypatch, batches, tail, field
+):
+    """A quoted field still open when the file ends: where its row was meant to end cannot
+    be told, so the file is refused whole, even with --skip-invalid, naming the row where
+    the record starts and the field left open (nothing is loaded, no event is lost in a
+    note)."""
+    from billing_core.inputs import usage
+
+    monkeypatch.setattr(usage, "BATCHES", batches)
+    path = write_csv(tmp_path / "open.csv", HEADER + ",note", OK_ROW.format(n=1) + ",fine", *tail)
+    for extra in ([], ["--skip-invalid", tmp_path / "rejects.csv"]):
+        code, err = ingest(path, *extra)
+        assert code == 1, err
+        assert "cannot be read is refused even with --skip-invalid" in err[0]
+        assert err[1:] == [
+            f"{path}: row 3: {field}: a quoted field is still open at the end of the file "
+            "(its closing quote is missing); the file is not read"
+        ]
+        unchanged(catalog)

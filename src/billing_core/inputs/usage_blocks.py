@@ -26,7 +26,7 @@ from typing import Any
 
 from billing_core.domain.limits import TEXT_BYTES
 from billing_core.inputs import usage_csv
-from billing_core.inputs.usage_csv import _first_row, careful_record
+from billing_core.inputs.usage_csv import _first_row, careful_record, quote_left_open
 from billing_core.inputs.usage_text import CSV_COLUMNS
 
 BLOCK_BYTES = 1 << 20  # about 18,000 rows of the benchmark's events
@@ -66,11 +66,13 @@ class Batch:
 
 class _Lines:
     """A text file's lines from a byte offset (csv's own splitting: newline=""), counting
-    the bytes handed out so far."""
+    the bytes handed out so far, and noting a read past the file's end (`ended`, as
+    `usage_csv.Lines`)."""
 
     def __init__(self, handle: Any):
         self.handle = handle
         self.bytes = 0
+        self.ended = False
 
     def __iter__(self) -> _Lines:
         return self
@@ -78,6 +80,7 @@ class _Lines:
     def __next__(self) -> str:
         line = self.handle.readline()
         if not line:
+            self.ended = True
             raise StopIteration
         self.bytes += len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
         return line
@@ -107,9 +110,14 @@ def _careful(
             else:
                 record_of = careful_record(names, extra)
                 while lines.bytes < until:
+                    before = reader.line_num
                     values = next(reader, None)
                     if values is None:
                         place.done = True
+                        break
+                    if lines.ended:
+                        place.done = True
+                        yield place.line + before + 1, quote_left_open(values, names)
                         break
                     record = record_of(values)
                     if record is not None:

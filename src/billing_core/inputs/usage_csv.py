@@ -44,6 +44,39 @@ def _csv_header(cells: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return names, problems
 
 
+class Lines:
+    """A text file's lines for a csv reader, noting whether the reader asked past the
+    file's end (`ended`). The csv module reads a line more only while a record is
+    unfinished, so a record returned once `ended` is set ran into the end of the file
+    inside a quoted field: the csv module gives it as it stands, with the rows after the
+    opening quote in that field (`quote_left_open`)."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.ended = False
+
+    def __iter__(self) -> Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline()
+        if not line:
+            self.ended = True
+            raise StopIteration
+        return line
+
+
+def quote_left_open(values: list[str], names: list[str]) -> dict[str, Any]:
+    """The refusal of a record whose last field's quote is still open at the end of the
+    file: where the row was meant to end cannot be told, so the file is not read."""
+    return {
+        "__invalid__": "a quoted field is still open at the end of the file (its closing "
+        "quote is missing); the file is not read",
+        "__field__": column_name(names, len(values) - 1),
+        "__unreadable__": True,
+    }
+
+
 def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a CSV file.
 
@@ -63,7 +96,8 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         while True:  # at most twice: fast, then careful
             csv.field_size_limit(CAREFUL_FIELD_LIMIT if careful else TEXT_BYTES)
             with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-                reader = csv.reader(handle)
+                lines = Lines(handle)
+                reader = csv.reader(lines)
                 if header is None:
                     first = _first_row(reader, careful)
                     if first is None:
@@ -78,13 +112,16 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 names = header
                 extra = [h for h in names if h not in CSV_COLUMNS]
                 if careful:
-                    yield from _careful_rows(reader, names, extra, done)
+                    yield from _careful_rows(reader, lines, names, extra, done)
                     return
                 width = len(names)
                 known = [(h, i) for i, h in enumerate(names) if h not in extra]
                 others = [(h, i) for i, h in enumerate(names) if h in extra]
                 try:  # the fast reading, kept inline: it is the cost of every usual row
                     for values in reader:
+                        if lines.ended:
+                            yield done + 1, quote_left_open(values, names)
+                            return
                         if len(values) == width:  # the usual row: straight from its cells
                             record: dict[str, Any] = {h: values[i] for h, i in known}
                             record["properties"] = {
@@ -143,7 +180,7 @@ def careful_record(names: list[str], extra: list[str]) -> Callable[[list[str]], 
 
 
 def _careful_rows(
-    reader: Any, names: list[str], extra: list[str], done: int
+    reader: Any, lines: Lines, names: list[str], extra: list[str], done: int
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """The rows after physical line `done`, each cell checked before it is taken."""
     record_of = careful_record(names, extra)
@@ -151,6 +188,9 @@ def _careful_rows(
         for values in reader:
             if reader.line_num <= done:
                 continue  # read before, on the fast path
+            if lines.ended:
+                yield done + 1, quote_left_open(values, names)
+                return
             done = reader.line_num
             record = record_of(values)
             if record is not None:
