@@ -236,3 +236,40 @@ def test_a_draft_can_still_be_changed(store):
             {"i": iid},
         )
     assert {x["product"] for x in one()["lines"]} >= {"Renamed"}
+
+
+@pytest.mark.parametrize(
+    "command, said",
+    [
+        (["issue", "--through", "2026-01-01"], "nothing issued"),
+        (["cancel", "{id}"], "nothing canceled"),
+    ],
+    ids=["issue", "cancel"],
+)
+def test_issuing_or_canceling_drafts_waits_for_no_close_and_changes_nothing_during_one(
+    store, command, said
+):
+    """A close builds, credits and renders drafts step by step: a draft issued or canceled
+    between two of its steps would leave the close half applied. While a close holds the
+    store, `billing invoices issue` and `cancel` change nothing and say so in one line
+    naming the close; once it has finished they go ahead."""
+    from typer.testing import CliRunner
+
+    from billing_core.cli.app import app
+    from billing_core.store.locks import close_lock
+
+    import_yaml(family_of(2))
+    close("2026-01-01")
+    before = sorted((i["id"], i["status"], i["number"]) for i in invoices())
+    args = [a.format(id=before[0][0]) for a in command]
+    with close_lock("a close started from the UI"):
+        result = CliRunner().invoke(app, ["invoices", *args])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{said}: another close is running on store ")
+    assert "a close started from the UI" in line
+    assert sorted((i["id"], i["status"], i["number"]) for i in invoices()) == before
+    result = CliRunner().invoke(app, ["invoices", *args])
+    assert result.exit_code == 0, result.stderr
+    assert sorted((i["id"], i["status"]) for i in invoices()) != [(i, s) for i, s, _ in before]

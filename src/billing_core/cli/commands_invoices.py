@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -186,13 +188,40 @@ def invoices_preview(
     out.print("preview only: nothing was written")
 
 
+def _between_closes(command: str, refused: str) -> AbstractContextManager[Any]:
+    """The store's close lock, for a command that changes drafts (issuing or canceling
+    them): a close rebuilds, credits and renders drafts step by step, so a draft frozen or
+    withdrawn between two of its steps would leave the close's work half applied. With a
+    close running the command changes nothing and says so in one line (it waits up to
+    BILLING_CLOSE_LOCK_TIMEOUT first, as a close does)."""
+    from billing_core.config import get_settings
+    from billing_core.store.locks import CloseLocked, LockLost, close_lock
+
+    @contextmanager
+    def held() -> Iterator[None]:
+        try:
+            with close_lock(command, get_settings().close_lock_timeout):
+                yield
+        except (CloseLocked, LockLost) as locked:
+            fail(f"{refused}: {locked}")
+
+    return held()
+
+
 def _transition(reference: str, to: str) -> None:
     from billing_core.invoices.lifecycle import InvoiceError, resolve, transition
     from billing_core.store.engine import unit_of_work
 
     require_store()
+    # Canceling a draft withdraws its charges and gives its credits back: not while a close
+    # is building drafts. Voiding or paying an issued invoice changes no draft.
+    held = (
+        _between_closes("billing invoices cancel", "nothing canceled")
+        if to == "canceled"
+        else nullcontext()
+    )
     try:
-        with unit_of_work() as session:
+        with held, unit_of_work() as session:
             invoice = transition(session, resolve(session, reference), to)
             session.commit()
     except InvoiceError as error:
@@ -219,14 +248,15 @@ def invoices_issue(
 
     require_store()
     day = parse_date(through, "--through")
-    try:
-        with unit_of_work() as session:
-            ids = [resolve(session, reference) for reference in invoices or []]
-        report = steps.issue(through=day if ids else (day or date.today()), ids=ids or None)
-    except InvoiceError as error:
-        fail(str(error))
-    issued = report.details["invoice_ids"]
-    rendered = steps.render(None, invoice_ids=issued) if issued else None
+    with _between_closes("billing invoices issue", "nothing issued"):
+        try:
+            with unit_of_work() as session:
+                ids = [resolve(session, reference) for reference in invoices or []]
+            report = steps.issue(through=day if ids else (day or date.today()), ids=ids or None)
+        except InvoiceError as error:
+            fail(str(error))
+        issued = report.details["invoice_ids"]
+        rendered = steps.render(None, invoice_ids=issued) if issued else None
     out.print(f"issued {len(issued)} invoice(s): {', '.join(report.details['issued']) or '-'}")
     problem = documents_problem([report, rendered] if rendered else [report])
     if problem:
