@@ -41,6 +41,9 @@ atexit.register(_stop_kept_prefect_server)  # before the home is removed (last i
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ["DASK_TEMPORARY_DIRECTORY"] = str(_PREFECT_HOME / "dask")  # local clusters' scratch
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# As `billing` itself sets it (cli.app.main, which CliRunner does not run): the Prefect
+# server a test's command starts may take longer than Prefect's 20 s on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
