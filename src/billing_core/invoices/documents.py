@@ -101,6 +101,22 @@ class _Environment(jinja2.Environment):
 
     template_class = _Template
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, jinja2.Template] = {}
+
+    def get_template(self, name: Any, parent: Any = None, globals: Any = None) -> Any:
+        """The template by its name, loaded once: an environment that does not reload
+        (`_environment`) keeps the templates it loaded in a plain dict, where Jinja's own
+        cache makes a weak reference and takes a lock at every lookup (twice a document:
+        the template and the stylesheet it includes)."""
+        if parent is not None or globals or self.auto_reload or not isinstance(name, str):
+            return super().get_template(name, parent, globals)
+        found = self._loaded.get(name)
+        if found is None:
+            found = self._loaded[name] = super().get_template(name)
+        return found
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if obj.__class__ is dict:
             try:
