@@ -289,7 +289,8 @@ def _metric(
     With `made` (an `Explainer`'s, whose explanations `worded` words), a metric whose
     charges are alike in all it shows (the same name and rule, the same products, periods,
     quantities, amounts and explanations) is the one made before, shared: read it, never
-    change it."""
+    change it. Its rows are dicts of their own, never one twice (the template tells a
+    metric's first row by identity, `is sameas`, rather than pay for Jinja's `loop`)."""
     found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
     if made is not None:
         hows = tuple(explained.get(c.id) for c in found)
