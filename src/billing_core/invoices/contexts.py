@@ -203,6 +203,7 @@ def _section(
             if row is None:
                 row = made[key] = _row(line, currency, fmt, how, averaged)
             rows.append(row)
+    section_sums = sums(section_lines)
     zero_rated = _zero_rated(customer_id, section_lines, identity)
     if zero_rated is not None:
         taxes.setdefault(*zero_rated)
@@ -223,8 +224,8 @@ def _section(
             )
         ],
         "credits": credits,
-        "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
-        "sums": sums(section_lines),
+        "total": money(section_sums["total"], currency, locale),
+        "sums": section_sums,
     }
 
 
