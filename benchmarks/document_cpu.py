@@ -32,7 +32,9 @@ per PDF of the sample, and per preview as the difference between the render step
         postgresql://postgres@localhost:5432/h1_docs_drafts --callgrind
     .venv/bin/python benchmarks/document_cpu.py drop --name h1_docs
 
-`pdf --write DIR` also writes the sample's PDFs there (to look at them: `pdftoppm -r 60`).
+`pdf --write DIR` also writes the sample's PDFs there (to look at them: `pdftoppm -r 60`);
+`html --keep DIR` writes the previews there instead of a temporary folder (to compare
+the HTML of two versions byte for byte: `diff -r`).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def html(args: argparse.Namespace) -> None:
     os.environ["BILLING_DATABASE_URL"] = args.database
     os.environ["BILLING_DOCUMENT_FORMATS"] = "html"
     with tempfile.TemporaryDirectory() as out:
-        os.environ["BILLING_OUTPUT_DIR"] = out
+        os.environ["BILLING_OUTPUT_DIR"] = str(args.keep or out)
         with collector.paused(), unit_of_work() as session:
             v = Invoice.__table__.c
             ids = list(
@@ -265,6 +267,7 @@ def main() -> None:
     h.add_argument("--drafts", type=int, default=600)
     h.add_argument("--drafts-base", type=int, default=100)
     h.add_argument("--callgrind", action="store_true")
+    h.add_argument("--keep", type=Path, help="write the previews here")
     args = parser.parse_args()
     if args.command == "pdf" and args.callgrind:
         argv = ["pdf", "--contexts", str(args.contexts), "--per-kind", str(args.per_kind)]

@@ -143,6 +143,11 @@ class Explainer:
         # (explanation id, currency, locale) -> (the explanation, kept alive; its words)
         self._steps: dict[tuple, tuple[Explanation, list[str]]] = {}
         self._summaries: dict[tuple, tuple[Explanation, str | None]] = {}
+        # What a document shows of one metric of one customer, by what makes it
+        # (`_metric`): two thirds of a close's are alike (the same usage priced alike).
+        self.metrics: dict[tuple, tuple[tuple, dict]] = {}
+        # A charged line as the first page lists it, by what it shows (`contexts._row`).
+        self.rows: dict[tuple, dict] = {}
 
     def of(self, charge: Any) -> Explanation | None:
         terms = charge.pricing
@@ -154,8 +159,10 @@ class Explainer:
         period = None
         if charge.kind == "fixed":
             period = (charge.period_start, charge.period_end, charge.full_start, charge.full_end)
-        key = (id(terms), charge.kind, charge.currency, charge.quantity, charge.amount, period)
-        key += (pool,)
+        # The quantity and amount by their text: a Decimal's first hash is a modular power
+        # (`formatting.money`), and each charge's are objects of their own.
+        key = (id(terms), charge.kind, charge.currency, str(charge.quantity), str(charge.amount))
+        key += (period, pool)
         found = self._explained.get(key)
         if found is None or found[0] is not terms:
             found = self._explained[key] = (terms, explain_charge(_fields(charge), pool))
@@ -218,6 +225,7 @@ def breakdown(
     service periods, and how each was priced, step by step; then the part periods of
     flat fees as days of days."""
     worded = explainer.steps if explainer is not None else steps
+    made = explainer.metrics if explainer is not None else None
     metric_names: dict[str, str] = identity["metrics"]
     rules: dict[str, list] = identity.get("metric_rules", {})
     usage: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -237,7 +245,16 @@ def breakdown(
             "customer_id": customer_id,
             "name": names.get(customer_id, customer_id),
             "metrics": [
-                _metric(code, usage[customer_id][code], metric_names, rules, explained, fmt, worded)
+                _metric(
+                    code,
+                    usage[customer_id][code],
+                    metric_names,
+                    rules,
+                    explained,
+                    fmt,
+                    worded,
+                    made,
+                )
                 for code in sorted(
                     usage[customer_id], key=lambda m: (metric_names.get(m, m).casefold(), m)
                 )
@@ -264,10 +281,32 @@ def _metric(
     explained: dict[int, Explanation | None],
     fmt: Formatter,
     worded: Any = steps,
+    made: dict[tuple, tuple[tuple, dict]] | None = None,
 ) -> dict:
     """One metric's usage for one customer: a row per service period with how it was
-    priced, and their total."""
+    priced, and their total.
+
+    With `made` (an `Explainer`'s, whose explanations `worded` words), a metric whose
+    charges are alike in all it shows (the same name and rule, the same products, periods,
+    quantities, amounts and explanations) is the one made before, shared: read it, never
+    change it. Its rows are dicts of their own, never one twice (the template tells a
+    metric's first row by identity, `is sameas`, rather than pay for Jinja's `loop`)."""
     found = sorted(charges, key=lambda c: (c.period_start, c.kind != "usage", c.charge_key))
+    if made is not None:
+        hows = tuple(explained.get(c.id) for c in found)
+        key = (code, metric_names.get(code, code), tuple(rules.get(code) or ()), fmt.locale)
+        key += tuple(
+            (c.product, c.period_start, c.period_end, str(c.quantity), str(c.amount))
+            + (c.currency, c.kind, bool(c.pool), id(how))
+            for c, how in zip(found, hows, strict=True)
+        )
+        shared = made.get(key)
+        if shared is not None:
+            return shared[1]
+        # The explanations kept alive with it: their ids are in its key.
+        metric = _metric(code, found, metric_names, rules, explained, fmt, worded)
+        made[key] = (hows, metric)
+        return metric
     rows = []
     for c in found:
         how = explained.get(c.id)

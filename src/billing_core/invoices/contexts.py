@@ -95,6 +95,7 @@ def context(
             identity,
             notes,
             fmt,
+            explainer.rows,
         )
         for customer_id in section_order(by_customer, billed, names)
     ]
@@ -172,9 +173,11 @@ def _section(
     identity: dict,
     notes: dict[int, tuple[str | None, bool]],
     fmt: Formatter,
+    made: dict[tuple, dict] | None = None,
 ) -> dict:
     """One serviced customer's part of an invoice: its rows, taxes, credits and total, and
-    the raw sums the summary of a roll-up adds up."""
+    the raw sums the summary of a roll-up adds up. With `made` (a batch's), a row alike in
+    all it shows to one made before is that one, shared (`_row`)."""
     locale = fmt.locale
     rates: dict[str, dict] = identity.get("tax_rates", {})
     taxes: dict[tuple, list[Decimal]] = {}
@@ -188,7 +191,19 @@ def _section(
         elif line.kind == "credit":
             credits.append(_credit(line, currency, identity.get("credits"), locale))
         else:
-            rows.append(_row(line, currency, fmt, *notes.get(line.position, (None, False))))
+            how, averaged = notes.get(line.position, (None, False))
+            if made is None:
+                rows.append(_row(line, currency, fmt, how, averaged))
+                continue
+            # The amounts by their text (see `formatting.money`).
+            key = (line.product, line.bundle, line.kind, line.period_start, line.period_end)
+            key += (str(line.quantity), str(line.unit_price), str(line.amount))
+            key += (currency, locale, how, averaged)
+            row = made.get(key)
+            if row is None:
+                row = made[key] = _row(line, currency, fmt, how, averaged)
+            rows.append(row)
+    section_sums = sums(section_lines)
     zero_rated = _zero_rated(customer_id, section_lines, identity)
     if zero_rated is not None:
         taxes.setdefault(*zero_rated)
@@ -209,8 +224,8 @@ def _section(
             )
         ],
         "credits": credits,
-        "total": money(sum((x.amount for x in section_lines), ZERO), currency, locale),
-        "sums": sums(section_lines),
+        "total": money(section_sums["total"], currency, locale),
+        "sums": section_sums,
     }
 
 

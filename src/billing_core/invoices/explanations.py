@@ -7,7 +7,7 @@ The numbers come from `domain.explain`; this module only words and formats them.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from billing_core.domain.charge import average_unit_price
@@ -121,9 +121,20 @@ class Formatter:
 
     def equals(self, value: Decimal, currency: str) -> str:
         """ "= " and an exact amount; beyond six decimal places, "≈ " and six places."""
-        if value.as_tuple().exponent >= -EXACT_PLACES or value == value.quantize(SIX):
+        if _within_six(value):
             return "= " + self.money(value, currency, True)
         return "≈ " + self.money(value.quantize(SIX), currency, True)
+
+
+def _within_six(value: Decimal) -> bool:
+    """Whether a value has no nonzero digit beyond six decimal places: whether it is its
+    own quantization to six places (a Decimal's `as_tuple`, the other way to tell, makes a
+    named tuple of its digits). A value too long to quantize within the context's
+    precision tells by its exponent."""
+    try:
+        return value == value.quantize(SIX)
+    except InvalidOperation:
+        return value.as_tuple().exponent >= -EXACT_PLACES
 
 
 def _part(part: Part, currency: str, fmt: Formatter) -> str:

