@@ -280,7 +280,7 @@ def fast_percentages() -> None:
     D = Dimension
     adjust_box_sizing = percent.adjust_box_sizing
     inf = float("inf")
-    sides = ("top", "right", "bottom", "left")
+    borders = ("border_top_width", "border_right_width", "border_bottom_width", "border_left_width")
 
     def resolve_percentages(box: Any, containing_block: Any) -> None:
         if isinstance(containing_block, Box):
@@ -350,13 +350,18 @@ def fast_percentages() -> None:
         box.max_height = (
             v.value if v.__class__ is D and v.unit == "px" else pct(v, style, refer_max)
         )
-        collapse = style["border_collapse"] == "collapse"
-        for side in sides:
-            prop = f"border_{side}_width"
-            if not (collapse and hasattr(box, prop)):
-                setattr(box, prop, style[prop])
-        adjust_box_sizing(box, "width")
-        adjust_box_sizing(box, "height")
+        if style["border_collapse"] == "collapse":
+            for prop in borders:
+                if not hasattr(box, prop):
+                    setattr(box, prop, style[prop])
+        else:
+            box.border_top_width = style["border_top_width"]
+            box.border_right_width = style["border_right_width"]
+            box.border_bottom_width = style["border_bottom_width"]
+            box.border_left_width = style["border_left_width"]
+        if style["box_sizing"] != "content-box":  # WeasyPrint's own changes nothing then
+            adjust_box_sizing(box, "width")
+            adjust_box_sizing(box, "height")
 
     _replace("resolve_percentages", original, resolve_percentages)
 
