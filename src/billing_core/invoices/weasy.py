@@ -427,8 +427,41 @@ def fast_styles() -> None:
     REPLACED.append((ComputedStyle, "__missing__", own))
 
 
+@cache
+def shared_font_descriptions() -> None:
+    """Give WeasyPrint's text layout one Pango font description per font (family, style,
+    stretch, weight, size, caps, variations) for the whole process, instead of a new one
+    built with nine Pango calls for each text laid out: the layout only hands it to
+    `pango_layout_set_font_description`, which copies it, and to Pango's metrics, which
+    read it."""
+    from weasyprint.text import fonts
+
+    own = fonts.get_font_description
+    made: dict[tuple, Any] = {}
+
+    def get_font_description(style: Any) -> Any:
+        key = (
+            style["font_family"],
+            style["font_style"],
+            style["font_stretch"],
+            style["font_weight"],
+            style["font_size"],
+            style["font_variant_caps"],
+            style["font_variation_settings"],
+        )
+        try:
+            found = made.get(key)
+        except TypeError:  # a value that cannot be a key: WeasyPrint's own, each time
+            return own(style)
+        if found is None:
+            found = made[key] = own(style)
+        return found
+
+    _replace("get_font_description", own, get_font_description)
+
+
 # WeasyPrint's functions replaced by ones doing the same for less (`fast_percentages`,
-# `fast_styles`, the font streams of `share_font_subsets`):
+# `fast_styles`, `shared_font_descriptions`, the font streams of `share_font_subsets`):
 # (module, name, WeasyPrint's own), for the tests rendering with both.
 REPLACED: list[tuple[Any, str, Any]] = []
 
