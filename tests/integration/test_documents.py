@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from billing_core.cli.app import app
-from billing_core.invoices import markup
+from billing_core.invoices import markup, weasy
 from billing_core.invoices.contexts import contexts
 from billing_core.invoices.documents import pdf_document, render_html, templates_dir
 from billing_core.invoices.formatting import day, money, period
@@ -175,6 +175,27 @@ def test_the_pdf_is_the_same_whichever_parser_reads_its_html(store, monkeypatch)
         if invoice.status == "issued":
             written = Path(f"documents/{invoice.billing_date}/gi-{invoice.number}.pdf")
             assert written.read_bytes() == fast
+
+
+def test_the_pdf_is_the_same_with_weasyprints_own_layout_functions(store, monkeypatch):
+    """WeasyPrint functions replaced by faster ones (invoices.weasy.REPLACED) lay out the
+    same pages: a roll-up with its breakdown, an issued one-line invoice and a draft give
+    the bytes WeasyPrint's own functions give."""
+    import_yaml(FAMILY)
+    ingest_csv(USAGE)
+    close("2026-02-01", issue=True)
+    close("2026-03-01")
+    with unit_of_work() as session:
+        invoices = list(session.execute(sa.select(Invoice.__table__)))
+        data = contexts(session, invoices)
+    for invoice in invoices:
+        html = render_html(data[invoice.id], inline_css=False)
+        fast = pdf_document(html).write_pdf()
+        assert weasy.REPLACED
+        with monkeypatch.context() as patched:
+            for module, name, own in weasy.REPLACED:
+                patched.setattr(module, name, own)
+            assert pdf_document(html).write_pdf() == fast
 
 
 def test_contexts_read_the_same_in_one_statement_or_in_chunks(store, monkeypatch):

@@ -24,13 +24,18 @@ way (tests/integration/test_documents.py renders the invoices both ways).
   glyphs a document uses draws it the same. A document whose glyphs of a font are all
   among those of `COMMON` (else of `WIDER`) gets that font's subset for the whole set,
   made once per process; any other document gets its own subset, as before. The same
-  document still gives the same bytes, whatever the process rendered before.
+  document still gives the same bytes, whatever the process rendered before. A shared
+  subset's font file is compressed once per process too.
+- Layout (`fast_percentages`): a WeasyPrint function the layout calls for every box,
+  replaced by one doing the same for less (tests/integration/test_documents.py renders
+  with both: the same bytes).
 """
 
 from __future__ import annotations
 
 import io
 import re
+import sys
 from functools import cache
 from typing import Any
 
@@ -181,6 +186,56 @@ def share_font_subsets() -> None:
         return own(self, to_unicode, hinting)
 
     fonts.Font.subset = subset
+    REPLACED.append((fonts, "pydyf", fonts.pydyf))
+    fonts.pydyf = _font_streams_module()
+
+
+# The compressed bytes of each shared subset's font file stream, by its bytes.
+_compressed_subsets: dict[bytes, bytes] = {}
+
+
+def _font_streams_module() -> Any:
+    """pydyf for WeasyPrint's PDF fonts, its `Stream` keeping the compressed bytes of a
+    shared subset's font file: the same bytes in every PDF, which pydyf compressed again
+    for each (zlib at level 9, 1.6 ms a PDF for the two faces). The stream's bytes are
+    the ones pydyf writes (its `data`, with the compression it would have made)."""
+    import types
+    import zlib
+
+    import pydyf
+
+    class Stream(pydyf.Stream):
+        @property
+        def data(self) -> bytes:
+            content = self.stream[0] if self.compress and len(self.stream) == 1 else None
+            if type(content) is not bytes or content not in _shared_contents():
+                return super().data
+            compressed = _compressed_subsets.get(content)
+            if compressed is None:
+                compressor = zlib.compressobj(level=9)
+                compressed = compressor.compress(content) + compressor.flush()
+                _compressed_subsets[content] = compressed
+            extra = pydyf.Dictionary(self.extra.copy())
+            extra["Filter"] = "/FlateDecode"
+            extra["Length"] = len(compressed)
+            return b"\n".join((extra.data, b"stream", compressed, b"endstream"))
+
+    module = types.ModuleType("pydyf")
+    module.__dict__.update(vars(pydyf))
+    module.Stream = Stream  # type: ignore[attr-defined]
+    return module
+
+
+def _shared_contents() -> set[bytes]:
+    """The shared subsets' bytes (the set made again when a subset was added)."""
+    global _shared_set
+    if _shared_set[0] != len(_shared_subsets):
+        _shared_set = (len(_shared_subsets), set(_shared_subsets.values()))
+    return _shared_set[1]
+
+
+# (how many subsets were made, their bytes)
+_shared_set: tuple[int, set[bytes]] = (0, set())
 
 
 def _glyphs_of(content: bytes, index: int) -> tuple[frozenset[int], ...]:
@@ -201,3 +256,219 @@ def _glyphs_of(content: bytes, index: int) -> tuple[frozenset[int], ...]:
             found = ()
         _level_glyphs[(content, index)] = found
     return found
+
+
+@cache
+def fast_percentages() -> None:
+    """Give WeasyPrint's layout a `resolve_percentages` that does what its own does,
+    property by property in the same order, without two calls, a `getattr` and a
+    `setattr` for each of a box's 14 lengths: a length already in pixels (nearly all of
+    them) is read straight from its `Dimension`; anything else (a percentage, `auto`, a
+    `calc()`) goes through WeasyPrint's own `percentage`. The layout calls it once or
+    more for every box it lays out (some 1,400 times for a roll-up's four pages): -3.0 %
+    instructions for a roll-up's PDF (callgrind), the same PDF bytes. The layout modules
+    imported the function by name, so each of their names for it is pointed at this
+    one."""
+    import weasyprint.document  # noqa: F401 - every layout module, imported before they are patched
+    from weasyprint.css.functions import check_math
+    from weasyprint.css.properties import Dimension
+    from weasyprint.formatting_structure.boxes import Box, PageBox
+    from weasyprint.layout import percent
+
+    original = percent.resolve_percentages
+    pct = percent.percentage  # a percentage, `auto`, a `calc()`: WeasyPrint's own
+    D = Dimension
+    adjust_box_sizing = percent.adjust_box_sizing
+    inf = float("inf")
+    borders = ("border_top_width", "border_right_width", "border_bottom_width", "border_left_width")
+
+    def resolve_percentages(box: Any, containing_block: Any) -> None:
+        if isinstance(containing_block, Box):
+            cb_width = containing_block.width
+            cb_height = containing_block.height
+        else:
+            cb_width, cb_height = containing_block
+        maybe_height = cb_height if isinstance(box, PageBox) else cb_width
+        style = box.style
+        v = style["margin_left"]
+        box.margin_left = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        )
+        v = style["margin_right"]
+        box.margin_right = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        )
+        v = style["margin_top"]
+        box.margin_top = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, maybe_height)
+        )
+        v = style["margin_bottom"]
+        box.margin_bottom = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, maybe_height)
+        )
+        v = style["padding_left"]
+        box.padding_left = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        )
+        v = style["padding_right"]
+        box.padding_right = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        )
+        v = style["padding_top"]
+        box.padding_top = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, maybe_height)
+        )
+        v = style["padding_bottom"]
+        box.padding_bottom = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, maybe_height)
+        )
+        v = style["width"]
+        box.width = v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        v = style["min_width"]
+        v = v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        box.min_width = 0 if v == "auto" else v
+        v = style["max_width"]
+        box.max_width = v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_width)
+        if cb_height == "auto":
+            height = style["height"]
+            if height == "auto" or check_math(height) or height.unit == "%":
+                box.height = "auto"
+            else:
+                assert height.unit.lower() == "px"
+                box.height = height.value
+            refer_min, refer_max = 0, inf
+        else:
+            v = style["height"]
+            box.height = (
+                v.value if v.__class__ is D and v.unit == "px" else pct(v, style, cb_height)
+            )
+            refer_min = refer_max = cb_height
+        v = style["min_height"]
+        v = v.value if v.__class__ is D and v.unit == "px" else pct(v, style, refer_min)
+        box.min_height = 0 if v == "auto" else v
+        v = style["max_height"]
+        box.max_height = (
+            v.value if v.__class__ is D and v.unit == "px" else pct(v, style, refer_max)
+        )
+        if style["border_collapse"] == "collapse":
+            for prop in borders:
+                if not hasattr(box, prop):
+                    setattr(box, prop, style[prop])
+        else:
+            box.border_top_width = style["border_top_width"]
+            box.border_right_width = style["border_right_width"]
+            box.border_bottom_width = style["border_bottom_width"]
+            box.border_left_width = style["border_left_width"]
+        if style["box_sizing"] != "content-box":  # WeasyPrint's own changes nothing then
+            adjust_box_sizing(box, "width")
+            adjust_box_sizing(box, "height")
+
+    _replace("resolve_percentages", original, resolve_percentages)
+
+
+@cache
+def fast_styles() -> None:
+    """Give WeasyPrint's computed styles a `__missing__` that computes a property the
+    cascade left unset the way WeasyPrint's own does, without its work for what such a
+    property cannot have (a logical property of the same name, a `var()`, a math
+    function): an inherited one is its parent's value, any other its initial value
+    (computed where WeasyPrint computes it). A property the cascade set, a physical one
+    whose logical twin it set, `position`, `float`, `display`, `page`, text decorations,
+    custom properties, and any value with a math function still go to WeasyPrint's own.
+    A physical property's logical twin is looked up once per direction, and a value of a
+    plain type (a keyword, a number, a length) is not searched for a math function.
+    Every box's style is read some 25 times this way (a roll-up: 11,000 times)."""
+    from weasyprint.css import ComputedStyle
+    from weasyprint.css.computed_values import COMPUTER_FUNCTIONS, PHYSICAL_FUNCTIONS
+    from weasyprint.css.functions import check_math
+    from weasyprint.css.properties import (
+        INHERITED,
+        INITIAL_NOT_COMPUTED,
+        INITIAL_VALUES,
+        Dimension,
+    )
+
+    own = ComputedStyle.__missing__
+    special = frozenset({"position", "float", "display", "page"})
+    # Values without a math function (`check_math` is false for them): most of them.
+    plain = frozenset({str, int, float, bool, type(None), Dimension})
+    # A physical property's logical twin, by (property, direction): WeasyPrint's
+    # functions, whose answer only depends on those (the block direction is always
+    # top to bottom).
+    logical_keys: dict[tuple[str, str], str] = {}
+
+    def __missing__(self: Any, key: str) -> Any:
+        cascaded = self.cascaded
+        if key in cascaded or key in special or key[:2] == "__" or key[:16] == "text_decoration_":
+            return own(self, key)
+        if key in PHYSICAL_FUNCTIONS:
+            direction = self["direction"]
+            logical = logical_keys.get((key, direction))
+            if logical is None:
+                logical = PHYSICAL_FUNCTIONS[key](block="ttb", inline=direction)
+                logical_keys[(key, direction)] = logical
+            if logical in cascaded:
+                return own(self, key)
+        parent = self.parent_style
+        if key in INHERITED and parent is not None:
+            value = parent[key]
+            if value.__class__ not in plain and check_math(value):
+                return own(self, key)
+        else:
+            value = INITIAL_VALUES[key]
+            if value.__class__ not in plain and check_math(value):
+                return own(self, key)
+            if key in INITIAL_NOT_COMPUTED and key in COMPUTER_FUNCTIONS:
+                value = COMPUTER_FUNCTIONS[key](self, key, value)
+        self[key] = value
+        return value
+
+    ComputedStyle.__missing__ = __missing__
+    REPLACED.append((ComputedStyle, "__missing__", own))
+
+
+@cache
+def shared_font_descriptions() -> None:
+    """Give WeasyPrint's text layout one Pango font description per font (family, style,
+    stretch, weight, size, caps, variations) for the whole process, instead of a new one
+    built with nine Pango calls for each text laid out: the layout only hands it to
+    `pango_layout_set_font_description`, which copies it, and to Pango's metrics, which
+    read it."""
+    from weasyprint.text import fonts
+
+    own = fonts.get_font_description
+    made: dict[tuple, Any] = {}
+
+    def get_font_description(style: Any) -> Any:
+        key = (
+            style["font_family"],
+            style["font_style"],
+            style["font_stretch"],
+            style["font_weight"],
+            style["font_size"],
+            style["font_variant_caps"],
+            style["font_variation_settings"],
+        )
+        try:
+            found = made.get(key)
+        except TypeError:  # a value that cannot be a key: WeasyPrint's own, each time
+            return own(style)
+        if found is None:
+            found = made[key] = own(style)
+        return found
+
+    _replace("get_font_description", own, get_font_description)
+
+
+# WeasyPrint's functions replaced by ones doing the same for less (`fast_percentages`,
+# `fast_styles`, `shared_font_descriptions`, the font streams of `share_font_subsets`):
+# (module, name, WeasyPrint's own), for the tests rendering with both.
+REPLACED: list[tuple[Any, str, Any]] = []
+
+
+def _replace(name: str, original: Any, new: Any) -> None:
+    """Point every WeasyPrint module's `name` that is `original` at `new`."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("weasyprint.") and getattr(module, name, None) is original:
+            setattr(module, name, new)
+            REPLACED.append((module, name, original))
