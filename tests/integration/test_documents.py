@@ -407,3 +407,45 @@ def test_invoices_show_can_write_a_review_copy(store, tmp_path, suffix):
     assert content.startswith(b"%PDF" if suffix == ".pdf" else b"<!DOCTYPE html>")
     # a copy for review: the store records no document for it
     assert store.scalar("SELECT count(*) FROM invoice_documents WHERE path LIKE '%review%'") == 0
+
+
+_RENDER_ONE = """
+import hashlib, sys, weasyprint
+if sys.argv[1] != "installed":
+    weasyprint.__version__ = sys.argv[1]
+from billing_core.invoices import weasy
+from billing_core.invoices.documents import pdf_document
+html = '<html><body><table class="lines"><tr><td>Fee</td><td class="num">$10.00</td></tr>'
+html += '</table><p>1,234.50 · Total due</p></body></html>'
+pdf = pdf_document(html).write_pdf()
+print(len(weasy.REPLACED), hashlib.sha256(pdf).hexdigest())
+"""
+
+
+def test_an_unchecked_weasyprint_release_runs_its_own_functions(tmp_path):
+    """The replaced WeasyPrint functions copy one release's internals: with any other
+    release installed none is put in, and the PDF is the one WeasyPrint makes."""
+    import subprocess
+    import sys
+
+    import weasyprint
+
+    from billing_core.invoices.weasy import CHECKED_RELEASES
+
+    def render(release: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _RENDER_ONE, release],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        replaced, digest = done.stdout.split()
+        return int(replaced), digest
+
+    unchecked = render("999.0")
+    assert unchecked[0] == 0
+    if weasyprint.__version__ in CHECKED_RELEASES:
+        checked = render("installed")
+        assert checked[0] > 0
+        assert checked[1] == unchecked[1]

@@ -26,9 +26,12 @@ way (tests/integration/test_documents.py renders the invoices both ways).
   made once per process; any other document gets its own subset, as before. The same
   document still gives the same bytes, whatever the process rendered before. A shared
   subset's font file is compressed once per process too.
-- Layout (`fast_percentages`): a WeasyPrint function the layout calls for every box,
-  replaced by one doing the same for less (tests/integration/test_documents.py renders
-  with both: the same bytes).
+- Layout and styles (`fast_percentages`, `fast_styles`, `shared_font_descriptions`):
+  WeasyPrint functions called for every box, style or text, replaced by ones doing the
+  same for less (tests/integration/test_documents.py renders with both: the same bytes).
+  They copy WeasyPrint's own internals, so they (and the shared subsets' compressed
+  streams) are put in only for the WeasyPrint releases they were checked against
+  (`CHECKED_RELEASES`, `checked_release`); any other release runs its own code.
 """
 
 from __future__ import annotations
@@ -186,8 +189,22 @@ def share_font_subsets() -> None:
         return own(self, to_unicode, hinting)
 
     fonts.Font.subset = subset
-    REPLACED.append((fonts, "pydyf", fonts.pydyf))
-    fonts.pydyf = _font_streams_module()
+    if checked_release():
+        REPLACED.append((fonts, "pydyf", fonts.pydyf))
+        fonts.pydyf = _font_streams_module()
+
+
+# The WeasyPrint releases whose internals the replaced functions copy, checked by the
+# tests rendering with both: another release runs its own functions (the PDFs are as
+# WeasyPrint makes them, only slower) until it is checked and added here.
+CHECKED_RELEASES = ("70.0",)
+
+
+def checked_release() -> bool:
+    """Whether the installed WeasyPrint is one the replaced functions were checked on."""
+    import weasyprint
+
+    return weasyprint.__version__ in CHECKED_RELEASES
 
 
 # The compressed bytes of each shared subset's font file stream, by its bytes.
