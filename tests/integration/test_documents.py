@@ -153,17 +153,23 @@ def test_rollup_document_sections_totals_and_breakdown(store):
     assert {font.family for font in document.fonts.values()} == {"Invoice Sans"}
 
 
-def test_the_pdf_is_the_same_whichever_parser_reads_its_html(store, monkeypatch):
-    """A PDF's HTML is read by the C XML parser when its markup allows (invoices.markup),
-    as the invoice template's does, drafts and issued invoices alike: the PDF is the bytes
-    WeasyPrint's own HTML5 parser gives, and those the close wrote and recorded."""
+def _issued_and_drafts() -> tuple[list, dict]:
+    """The family's invoices after a close that issues and one that leaves drafts, and
+    their contexts."""
     import_yaml(FAMILY)
     ingest_csv(USAGE)
     close("2026-02-01", issue=True)
     close("2026-03-01")
     with unit_of_work() as session:
         invoices = list(session.execute(sa.select(Invoice.__table__)))
-        data = contexts(session, invoices)
+        return invoices, contexts(session, invoices)
+
+
+def test_the_pdf_is_the_same_whichever_parser_reads_its_html(store, monkeypatch):
+    """A PDF's HTML is read by the C XML parser when its markup allows (invoices.markup),
+    as the invoice template's does, drafts and issued invoices alike: the PDF is the bytes
+    WeasyPrint's own HTML5 parser gives, and those the close wrote and recorded."""
+    invoices, data = _issued_and_drafts()
     assert {i.status for i in invoices} == {"issued", "draft"}
     for invoice in invoices:
         html = render_html(data[invoice.id], inline_css=False)
@@ -181,13 +187,7 @@ def test_the_pdf_is_the_same_with_weasyprints_own_layout_functions(store, monkey
     """WeasyPrint functions replaced by faster ones (invoices.weasy.REPLACED) lay out the
     same pages: a roll-up with its breakdown, an issued one-line invoice and a draft give
     the bytes WeasyPrint's own functions give."""
-    import_yaml(FAMILY)
-    ingest_csv(USAGE)
-    close("2026-02-01", issue=True)
-    close("2026-03-01")
-    with unit_of_work() as session:
-        invoices = list(session.execute(sa.select(Invoice.__table__)))
-        data = contexts(session, invoices)
+    invoices, data = _issued_and_drafts()
     for invoice in invoices:
         html = render_html(data[invoice.id], inline_css=False)
         fast = pdf_document(html).write_pdf()

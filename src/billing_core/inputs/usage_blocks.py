@@ -26,7 +26,7 @@ from typing import Any
 
 from billing_core.domain.limits import TEXT_BYTES
 from billing_core.inputs import usage_csv
-from billing_core.inputs.usage_csv import _first_row, careful_record, quote_left_open
+from billing_core.inputs.usage_csv import Lines, _first_row, careful_record, quote_left_open
 from billing_core.inputs.usage_text import CSV_COLUMNS
 
 BLOCK_BYTES = 1 << 20  # about 18,000 rows of the benchmark's events
@@ -64,24 +64,16 @@ class Batch:
             yield self.first + j, record
 
 
-class _Lines:
-    """A text file's lines from a byte offset (csv's own splitting: newline=""), counting
-    the bytes handed out so far, and noting a read past the file's end (`ended`, as
-    `usage_csv.Lines`)."""
+class _Lines(Lines):
+    """A text file's lines from a byte offset (csv's own splitting: newline=""), as
+    `usage_csv.Lines` gives them, counting the bytes handed out so far."""
 
     def __init__(self, handle: Any):
-        self.handle = handle
+        super().__init__(handle)
         self.bytes = 0
-        self.ended = False
-
-    def __iter__(self) -> _Lines:
-        return self
 
     def __next__(self) -> str:
-        line = self.handle.readline()
-        if not line:
-            self.ended = True
-            raise StopIteration
+        line = super().__next__()
         self.bytes += len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
         return line
 
