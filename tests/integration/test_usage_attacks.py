@@ -719,3 +719,39 @@ def test_a_quote_left_open_at_the_end_of_the_file_refuses_it(
             "(its closing quote is missing); the file is not read"
         ]
         unchanged(catalog)
+
+
+@pytest.mark.parametrize(
+    "encoding, named", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")]
+)
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_in_another_unicode_encoding_is_refused_in_one_line(
+    catalog, tmp_path, encoding, named, suffix
+):
+    """A spreadsheet's "Unicode text" is UTF-16: read as UTF-8 every other byte is a NUL,
+    and each cell was refused for it, one line each. The file is refused in one line that
+    says what it is, even with --skip-invalid, and nothing is loaded."""
+    if suffix == ".csv":
+        text = HEADER + "\n" + OK_ROW.format(n=1) + "\n"
+    else:
+        text = json.dumps(event(1)) + "\n"
+    path = tmp_path / f"unicode{suffix}"
+    bom = "\ufeff" if encoding == "utf-16-be" else ""  # the others' codec writes its own
+    path.write_bytes((bom + text).encode(encoding))
+    for extra in ([], ["--skip-invalid", tmp_path / "rejects.csv"]):
+        code, err = ingest(path, *extra)
+        assert code == 1
+        assert err == [
+            f"{path}: encoded as {named} (it starts with its byte order mark), not UTF-8; "
+            "save it as UTF-8 (in a spreadsheet: CSV UTF-8)"
+        ]
+    unchanged(catalog)
+
+
+def test_a_folder_named_as_a_usage_file_is_refused_in_one_line(catalog, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    code, err = ingest(folder)
+    assert code == 1
+    assert err == [f"{folder}: is a folder; name the usage files in it"]
+    unchanged(catalog)

@@ -11,6 +11,7 @@ written at once, any other block row by row as above. Aggregation is
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterable, Iterator
@@ -266,17 +267,46 @@ def _refuse(
         )
 
 
+# Byte order marks of the Unicode encodings other than UTF-8 that spreadsheets write
+# ("Unicode text" is UTF-16), longest first (UTF-32 LE's begins with UTF-16 LE's).
+_OTHER_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def other_encoding(start: bytes) -> str | None:
+    """The encoding a file's first bytes mark it as, when it is not UTF-8: read as UTF-8
+    its every other byte is a NUL, and each row would be refused for it."""
+    for bom, name in _OTHER_BOMS:
+        if start.startswith(bom):
+            return name
+    return None
+
+
 def ingest_files(
     session: Session, paths: list[Path], *, rejects_path: Path | None = None, source: str = "cli"
 ) -> IngestResult:
     """Ingest CSV or JSON Lines files as one load; see `ingest_records`."""
     for path in paths:
+        if path.is_dir():
+            raise UsageRefused(f"{path}: is a folder; name the usage files in it", [])
         if not path.is_file():
             raise UsageRefused(f"{path}: no such file", [])
         try:
-            path.open("rb").close()
+            with path.open("rb") as handle:
+                start = handle.read(4)
         except OSError as error:
             raise UsageRefused(f"{path}: cannot be read ({error.strerror})", []) from None
+        encoding = other_encoding(start)
+        if encoding is not None:
+            raise UsageRefused(
+                f"{path}: encoded as {encoding} (it starts with its byte order mark), not "
+                "UTF-8; save it as UTF-8 (in a spreadsheet: CSV UTF-8)",
+                [],
+            )
     handle = None
     rejects = None
     try:
