@@ -7,10 +7,10 @@ import io
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -188,7 +188,8 @@ def invoices_preview(
     out.print("preview only: nothing was written")
 
 
-def _between_closes(command: str, refused: str) -> AbstractContextManager[Any]:
+@contextmanager
+def _between_closes(command: str, refused: str) -> Iterator[None]:
     """The store's close lock, for a command that changes drafts (issuing or canceling
     them): a close rebuilds, credits and renders drafts step by step, so a draft frozen or
     withdrawn between two of its steps would leave the close's work half applied. With a
@@ -197,15 +198,11 @@ def _between_closes(command: str, refused: str) -> AbstractContextManager[Any]:
     from billing_core.config import get_settings
     from billing_core.store.locks import CloseLocked, LockLost, close_lock
 
-    @contextmanager
-    def held() -> Iterator[None]:
-        try:
-            with close_lock(command, get_settings().close_lock_timeout):
-                yield
-        except (CloseLocked, LockLost) as locked:
-            fail(f"{refused}: {locked}")
-
-    return held()
+    try:
+        with close_lock(command, get_settings().close_lock_timeout):
+            yield
+    except (CloseLocked, LockLost) as locked:
+        fail(f"{refused}: {locked}")
 
 
 def _transition(reference: str, to: str) -> None:

@@ -259,10 +259,7 @@ def pdf_document(html: str, folder: str | None = None) -> Any:
     template folder's stylesheets and fonts."""
     _fonts_keep_their_timestamp()
     weasy.share_font_subsets()
-    if weasy.checked_release():
-        weasy.fast_percentages()
-        weasy.fast_styles()
-        weasy.shared_font_descriptions()
+    weasy.faster_functions()
     folder = folder or str(templates_dir())
     found = [Path(folder) / n for n in PDF_STYLESHEETS if (Path(folder) / n).exists()]
     sheets, fonts, plain = _pdf_resources(folder, max(p.stat().st_mtime for p in found))

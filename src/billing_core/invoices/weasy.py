@@ -207,6 +207,15 @@ def checked_release() -> bool:
     return weasyprint.__version__ in CHECKED_RELEASES
 
 
+def faster_functions() -> None:
+    """Put in the faster copies of WeasyPrint's layout, style and font functions, where
+    the installed release is one they were checked against."""
+    if checked_release():
+        fast_percentages()
+        fast_styles()
+        shared_font_descriptions()
+
+
 # The compressed bytes of each shared subset's font file stream, by its bytes.
 _compressed_subsets: dict[bytes, bytes] = {}
 
