@@ -8,6 +8,7 @@ these; so do the CLI's direct paths and the tests.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from billing_core.invoices import lifecycle as invoices
 from billing_core.report import StepReport, add_money
 from billing_core.steps import collect as collection
-from billing_core.steps import collector, credits
+from billing_core.steps import collector, credits, processes
 from billing_core.steps import consolidate as rollup
 from billing_core.steps import rate as rating
 from billing_core.steps import recalculate as recalculation
@@ -166,7 +167,30 @@ def run(
     """A step of `STEPS` over families (every family by default), in a unit of work of its
     own (see `_run`)."""
     kwargs = {"store_name": store_name()} if step.store_named else {}
+    if step is RENDER:
+        return _on_cores(step, through, families, rest, kwargs)
     return _run(step.run, through, _scope(families), *rest, **kwargs)
+
+
+def _on_cores(
+    step: Step, through: date | None, families: Iterable[str] | None, rest: tuple, kwargs: dict
+) -> StepReport:
+    """The render step on this machine's cores when there is enough to render: its
+    families in parts, each but the first in a forked process (`steps.processes`)."""
+    invoice_ids = rest[0] if rest else None
+    split = processes.parts(through, families, invoice_ids)
+    if len(split) == 1:
+        return _run(step.run, through, _scope(families), *rest, **kwargs)
+    started = time.perf_counter()
+    report = processes.forked(
+        [
+            functools.partial(_run, step.run, through, _scope(part), *rest, **kwargs)
+            for part in split
+        ]
+    )
+    report.details["seconds"] = round(time.perf_counter() - started, 3)
+    report.details["processes"] = len(split)
+    return report
 
 
 def recalculate(through: date, families: Iterable[str] | None = None) -> StepReport:

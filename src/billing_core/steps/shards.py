@@ -50,27 +50,51 @@ DOCUMENT_ROWS = 40
 
 def render_shards(through: date, count: int) -> list[list[str]]:
     """Families split into `count` shards of similar rendering work (a family is never
-    split): what weighs is the documents a shard will write, not its customers. A family
-    billed child by child writes a document per child; one rolled up to its root, one.
+    split): what weighs is the documents a shard will write, not its customers
+    (`render_weights`)."""
+    return balanced(render_weights(through), count)
 
-    Counted: invoices through `through` still waiting for their final documents, and
-    drafts (whose previews are rewritten when they change), each as DOCUMENT_ROWS plus
-    its lines and charges. Families with nothing to write weigh nothing but keep their
-    place, so the step still checks their issued documents are on disk.
+
+def render_weights(
+    through: date | None,
+    families: Iterable[str] | None = None,
+    invoice_ids: list[int] | None = None,
+) -> dict[str, int]:
+    """What each family (of `families`, else every one) has to render through `through`,
+    of the invoices `invoice_ids` (else all). A family billed child by child writes a
+    document per child; one rolled up to its root, one.
+
+    Counted: invoices still waiting for their final documents, and drafts (whose
+    previews are rewritten when they change), each as DOCUMENT_ROWS plus its lines and
+    charges. Families with nothing to write weigh nothing but keep their place, so the
+    step still checks their issued documents are on disk.
     """
     with unit_of_work() as session:
         c = Customer.__table__.c
         v = Invoice.__table__.c
         d = InvoiceDocument.__table__.c
-        weights = dict.fromkeys(session.execute(sa.select(c.family_id).distinct()).scalars(), 0)
+        everyone = sa.select(c.family_id).distinct()
+        if families is not None:
+            families = list(families)
+            everyone = everyone.where(c.family_id.in_(families))
+        weights = dict.fromkeys(session.execute(everyone).scalars(), 0)
+        if families is None:  # and any family only invoices still name
+            for family in session.execute(sa.select(v.family_id).distinct()).scalars():
+                weights.setdefault(family, 0)
         pending = (
             sa.select(v.id, v.family_id)
-            .where(v.billing_date <= through, v.status.in_(RENDERED))
+            .where(v.status.in_(RENDERED))
             .where(
                 (v.status == "draft") | ~sa.exists().where(d.invoice_id == v.id, d.final.is_(True))
             )
-            .subquery()
         )
+        if through is not None:
+            pending = pending.where(v.billing_date <= through)
+        if families is not None:
+            pending = pending.where(v.family_id.in_(families))
+        if invoice_ids is not None:
+            pending = pending.where(v.id.in_(invoice_ids))
+        pending = pending.subquery()
         for table in (InvoiceLine.__table__, InvoiceCharge.__table__):
             rows = session.execute(
                 sa.select(pending.c.family_id, sa.func.count())
@@ -84,7 +108,7 @@ def render_shards(through: date, count: int) -> list[list[str]]:
         )
         for family, n in rows:
             weights[family] = weights.get(family, 0) + DOCUMENT_ROWS * n
-    return balanced(weights, count)
+    return weights
 
 
 def balanced(weights: dict[str, int], count: int) -> list[list[str]]:

@@ -1,0 +1,169 @@
+"""The render step over this machine's cores.
+
+Rendering is the interpreter's own work (Jinja for a preview, WeasyPrint for a PDF), so
+threads share one core. When the close's steps run on threads (the default task runner,
+one shard), the render step splits its families into parts of similar rendering work
+(`shards.render_weights`, a family is never split) and renders every part but the first
+in a process forked from this one, the first here, at the same time. A forked process
+starts with the templates, fonts and settings this one has loaded (a new process would
+spend about a second importing them) and renders its part as a shard does on a Dask
+worker: in its own unit of work, its documents recorded in its own commit, fenced by
+the close's lock; its report comes back through a pipe and the reports are summed. On
+PostgreSQL only: a SQLite store takes one writer at a time, from the start of each unit
+of work, so the parts would only take turns.
+
+A forked process takes nothing from this one but memory: it opens its own database
+connections (the inherited ones are left untouched, never closed), puts the default
+action back on SIGTERM and SIGINT, and ends with `os._exit` once its report is written,
+running none of this process's exit handlers. A failure in a part is the step's failure,
+as it would be in one process: the error a part raised, or one line saying how a process
+ended without a report; if this process's own part fails, the others are stopped.
+
+More machines are Prefect's task runners' business (Dask, BILLING_TASK_RUNNER=dask): each
+worker is then a process of its own, and nothing is forked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from datetime import date
+
+from billing_core.config import get_settings
+from billing_core.report import StepReport
+from billing_core.steps import collector
+from billing_core.steps.shards import DOCUMENT_ROWS, balanced, render_weights
+from billing_core.store import engine as engines
+
+# Less work than this (in DOCUMENT_ROWS a document plus its rows) is rendered here: a
+# fork and a second connection cost more than they save on some 200 previews.
+FORK_FROM = 200 * DOCUMENT_ROWS
+
+
+class PartFailed(RuntimeError):
+    """A forked part of a step ended without a report, or with an error that could not
+    be sent back as it was."""
+
+
+def parts(
+    through: date | None, families: Iterable[str] | None, invoice_ids: list[int] | None
+) -> list[list[str] | None]:
+    """The families the render step renders in each process: one part (as given) unless
+    the machine, the task runner and the work make more worth it."""
+    settings = get_settings()
+    count = min(settings.render_processes, os.cpu_count() or 1)
+    one = [None if families is None else list(families)]
+    if count <= 1 or not hasattr(os, "fork") or settings.task_runner != "threads":
+        return one
+    if settings.shards > 1:  # the shards' threads render side by side already
+        return one
+    if not engines.database_url().startswith("postgresql"):
+        # SQLite: every unit of work takes the one write lock when it begins (BEGIN
+        # IMMEDIATE), so the parts would render one after the other.
+        return one
+    weights = render_weights(through, families, invoice_ids)
+    if sum(weights.values()) < FORK_FROM:
+        return one
+    split = balanced(weights, count)
+    return split if len(split) > 1 else one
+
+
+def forked(work: list[Callable[[], StepReport]]) -> StepReport:
+    """Run `work[0]` here and every other in a process forked from this one, at the same
+    time; their reports summed. Raises the first failure (this process's first)."""
+    children = [_Child.start(part) for part in work[1:]]
+    try:
+        report = work[0]()
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise
+    failure: BaseException | None = None
+    for child in children:
+        try:
+            report = report.merge(child.report())
+        except Exception as error:  # noqa: BLE001 - every child is waited for first
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return report
+
+
+class _Child:
+    """A process forked to run one part; its outcome comes back through a pipe."""
+
+    def __init__(self, pid: int, pipe: int) -> None:
+        self.pid = pid
+        self.pipe = pipe
+
+    @classmethod
+    def start(cls, part: Callable[[], StepReport]) -> _Child:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns from here
+            try:
+                os.close(read)
+                _fresh_start()
+                with os.fdopen(write, "wb") as pipe:
+                    pipe.write(_outcome(part))
+            finally:
+                os._exit(0)
+        os.close(write)
+        return cls(pid, read)
+
+    def report(self) -> StepReport:
+        """The part's report, once it has ended; raises what it raised."""
+        with os.fdopen(self.pipe, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        if not data:
+            raise PartFailed(f"the process rendering a part of the step {_ended(status)}")
+        kind, value = pickle.loads(data)  # noqa: S301 - written by our own child
+        if kind == "error":
+            raise value
+        return StepReport.from_dict(value)
+
+    def stop(self) -> None:
+        """Stop the part (this process's own part failed) and wait for it to end."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        os.close(self.pipe)
+        os.waitpid(self.pid, 0)
+
+
+def _outcome(part: Callable[[], StepReport]) -> bytes:
+    """What a part sends back: its report, or the error it raised (as a `PartFailed` of
+    its text when the error itself cannot be pickled)."""
+    try:
+        return pickle.dumps(("report", part().as_dict()))
+    except BaseException as error:  # noqa: BLE001 - sent to the parent, raised there
+        try:
+            return pickle.dumps(("error", error))
+        except Exception:  # noqa: BLE001 - an error that does not pickle: its text
+            return pickle.dumps(("error", PartFailed(f"{type(error).__name__}: {error}")))
+
+
+def _fresh_start() -> None:
+    """In a forked child: its own signals, locks and database connections."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Locks another thread of the parent may have held at the fork.
+    engines._engines_lock = threading.Lock()
+    collector._lock = threading.Lock()
+    for engine in list(engines._engines.values()):
+        # The parent's connections stay the parent's: kept referenced, never closed here.
+        _inherited.append(engine.pool)
+        engine.dispose(close=False)
+
+
+_inherited: list[object] = []
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was stopped by signal {os.WTERMSIG(status)} before it reported"
+    return f"ended (exit status {os.waitstatus_to_exitcode(status)}) without a report"
