@@ -17,6 +17,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from billing_core.config import get_settings
 from billing_core.report import StepReport
+from flows.heartbeats import prompt_heartbeats
+
+# Every flow run of this process ends without waiting on its heartbeat thread.
+prompt_heartbeats()
 
 # Completed steps are cached per flow run: a retried run (same flow-run id, as the UI's
 # Retry makes) skips them and resumes at the step that failed. The store stays the source
