@@ -43,9 +43,10 @@ class Settings(BaseSettings):
     task_runner: str = "threads"
     dask_address: str | None = None
     dask_workers: int = 2
-    # Processes the render step uses on this machine with the threads task runner (at
-    # most its cores; 1: none forked). See billing_core/steps/processes.py.
-    render_processes: int = 2
+    # Processes consolidation and the documents use on this machine with the threads task
+    # runner, on PostgreSQL (at most its cores; 1: none forked).
+    # See billing_core/steps/processes.py.
+    processes: int = 2
     # Usage sources pulled by the close's collect step (see docs/usage-sources.md).
     usage_inbox: Path | None = None
     usage_sql_url: str | None = None

@@ -168,19 +168,21 @@ def run(
     own (see `_run`)."""
     kwargs = {"store_name": store_name()} if step.store_named else {}
     if step is RENDER:
-        return _on_cores(step, through, families, rest, kwargs)
-    return _run(step.run, through, _scope(families), *rest, **kwargs)
+        split = processes.render_parts(through, families, rest[0] if rest else None)
+    elif step is CONSOLIDATE:
+        split = processes.customer_parts(families)
+    else:
+        split = [families]
+    if len(split) == 1:
+        return _run(step.run, through, _scope(families), *rest, **kwargs)
+    return _on_cores(step, through, split, rest, kwargs)
 
 
 def _on_cores(
-    step: Step, through: date | None, families: Iterable[str] | None, rest: tuple, kwargs: dict
+    step: Step, through: date | None, split: list, rest: tuple, kwargs: dict
 ) -> StepReport:
-    """The render step on this machine's cores when there is enough to render: its
-    families in parts, each but the first in a forked process (`steps.processes`)."""
-    invoice_ids = rest[0] if rest else None
-    split = processes.parts(through, families, invoice_ids)
-    if len(split) == 1:
-        return _run(step.run, through, _scope(families), *rest, **kwargs)
+    """A step on this machine's cores: its families in parts, each but the first in a
+    forked process (`steps.processes`)."""
     started = time.perf_counter()
     report = processes.forked(
         [

@@ -1,16 +1,22 @@
-"""The render step over this machine's cores.
+"""The close's family steps over this machine's cores.
 
-Rendering is the interpreter's own work (Jinja for a preview, WeasyPrint for a PDF), so
-threads share one core. When the close's steps run on threads (the default task runner,
-one shard), the render step splits its families into parts of similar rendering work
-(`shards.render_weights`, a family is never split) and renders every part but the first
-in a process forked from this one, the first here, at the same time. A forked process
-starts with the templates, fonts and settings this one has loaded (a new process would
-spend about a second importing them) and renders its part as a shard does on a Dask
-worker: in its own unit of work, its documents recorded in its own commit, fenced by
-the close's lock; its report comes back through a pipe and the reports are summed. On
-PostgreSQL only: a SQLite store takes one writer at a time, from the start of each unit
-of work, so the parts would only take turns.
+Consolidation and rendering are mostly the interpreter's own work (the invoices and their
+lines; Jinja for a preview, WeasyPrint for a PDF), so threads share one core. When the
+close's steps run on threads (the default task runner, one shard), such a step with
+enough to do splits its families into parts of similar work (customers; for the
+documents, what each family has to write: `shards.render_weights`; a family is never
+split) and runs every part but the first in a process forked from this one, the first
+here, at the same time. (Rating and credits stay in one process: split in two, each part
+repeats the reference reads and the usage queries, and rating took longer, 1.8–2.2 s
+against 1.5–2.1 s on the benchmark's 10,000 customers; docs/performance.md.)
+
+A forked process starts with the catalog, templates, fonts and settings this one has
+loaded (a new process would spend about a second importing them) and runs its part as a
+shard does on a Dask worker: in its own unit of work, written in its own commit, fenced
+by the close's lock, its failing families isolated; its report comes back through a pipe
+and the reports are summed. On PostgreSQL only: a SQLite store
+takes one writer at a time, from the start of each unit of work, so the parts would only
+take turns.
 
 A forked process takes nothing from this one but memory: it opens its own database
 connections (the inherited ones are left untouched, never closed), puts the default
@@ -36,12 +42,14 @@ from datetime import date
 from billing_core.config import get_settings
 from billing_core.report import StepReport
 from billing_core.steps import collector
-from billing_core.steps.shards import DOCUMENT_ROWS, balanced, render_weights
+from billing_core.steps.shards import DOCUMENT_ROWS, balanced, customer_weights, render_weights
 from billing_core.store import engine as engines
 
-# Less work than this (in DOCUMENT_ROWS a document plus its rows) is rendered here: a
-# fork and a second connection cost more than they save on some 200 previews.
-FORK_FROM = 200 * DOCUMENT_ROWS
+# Less work than this stays in one process: a fork and a second connection cost more than
+# they save on some 200 previews (in DOCUMENT_ROWS a document plus its rows), or on
+# consolidating some 1,000 customers.
+DOCUMENTS_FROM = 200 * DOCUMENT_ROWS
+CUSTOMERS_FROM = 1_000
 
 
 class PartFailed(RuntimeError):
@@ -50,26 +58,39 @@ class PartFailed(RuntimeError):
 
 
 def parts(
-    through: date | None, families: Iterable[str] | None, invoice_ids: list[int] | None
+    families: Iterable[str] | None, weigh: Callable[[], dict[str, int]], least: int
 ) -> list[list[str] | None]:
-    """The families the render step renders in each process: one part (as given) unless
-    the machine, the task runner and the work make more worth it."""
+    """The families a step runs in each process: one part (`families` as given) unless the
+    machine, the store, the task runner and the work make more worth it. `weigh` gives
+    each family's work; less than `least` in all stays in one part."""
     settings = get_settings()
-    count = min(settings.render_processes, os.cpu_count() or 1)
+    count = min(settings.processes, os.cpu_count() or 1)
     one = [None if families is None else list(families)]
     if count <= 1 or not hasattr(os, "fork") or settings.task_runner != "threads":
         return one
-    if settings.shards > 1:  # the shards' threads render side by side already
+    if settings.shards > 1:  # the shards' threads run side by side already
         return one
     if not engines.database_url().startswith("postgresql"):
         # SQLite: every unit of work takes the one write lock when it begins (BEGIN
-        # IMMEDIATE), so the parts would render one after the other.
+        # IMMEDIATE), so the parts would run one after the other.
         return one
-    weights = render_weights(through, families, invoice_ids)
-    if sum(weights.values()) < FORK_FROM:
+    weights = weigh()
+    if sum(weights.values()) < least:
         return one
     split = balanced(weights, count)
     return split if len(split) > 1 else one
+
+
+def render_parts(
+    through: date | None, families: Iterable[str] | None, invoice_ids: list[int] | None
+) -> list[list[str] | None]:
+    """The render step's parts, weighed by the documents each family has to write."""
+    return parts(families, lambda: render_weights(through, families, invoice_ids), DOCUMENTS_FROM)
+
+
+def customer_parts(families: Iterable[str] | None) -> list[list[str] | None]:
+    """Consolidation's parts, weighed by customers."""
+    return parts(families, lambda: customer_weights(families), CUSTOMERS_FROM)
 
 
 def forked(work: list[Callable[[], StepReport]]) -> StepReport:
@@ -121,7 +142,7 @@ class _Child:
             data = pipe.read()
         _, status = os.waitpid(self.pid, 0)
         if not data:
-            raise PartFailed(f"the process rendering a part of the step {_ended(status)}")
+            raise PartFailed(f"the process running a part of the step {_ended(status)}")
         kind, value = pickle.loads(data)  # noqa: S301 - written by our own child
         if kind == "error":
             raise value

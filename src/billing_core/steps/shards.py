@@ -37,10 +37,24 @@ def without(shards: list[list[str] | None], failed: Iterable[str]) -> list[list[
 
 def shards(count: int) -> list[list[str]]:
     """Families split into `count` shards of similar size (a family is never split)."""
+    return balanced(customer_weights(), count)
+
+
+def customer_weights(families: Iterable[str] | None = None) -> dict[str, int]:
+    """Each family's customers (of `families`, else every family, and any family only
+    invoices still name, weighing nothing)."""
     with unit_of_work() as session:
         c = Customer.__table__.c
-        rows = session.execute(sa.select(c.family_id, sa.func.count()).group_by(c.family_id))
-        return balanced(dict(rows.all()), count)
+        v = Invoice.__table__.c
+        counted = sa.select(c.family_id, sa.func.count()).group_by(c.family_id)
+        if families is not None:
+            families = list(families)
+            counted = counted.where(c.family_id.in_(families))
+        weights = dict(session.execute(counted).all())
+        if families is None:
+            for family in session.execute(sa.select(v.family_id).distinct()).scalars():
+                weights.setdefault(family, 0)
+        return weights
 
 
 # What a document costs to lay out, in rows of its tables: a one-line invoice still has

@@ -1,12 +1,14 @@
-"""The render step on this machine's cores: on PostgreSQL, with enough to render, its
-families are rendered in parts, every part but the first in a forked process. The
-documents and their records are the ones one process writes; a part that fails fails
-the step with its own error, and nothing is left running."""
+"""The close's family steps on this machine's cores: on PostgreSQL, with enough to do,
+consolidation and the documents run their families in parts, every part but the first
+in a forked process. The invoices, the documents and their records are the
+ones one process writes; a part that fails fails the step with its own error, and
+nothing is left running."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 from datetime import date
 from pathlib import Path
@@ -19,7 +21,7 @@ from billing_core.steps import processes
 from billing_core.steps import render as rendering
 from billing_core.store.locks import LockLost
 from tests.conftest import using_store
-from tests.helpers import close, import_yaml
+from tests.helpers import close, import_yaml, ingest_csv
 
 THROUGH = date(2026, 2, 1)
 
@@ -57,9 +59,10 @@ subscriptions:
 
 @pytest.fixture
 def forking(monkeypatch) -> list[int]:
-    """Every render forks, however little it has to write; the forked processes' ids."""
-    monkeypatch.setenv("BILLING_RENDER_PROCESSES", "2")
-    monkeypatch.setattr(processes, "FORK_FROM", 0)
+    """Every family step forks, however little it has to do; the forked processes' ids."""
+    monkeypatch.setenv("BILLING_PROCESSES", "2")
+    monkeypatch.setattr(processes, "DOCUMENTS_FROM", 0)
+    monkeypatch.setattr(processes, "CUSTOMERS_FROM", 0)
     pids: list[int] = []
     start = processes._Child.start
 
@@ -72,16 +75,22 @@ def forking(monkeypatch) -> list[int]:
     return pids
 
 
-def documents(store) -> dict[tuple[str, str], tuple[str, str, bool]]:
-    """Every document record by (billed customer, format): its sha256, source hash and
-    whether it is final; each file checked against its record."""
+def documents(store) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Every document record by (billed customer, format): the digest of its file and
+    whether it is final; each file checked against its record. A draft's preview names
+    the draft by its id, which differs when two processes created the drafts: it is
+    read as "Draft N". (Source hashes are of the contexts, ids included.)"""
     out = {}
-    for customer, fmt, path, sha, source, final in store.rows(
-        "SELECT i.billed_customer_id, d.format, d.path, d.sha256, d.source_hash, d.final "
+    for customer, fmt, path, sha, final in store.rows(
+        "SELECT i.billed_customer_id, d.format, d.path, d.sha256, d.final "
         "FROM invoice_documents d JOIN invoices i ON i.id = d.invoice_id"
     ):
-        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha, path
-        out[(customer, fmt)] = (sha, source, bool(final))
+        content = Path(path).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == sha, path
+        if not final:
+            content = re.sub(rb"Draft \d+ for review", b"Draft N for review", content)
+        digest = hashlib.sha256(content).hexdigest()
+        out[(customer, fmt)] = (digest, bool(final))
     return out
 
 
@@ -128,7 +137,7 @@ def test_documents_rendered_in_two_processes_are_those_one_process_writes(
         assert list(seen) == [str(os.getpid())]
     # The same catalog closed in one process writes the same documents.
     single = another_store("single")
-    monkeypatch.setenv("BILLING_RENDER_PROCESSES", "1")
+    monkeypatch.setenv("BILLING_PROCESSES", "1")
     with using_store(single):
         monkeypatch.setenv("BILLING_OUTPUT_DIR", str(single.workdir / "documents"))
         import_yaml(FAMILIES, single.workdir)
@@ -215,7 +224,7 @@ def test_a_forked_part_that_dies_fails_the_step_in_one_line(store, forking, monk
     with pytest.raises(processes.PartFailed) as failed:
         steps.render(THROUGH)
     assert str(failed.value) == (
-        "the process rendering a part of the step was stopped by signal 9 before it reported"
+        "the process running a part of the step was stopped by signal 9 before it reported"
     )
     assert_waited_for(forking)
 
@@ -255,9 +264,9 @@ def assert_waited_for(pids: list[int]) -> None:
 
 
 def test_the_period_close_flow_renders_in_two_processes(store, forking, prefect_server):
-    """Under a Prefect server, from the flow's task thread (Prefect's own threads running
-    beside it): the close completes, its render step forked once, every draft has its
-    preview, and the step's report says so."""
+    """Under a Prefect server, from the flow's task threads (Prefect's own threads running
+    beside them): the close completes, consolidation and the documents forked once each,
+    every invoice has its documents, and the steps' reports say so."""
     from flows.period_close import period_close
 
     import_yaml(FAMILIES)
@@ -267,5 +276,36 @@ def test_the_period_close_flow_renders_in_two_processes(store, forking, prefect_
     render = steps_done["render invoices"]
     assert render["written"] == 24
     assert render["details"].get("processes") == (2 if store.backend == "postgres" else None)
-    assert len(forking) == (1 if store.backend == "postgres" else 0)
+    consolidated = steps_done["consolidate roll-ups"]["details"]
+    assert consolidated.get("processes") == render["details"].get("processes")
+    assert len(forking) == (2 if store.backend == "postgres" else 0)
     assert len(documents(store)) == 24
+
+
+def test_consolidation_in_two_processes_gives_one_processs_invoices(
+    store, another_store, forking, monkeypatch
+):
+    from tests.flows.test_scale_and_locks import FAMILIES as POOLS
+    from tests.flows.test_scale_and_locks import MORE_USAGE, exported
+
+    import_yaml(POOLS)
+    ingest_csv(MORE_USAGE)
+    reports = {r.step: r for r in close("2026-03-01", issue=True)}
+    for step in ("consolidate roll-ups", "render invoices"):
+        assert reports[step].details.get("processes") == (
+            2 if store.backend == "postgres" else None
+        ), step
+    assert "processes" not in reports["rate"].details
+    assert "processes" not in reports["apply credits"].details
+    assert not any(r.failures for r in reports.values())
+    forked = exported()
+    assert len(forked) >= 6
+
+    monkeypatch.setenv("BILLING_PROCESSES", "1")
+    with using_store(another_store("single")) as single:
+        monkeypatch.setenv("BILLING_OUTPUT_DIR", str(single.workdir / "documents"))
+        import_yaml(POOLS, single.workdir)
+        ingest_csv(MORE_USAGE, single.workdir)
+        reports = {r.step: r for r in close("2026-03-01", issue=True)}
+        assert "processes" not in reports["consolidate roll-ups"].details
+        assert exported() == forked
