@@ -190,6 +190,8 @@ def _footer(report: dict) -> str:
         parts.append(f"{details['seconds']} s")
     if (details.get("shards") or 1) > 1:
         parts.append(f"{details['shards']} shards")
+    if (details.get("processes") or 1) > 1:
+        parts.append(f"{details['processes']} processes")
     parts.append(
         f"rows read {report['read']}, written {report['written']}, removed {report['deleted']}"
     )

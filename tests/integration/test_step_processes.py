@@ -154,6 +154,8 @@ def test_the_step_reports_every_part(store, forking):
     drafts = store.scalar("SELECT count(*) FROM invoices WHERE status = 'draft'")
     assert report.read == report.written == report.details["documents"] == drafts == 12
     assert report.details.get("processes") == (2 if store.backend == "postgres" else None)
+    # The forked process's peak memory, for the operator who sets BILLING_PROCESSES.
+    assert (report.details.get("forked_peak_rss_mb", 0) > 10) == (store.backend == "postgres")
     assert not report.failures and not report.warnings
 
 

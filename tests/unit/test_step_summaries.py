@@ -48,6 +48,12 @@ def test_consolidation_shows_each_outcome_with_its_totals_per_currency():
     assert "| invoices unchanged | 3 | 40.50 | 120.00 |" in text
     assert "| invoices removed | 0 |  |  |" in text
     assert "computed on attempt 1 · 0.5 s" in text and "Cached" not in text
+    assert "processes" not in text
+
+
+def test_a_step_run_in_two_processes_says_so():
+    text = summary(report(attempt=1, seconds=0.5, processes=2), "2026-02-01")
+    assert "_computed on attempt 1 · 0.5 s · 2 processes · rows read 9" in text
 
 
 def test_a_cached_step_says_from_which_attempt():

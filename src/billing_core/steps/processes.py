@@ -157,10 +157,14 @@ class _Child:
 
 
 def _outcome(part: Callable[[], StepReport]) -> bytes:
-    """What a part sends back: its report, or the error it raised (as a `PartFailed` of
-    its text when the error itself cannot be pickled)."""
+    """What a part sends back: its report (with the process's peak memory,
+    `forked_peak_rss_mb`), or the error it raised (as a `PartFailed` of its text when the
+    error itself cannot be pickled)."""
     try:
-        return pickle.dumps(("report", part().as_dict()))
+        report = part()
+        # Its peak memory (the pages it shares with this process counted too).
+        report.details["forked_peak_rss_mb"] = _peak_rss_mb()
+        return pickle.dumps(("report", report.as_dict()))
     except BaseException as error:  # noqa: BLE001 - sent to the parent, raised there
         try:
             return pickle.dumps(("error", error))
@@ -182,6 +186,12 @@ def _fresh_start() -> None:
 
 
 _inherited: list[object] = []
+
+
+def _peak_rss_mb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def _ended(status: int) -> str:
