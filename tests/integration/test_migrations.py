@@ -501,3 +501,37 @@ def test_day_buckets_keep_a_latest_event_only_where_read_across_0013_and_back(em
     assert not {"latest_at", "latest_event_id", "latest_value"} & nullable()
     upgrade(empty_url, "0013")
     assert {"latest_at", "latest_event_id", "latest_value"} <= nullable()
+
+
+def test_the_revisions_read_without_alembic_are_alembics(empty_url):
+    """`require_current` reads the store's revision and the code's head without importing
+    Alembic: the same answers as Alembic's, at every step of the way."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from billing_core.store.engine import (
+        StoreError,
+        alembic_config,
+        current_revision,
+        require_current,
+    )
+
+    def alembics() -> str | None:
+        with get_engine(empty_url).connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    head_revision.cache_clear()
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert current_revision(empty_url) is None is alembics()
+    with pytest.raises(StoreError, match="is at revision none, the code needs"):
+        require_current(empty_url)
+    for revision in ("0001", "0012", "head"):
+        upgrade(empty_url, revision)
+        assert current_revision(empty_url) == alembics()
+        if revision == "0012":
+            with pytest.raises(
+                StoreError, match=f"is at revision 0012, the code needs {head_revision()}: run"
+            ):
+                require_current(empty_url)
+    assert current_revision(empty_url) == head_revision()
+    require_current(empty_url)  # nothing to refuse
