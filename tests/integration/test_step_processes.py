@@ -159,23 +159,33 @@ def test_the_step_reports_every_part(store, forking):
     assert not report.failures and not report.warnings
 
 
-def test_a_family_failing_in_a_forked_part_is_reported_and_the_others_written(
-    store, forking, monkeypatch
-):
+def closed_with_a_fork_that(store, monkeypatch, does) -> None:
+    """A closed store whose render step, in its forked part, first calls `does(scope)`
+    (on PostgreSQL: SQLite renders in one process)."""
     if store.backend != "postgres":
         pytest.skip("SQLite renders in one process")
     import_yaml(FAMILIES)
     close(THROUGH)
-    forget_documents(store)
     parent = os.getpid()
     own = rendering.render
 
-    def broken(session, through, scope, *rest, **kwargs):
-        if os.getpid() != parent and "f2" in (scope.families or ()):
-            raise ValueError("family f2's template data is broken")
+    def patched(session, through, scope, *rest, **kwargs):
+        if os.getpid() != parent:
+            does(scope)
         return own(session, through, scope, *rest, **kwargs)
 
-    monkeypatch.setattr(rendering, "render", broken)
+    monkeypatch.setattr(rendering, "render", patched)
+
+
+def test_a_family_failing_in_a_forked_part_is_reported_and_the_others_written(
+    store, forking, monkeypatch
+):
+    def broken(scope):
+        if "f2" in (scope.families or ()):
+            raise ValueError("family f2's template data is broken")
+
+    closed_with_a_fork_that(store, monkeypatch, broken)
+    forget_documents(store)
     report = steps.render(THROUGH)
     assert list(report.failures) == ["f2"]
     assert "template data is broken" in report.failures["f2"]
@@ -191,38 +201,17 @@ def test_a_family_failing_in_a_forked_part_is_reported_and_the_others_written(
 
 
 def test_a_forked_part_that_raises_fails_the_step_with_its_error(store, forking, monkeypatch):
-    if store.backend != "postgres":
-        pytest.skip("SQLite renders in one process")
-    import_yaml(FAMILIES)
-    close(THROUGH)
-    parent = os.getpid()
-    own = rendering.render
+    def lost(scope):
+        raise LockLost("the close lost its lock; this step stopped without writing")
 
-    def lost(session, through, scope, *rest, **kwargs):
-        if os.getpid() != parent:
-            raise LockLost("the close lost its lock; this step stopped without writing")
-        return own(session, through, scope, *rest, **kwargs)
-
-    monkeypatch.setattr(rendering, "render", lost)
+    closed_with_a_fork_that(store, monkeypatch, lost)
     with pytest.raises(LockLost, match="lost its lock"):
         steps.render(THROUGH)
     assert_waited_for(forking)
 
 
 def test_a_forked_part_that_dies_fails_the_step_in_one_line(store, forking, monkeypatch):
-    if store.backend != "postgres":
-        pytest.skip("SQLite renders in one process")
-    import_yaml(FAMILIES)
-    close(THROUGH)
-    parent = os.getpid()
-    own = rendering.render
-
-    def killed(session, through, scope, *rest, **kwargs):
-        if os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return own(session, through, scope, *rest, **kwargs)
-
-    monkeypatch.setattr(rendering, "render", killed)
+    closed_with_a_fork_that(store, monkeypatch, lambda scope: os.kill(os.getpid(), signal.SIGKILL))
     with pytest.raises(processes.PartFailed) as failed:
         steps.render(THROUGH)
     assert str(failed.value) == (
