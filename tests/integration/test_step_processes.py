@@ -300,3 +300,55 @@ def test_consolidation_in_two_processes_gives_one_processs_invoices(
         reports = {r.step: r for r in close("2026-03-01", issue=True)}
         assert "processes" not in reports["consolidate roll-ups"].details
         assert exported() == forked
+
+
+PARENT_THAT_DIES = """
+import os, sys, time
+from billing_core.steps import processes
+
+folder = sys.argv[1]
+
+def child_part():
+    open(os.path.join(folder, "child"), "w").write(str(os.getpid()))
+    time.sleep(600)
+
+def own_part():
+    time.sleep(600)
+
+processes.forked([own_part, child_part])
+"""
+
+
+def test_a_forked_part_ends_when_the_close_that_forked_it_is_killed(tmp_path):
+    """A close killed (or stopped, exiting at once) does not leave its fork running."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_THAT_DIES)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    pid_file = tmp_path / "child"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert running(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not running(child):
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail(f"the forked part (pid {child}) still ran after its parent was killed")
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (an ended one not yet reaped, a zombie, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

@@ -35,6 +35,7 @@ import contextlib
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import date
@@ -124,11 +125,12 @@ class _Child:
     @classmethod
     def start(cls, part: Callable[[], StepReport]) -> _Child:
         read, write = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: it never returns from here
             try:
                 os.close(read)
-                _fresh_start()
+                _fresh_start(parent)
                 with os.fdopen(write, "wb") as pipe:
                     pipe.write(_outcome(part))
             finally:
@@ -172,10 +174,15 @@ def _outcome(part: Callable[[], StepReport]) -> bytes:
             return pickle.dumps(("error", PartFailed(f"{type(error).__name__}: {error}")))
 
 
-def _fresh_start() -> None:
-    """In a forked child: its own signals, locks and database connections."""
+def _fresh_start(parent: int) -> None:
+    """In a forked child: its own signals, locks and database connections; stopped with
+    its parent (a close stopped by SIGTERM or killed ends at once, without waiting for
+    its parts: a part left running could only fail at its commit, the close's lock gone)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _stopped_with_parent()
+    if os.getppid() != parent:  # the parent ended before that was asked
+        os._exit(1)
     # Locks another thread of the parent may have held at the fork.
     engines._engines_lock = threading.Lock()
     collector._lock = threading.Lock()
@@ -186,6 +193,19 @@ def _fresh_start() -> None:
 
 
 _inherited: list[object] = []
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stopped_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent ends (elsewhere: nothing asked)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    # Without prctl, the part runs to its end.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _peak_rss_mb() -> int:
