@@ -352,3 +352,26 @@ def running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def test_forked_parts_write_to_the_object_store(store, forking, s3_bucket, monkeypatch):
+    """Both parts write to the shared object store, the fork with a client of its own
+    (this process's, made before the fork, stays this process's)."""
+    from billing_core.store.document_store import filesystem
+
+    monkeypatch.setenv("BILLING_OUTPUT_DIR", f"s3://{s3_bucket.name}/docs")
+    import_yaml(FAMILIES)
+    filesystem().ls(s3_bucket.name)  # this process's client, before the fork
+    reports = {r.step: r for r in close(THROUGH, issue=True)}
+    assert reports["render invoices"].details.get("processes") == (
+        2 if store.backend == "postgres" else None
+    )
+    recorded = sorted(path for (path,) in store.rows("SELECT path FROM invoice_documents"))
+    assert len(recorded) == 24 and recorded == s3_bucket.urls()
+    for url in recorded:
+        if url.endswith(".pdf"):
+            assert s3_bucket.read(url.split("/", 3)[3]).startswith(b"%PDF")
+    versions = s3_bucket.versions()
+    filesystem().ls(s3_bucket.name)  # this process's client still answers
+    assert steps.render(THROUGH).written == 0
+    assert s3_bucket.versions() == versions
