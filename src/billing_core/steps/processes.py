@@ -37,6 +37,7 @@ import pickle
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import date
 
@@ -126,7 +127,11 @@ class _Child:
     def start(cls, part: Callable[[], StepReport]) -> _Child:
         read, write = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12 and later warn of a fork in a process with threads: the child
+            # uses none of their locks (the module's docstring says what it resets).
+            warnings.filterwarnings("ignore", "This process .* use of fork", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: it never returns from here
             try:
                 os.close(read)
