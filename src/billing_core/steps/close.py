@@ -48,6 +48,8 @@ class Step:
     builds: bool = True  # builds the drafts: a preview runs it
     local: bool = True  # a close in this process runs it
     store_named: bool = False  # takes the store's name (its documents carry it)
+    # Its families in parts for this machine's cores (`steps.processes`); None: one part.
+    parts: Callable[..., list] | None = None
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -58,12 +60,24 @@ RECALCULATE = Step("recalculate schedules", "recalculate-schedules", recalculati
 # A close in this process rebuilds drafts from the usage already stored; a flow collects.
 COLLECT = Step("collect usage", "collect-usage", collection, "collect", builds=False, local=False)
 RATE = Step("rate", "rate-usage", rating, "rate")
-CONSOLIDATE = Step("consolidate roll-ups", "consolidate-rollups", rollup, "consolidate")
+CONSOLIDATE = Step(
+    "consolidate roll-ups",
+    "consolidate-rollups",
+    rollup,
+    "consolidate",
+    parts=processes.customer_parts,
+)
 CREDITS = Step("apply credits", "apply-credits", credits, "apply_credits")
 # Only when the close is asked to issue.
 ISSUE = Step("issue invoices", "issue-invoices", invoices, "issue", builds=False)
 RENDER = Step(
-    "render invoices", "render-invoices", rendering, "render", builds=False, store_named=True
+    "render invoices",
+    "render-invoices",
+    rendering,
+    "render",
+    builds=False,
+    store_named=True,
+    parts=processes.render_parts,
 )
 
 # The close, in order.
@@ -167,12 +181,7 @@ def run(
     """A step of `STEPS` over families (every family by default), in a unit of work of its
     own (see `_run`)."""
     kwargs = {"store_name": store_name()} if step.store_named else {}
-    if step is RENDER:
-        split = processes.render_parts(through, families, rest[0] if rest else None)
-    elif step is CONSOLIDATE:
-        split = processes.customer_parts(families)
-    else:
-        split = [families]
+    split = step.parts(through, families, *rest) if step.parts else [families]
     if len(split) == 1:
         return _run(step.run, through, _scope(families), *rest, **kwargs)
     return _on_cores(step, through, split, rest, kwargs)

@@ -60,46 +60,53 @@ class PartFailed(RuntimeError):
 
 
 def parts(
-    families: Iterable[str] | None, weigh: Callable[[], dict[str, int]], least: int
+    families: Iterable[str] | None,
+    weigh: Callable[[list[str] | None], dict[str, int]],
+    least: int,
 ) -> list[list[str] | None]:
     """The families a step runs in each process: one part (`families` as given) unless the
     machine, the store, the task runner and the work make more worth it. `weigh` gives
-    each family's work; less than `least` in all stays in one part."""
+    each family's work (of the families given, else every one); less than `least` in all
+    stays in one part."""
     settings = get_settings()
     count = min(settings.processes, os.cpu_count() or 1)
-    one = [None if families is None else list(families)]
+    given = None if families is None else list(families)
     if count <= 1 or not hasattr(os, "fork") or settings.task_runner != "threads":
-        return one
+        return [given]
     if settings.shards > 1:  # the shards' threads run side by side already
-        return one
+        return [given]
     if not engines.database_url().startswith("postgresql"):
         # SQLite: every unit of work takes the one write lock when it begins (BEGIN
         # IMMEDIATE), so the parts would run one after the other.
-        return one
-    weights = weigh()
+        return [given]
+    weights = weigh(given)
     if sum(weights.values()) < least:
-        return one
+        return [given]
     split = balanced(weights, count)
-    return split if len(split) > 1 else one
+    return split if len(split) > 1 else [given]
 
 
 def render_parts(
-    through: date | None, families: Iterable[str] | None, invoice_ids: list[int] | None
+    through: date | None, families: Iterable[str] | None, invoice_ids: list[int] | None = None
 ) -> list[list[str] | None]:
     """The render step's parts, weighed by the documents each family has to write."""
-    return parts(families, lambda: render_weights(through, families, invoice_ids), DOCUMENTS_FROM)
+    return parts(
+        families, lambda given: render_weights(through, given, invoice_ids), DOCUMENTS_FROM
+    )
 
 
-def customer_parts(families: Iterable[str] | None) -> list[list[str] | None]:
+def customer_parts(through: date | None, families: Iterable[str] | None) -> list[list[str] | None]:
     """Consolidation's parts, weighed by customers."""
-    return parts(families, lambda: customer_weights(families), CUSTOMERS_FROM)
+    return parts(families, customer_weights, CUSTOMERS_FROM)
 
 
 def forked(work: list[Callable[[], StepReport]]) -> StepReport:
     """Run `work[0]` here and every other in a process forked from this one, at the same
     time; their reports summed. Raises the first failure (this process's first)."""
-    children = [_Child.start(part) for part in work[1:]]
+    children: list[_Child] = []
     try:
+        for part in work[1:]:
+            children.append(_Child.start(part))
         report = work[0]()
     except BaseException:
         for child in children:

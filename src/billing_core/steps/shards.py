@@ -45,16 +45,22 @@ def customer_weights(families: Iterable[str] | None = None) -> dict[str, int]:
     invoices still name, weighing nothing)."""
     with unit_of_work() as session:
         c = Customer.__table__.c
-        v = Invoice.__table__.c
         counted = sa.select(c.family_id, sa.func.count()).group_by(c.family_id)
         if families is not None:
             families = list(families)
             counted = counted.where(c.family_id.in_(families))
         weights = dict(session.execute(counted).all())
         if families is None:
-            for family in session.execute(sa.select(v.family_id).distinct()).scalars():
-                weights.setdefault(family, 0)
+            _invoiced_too(session, weights)
         return weights
+
+
+def _invoiced_too(session, weights: dict[str, int]) -> None:
+    """Every family invoices name, weighing nothing unless already weighed (a family with
+    invoices and no customer left still has its place in a part)."""
+    v = Invoice.__table__.c
+    for family in session.execute(sa.select(v.family_id).distinct()).scalars():
+        weights.setdefault(family, 0)
 
 
 # What a document costs to lay out, in rows of its tables: a one-line invoice still has
@@ -92,9 +98,8 @@ def render_weights(
             families = list(families)
             everyone = everyone.where(c.family_id.in_(families))
         weights = dict.fromkeys(session.execute(everyone).scalars(), 0)
-        if families is None:  # and any family only invoices still name
-            for family in session.execute(sa.select(v.family_id).distinct()).scalars():
-                weights.setdefault(family, 0)
+        if families is None:
+            _invoiced_too(session, weights)
         pending = (
             sa.select(v.id, v.family_id)
             .where(v.status.in_(RENDERED))
