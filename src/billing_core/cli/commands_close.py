@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from billing_core.cli.common import err, fail, out, parse_date, require_store
+from billing_core.cli.heap import import_quietly
 from billing_core.cli.prefect_server import flow_api
 from billing_core.cli.stopping import stops_on_sigterm
 
@@ -33,6 +34,7 @@ def close(
     ] = "table",
 ) -> None:
     """Run the period-close flow for every billing date up to and including --through."""
+    import_quietly("billing_core.store.engine", "prefect", "flows.period_close")
     require_store()
     _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
@@ -86,6 +88,7 @@ def backfill(
     ] = "table",
 ) -> None:
     """One close per billing date in the range, in order (same result as one close)."""
+    import_quietly("billing_core.store.engine", "prefect", "flows.backfill")
     require_store()
     _check_format(format_, dry_run)
     start, end = parse_date(from_, "--from"), parse_date(to, "--to")
