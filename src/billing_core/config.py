@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -107,7 +108,7 @@ class Settings(BaseSettings):
     @classmethod
     def _seconds(cls, value: object) -> object:
         """A number of seconds as the environment gives it (text) is a duration too."""
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
             return int(value.strip())
         return value
 
@@ -123,6 +124,30 @@ class Settings(BaseSettings):
         return {f.strip().lower() for f in self.document_formats.split(",") if f.strip()}
 
 
+class SettingsError(ValueError):
+    """A setting in the environment that cannot be used: one line per variable, naming it,
+    its value (not for URLs, which may hold a password) and the reason."""
+
+
+PREFIX = Settings.model_config["env_prefix"]
+
+
 def get_settings() -> Settings:
     """Read the settings now (not cached: tests and the CLI change the environment)."""
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError("\n".join(_reasons(error))) from None
+
+
+def _reasons(error: ValidationError) -> list[str]:
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        name = PREFIX + field.upper()
+        reason = str(problem["msg"]).removeprefix("Value error, ")
+        # As the environment gave it (a validator may have converted it already).
+        value = os.environ.get(name, problem.get("input"))
+        shown = "" if field.endswith("_url") else f"={value!s}"
+        lines.append(f"{name}{shown}: {reason}")
+    return lines

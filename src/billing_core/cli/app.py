@@ -91,7 +91,10 @@ WHAT_TO_DO = (
 def _one_line(error: BaseException) -> str:
     """An unexpected error as one line (the traceback with BILLING_DEBUG=1)."""
     from billing_core.cli.prefect_server import ServerDidNotStart
+    from billing_core.config import SettingsError
 
+    if isinstance(error, SettingsError):
+        return f"refused: the environment's settings: {'; '.join(str(error).splitlines())}"
     if isinstance(error, ServerDidNotStart):
         return f"{error}: {WHAT_TO_DO}"
     if SERVER_TIMEOUT in str(error):
