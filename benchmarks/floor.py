@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -93,6 +94,16 @@ def copy_floor(url: str, path: Path) -> float:
         seconds = time.perf_counter() - started
         connection.execute("DROP TABLE copy_floor")
     return seconds
+
+
+# Every folder a run writes (generated files, documents, Prefect's home) is under one, removed
+# at the end unless --keep: the documents alone are 6,000 files a close.
+WORK: list[Path] = []
+
+
+def scratch(prefix: str) -> str:
+    """A new folder under the run's work folder."""
+    return tempfile.mkdtemp(prefix=prefix, dir=WORK[0])
 
 
 def quiet(below: float | None, longest: float = 300.0) -> float:
@@ -176,14 +187,14 @@ def close_measured(url: str, env: dict, api: str, dask_workers: int = 0) -> dict
     `dask_workers`, on a running Dask cluster of that many workers, one shard each."""
     if dask_workers:
         env = {**env, "PREFECT_API_URL": api, "BILLING_SHARDS": str(dask_workers)}
-        env["BILLING_OUTPUT_DIR"] = tempfile.mkdtemp(prefix="billing-floor-documents-")
+        env["BILLING_OUTPUT_DIR"] = scratch("documents-")
         with dask_cluster(env, dask_workers) as address:
             out = close_measured(
                 url, {**env, "BILLING_TASK_RUNNER": "dask", "BILLING_DASK_ADDRESS": address}, api
             )
         return {**out, "dask_workers": dask_workers}
     floors = [bare_group_by(url)], [sum_max_group_by(url)]
-    env = {"BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-documents-"), **env}
+    env = {"BILLING_OUTPUT_DIR": scratch("documents-"), **env}
     wall, rss, _ = run_measured([str(BIN / "billing"), "close", "--through", THROUGH], env)
     floors[0].append(bare_group_by(url))
     floors[1].append(sum_max_group_by(url))
@@ -269,12 +280,12 @@ def pdf_rate(args, admin_url: str, env: dict, api: str) -> dict:
         pdf_env = {
             **env,
             "BILLING_DATABASE_URL": url,
-            "BILLING_OUTPUT_DIR": tempfile.mkdtemp(prefix="billing-floor-pdf-"),
+            "BILLING_OUTPUT_DIR": scratch("pdf-"),
             "BILLING_TASK_RUNNER": "dask",
             "BILLING_DASK_WORKERS": "2",
             "BILLING_SHARDS": "4",
         }
-        work = Path(tempfile.mkdtemp(prefix="billing-floor-pdf-store-"))
+        work = Path(scratch("pdf-store-"))
         load(
             url,
             pdf_env,
@@ -333,12 +344,16 @@ def main() -> None:
         help="before each run, its closes and its PDFs, wait (up to 5 min) for the "
         "one-minute load average to fall below this",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the generated files and the documents"
+    )
     args = parser.parse_args()
 
     from billing_core.config import normalize_database_url
 
     admin_url = normalize_database_url(args.postgres)
     work = Path(tempfile.mkdtemp(prefix="billing-floor-"))
+    WORK.append(work)
     rng = random.Random(args.seed)
     data, ids = catalog(args.customers, args.families)
     path = work / "catalog.yaml"
@@ -374,6 +389,10 @@ def main() -> None:
             args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     finally:
         subprocess.run([str(BIN / "billing"), "server", "stop"], env=env, check=False)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     _print_medians(results["runs"])
     print(f"\nwritten to {args.json}")
 
