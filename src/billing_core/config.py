@@ -18,6 +18,10 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+# The documents a close can write (BILLING_DOCUMENT_FORMATS).
+DOCUMENT_FORMATS = frozenset({"html", "pdf"})
+
+
 class Settings(BaseSettings):
     """Everything the product reads from its environment."""
 
@@ -117,6 +121,56 @@ class Settings(BaseSettings):
     def _not_negative(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
             raise ValueError("the lookback cannot be negative")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a time zone (an IANA name: UTC, Europe/Paris)") from None
+        return value
+
+    @field_validator("task_runner")
+    @classmethod
+    def _runner(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("threads", "dask"):
+            raise ValueError("threads or dask")
+        return value
+
+    @field_validator("document_formats")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        unknown = {f.strip().lower() for f in value.split(",") if f.strip()} - DOCUMENT_FORMATS
+        if unknown:
+            raise ValueError(f"html and pdf, comma-separated; not {', '.join(sorted(unknown))}")
+        return value
+
+    @field_validator("shards", "processes", "dask_workers")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("at least 1")
+        return value
+
+    @field_validator("task_retries", "task_retry_delay", "close_lock_timeout")
+    @classmethod
+    def _not_below_zero(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("0 or more")
+        return value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "invoice.html").is_file():
+            raise ValueError(
+                "no invoice.html in that folder (a copy of the shipped templates/ folder)"
+            )
         return value
 
     @property

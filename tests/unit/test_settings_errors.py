@@ -52,6 +52,51 @@ def test_a_negative_duration_in_seconds_gets_the_settings_own_reason(monkeypatch
     assert str(refused.value) == "BILLING_USAGE_SQL_LOOKBACK=-5: the lookback cannot be negative"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        # Accepted before and used as something else: a close on the wrong day, on threads,
+        # without the documents asked for, one shard, one process, no wait, no retry.
+        ("BILLING_TIMEZONE", "Europe/Pariss", "not a time zone (an IANA name: UTC, Europe/Paris)"),
+        ("BILLING_TIMEZONE", "../../etc/passwd", "not a time zone"),
+        ("BILLING_TASK_RUNNER", "celery", "threads or dask"),
+        ("BILLING_DOCUMENT_FORMATS", "html,docx", "html and pdf, comma-separated; not docx"),
+        ("BILLING_SHARDS", "0", "at least 1"),
+        ("BILLING_PROCESSES", "0", "at least 1"),
+        ("BILLING_DASK_WORKERS", "-2", "at least 1"),
+        ("BILLING_CLOSE_LOCK_TIMEOUT", "-1", "0 or more"),
+        ("BILLING_TASK_RETRIES", "-1", "0 or more"),
+        ("BILLING_TASK_RETRY_DELAY", "-0.5", "0 or more"),
+        # Found only by the render step, after every other step had run.
+        ("BILLING_TEMPLATES_DIR", "/nonexistent", "no invoice.html in that folder"),
+    ],
+)
+def test_a_value_the_close_cannot_use_is_refused(monkeypatch, variable, value, reason) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    assert str(refused.value).startswith(f"{variable}={value}: {reason}")
+
+
+def test_the_values_a_close_can_use_are_kept(monkeypatch, tmp_path) -> None:
+    (tmp_path / "invoice.html").write_text("{{ invoice }}")
+    for variable, value in {
+        "BILLING_TIMEZONE": "America/New_York",
+        "BILLING_TASK_RUNNER": " Dask ",
+        "BILLING_DOCUMENT_FORMATS": "HTML, pdf",
+        "BILLING_SHARDS": "1",
+        "BILLING_PROCESSES": "1",
+        "BILLING_CLOSE_LOCK_TIMEOUT": "0",
+        "BILLING_TASK_RETRIES": "0",
+        "BILLING_TEMPLATES_DIR": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(variable, value)
+    settings = get_settings()
+    assert settings.task_runner == "dask"
+    assert settings.formats == {"html", "pdf"}
+    assert settings.templates_dir == tmp_path
+
+
 def test_a_url_is_never_shown() -> None:
     class Urls(BaseModel):
         usage_sql_url: int
