@@ -6,7 +6,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,15 @@ def normalize_database_url(url: str) -> str:
 
 # The documents a close can write (BILLING_DOCUMENT_FORMATS).
 DOCUMENT_FORMATS = frozenset({"html", "pdf"})
+# The least value of each count and wait the settings hold.
+MINIMUM = {
+    "shards": 1,
+    "processes": 1,
+    "dask_workers": 1,
+    "task_retries": 0,
+    "task_retry_delay": 0,
+    "close_lock_timeout": 0,
+}
 
 
 class Settings(BaseSettings):
@@ -150,18 +159,12 @@ class Settings(BaseSettings):
             raise ValueError(f"html and pdf, comma-separated; not {', '.join(sorted(unknown))}")
         return value
 
-    @field_validator("shards", "processes", "dask_workers")
+    @field_validator(*MINIMUM)
     @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("at least 1")
-        return value
-
-    @field_validator("task_retries", "task_retry_delay", "close_lock_timeout")
-    @classmethod
-    def _not_below_zero(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("0 or more")
+    def _minimum(cls, value: float, info: ValidationInfo) -> float:
+        low = MINIMUM[info.field_name]
+        if value < low:
+            raise ValueError(f"{low} or more")
         return value
 
     @field_validator("templates_dir")
