@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     @field_validator("document_formats")
     @classmethod
     def _formats(cls, value: str) -> str:
-        unknown = {f.strip().lower() for f in value.split(",") if f.strip()} - DOCUMENT_FORMATS
+        unknown = _format_names(value) - DOCUMENT_FORMATS
         if unknown:
             raise ValueError(f"html and pdf, comma-separated; not {', '.join(sorted(unknown))}")
         return value
@@ -178,7 +178,12 @@ class Settings(BaseSettings):
 
     @property
     def formats(self) -> set[str]:
-        return {f.strip().lower() for f in self.document_formats.split(",") if f.strip()}
+        return _format_names(self.document_formats)
+
+
+def _format_names(value: str) -> set[str]:
+    """The formats a BILLING_DOCUMENT_FORMATS value names, lower case."""
+    return {f.strip().lower() for f in value.split(",") if f.strip()}
 
 
 class SettingsError(ValueError):

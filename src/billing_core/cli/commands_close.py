@@ -34,7 +34,7 @@ def close(
     ] = "table",
 ) -> None:
     """Run the period-close flow for every billing date up to and including --through."""
-    import_quietly("billing_core.store.engine", "prefect", "flows.period_close")
+    import_quietly("flows.period_close")
     require_store()
     _check_format(format_, dry_run)
     day = parse_date(through, "--through") or date.today()
@@ -88,7 +88,7 @@ def backfill(
     ] = "table",
 ) -> None:
     """One close per billing date in the range, in order (same result as one close)."""
-    import_quietly("billing_core.store.engine", "prefect", "flows.backfill")
+    import_quietly("flows.backfill")
     require_store()
     _check_format(format_, dry_run)
     start, end = parse_date(from_, "--from"), parse_date(to, "--to")
